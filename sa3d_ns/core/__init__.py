@@ -1,0 +1,1 @@
+"""The SA3D algorithm in plain torch/numpy: no nerfstudio, no segmentation model imports."""

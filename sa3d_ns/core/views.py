@@ -1,0 +1,43 @@
+"""The order in which SA3D visits the training views after the prompt view."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def view_order(centres: np.ndarray, start: int, mode: str = "dataset", directions: np.ndarray | None = None) -> list[int]:
+    """Visit order of N views beginning with ``start``.
+
+    ``dataset``: start, then the other views in ascending index order.
+    ``nearest``: greedy growth, each next view being the unvisited one closest to any visited view
+    (camera-centre distance plus, when ``directions`` is given, the angle between viewing directions
+    in radians times the median centre spacing), so every view is lifted next to views already seen.
+
+    Example: centres on a line [0, 1, 2, 3], start 2, nearest -> [2, 1, 3, 0] or [2, 3, 1, 0].
+    """
+    n = len(centres)
+    if not 0 <= start < n:
+        raise ValueError(f"start {start} outside 0..{n - 1}")
+    if mode == "dataset":
+        return [start] + [i for i in range(n) if i != start]
+    if mode != "nearest":
+        raise ValueError(f"unknown view order {mode!r}; expected 'dataset' or 'nearest'")
+    c = np.asarray(centres, dtype=np.float64)
+    dist = np.linalg.norm(c[:, None] - c[None], axis=-1)
+    if directions is not None:
+        d = np.asarray(directions, dtype=np.float64)
+        d = d / np.linalg.norm(d, axis=-1, keepdims=True).clip(1e-12)
+        angle = np.arccos(np.clip(d @ d.T, -1, 1))
+        spacing = np.median(dist[dist > 0]) if np.any(dist > 0) else 1.0
+        dist = dist + angle * spacing
+    order = [start]
+    best = dist[start].copy()
+    visited = np.zeros(n, dtype=bool)
+    visited[start] = True
+    for _ in range(n - 1):
+        cand = np.where(visited, np.inf, best)
+        nxt = int(np.argmin(cand))
+        order.append(nxt)
+        visited[nxt] = True
+        best = np.minimum(best, dist[nxt])
+    return order

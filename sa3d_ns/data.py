@@ -1,0 +1,42 @@
+"""Reading what a nerfstudio dataset carries besides images: per-frame instance masks.
+
+In ``transforms.json`` a frame may have ``"instance_mask_path"``: a PNG of integer object ids
+(0 = background) aligned with the frame's image.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from sa3d_ns.core.errors import SA3DError
+
+
+def transforms_path(data: Path) -> Path:
+    data = Path(data)
+    return data if data.suffix == ".json" else data / "transforms.json"
+
+
+def instance_mask_paths(data: Path, image_filenames: Sequence[Path]) -> list[Path]:
+    """Instance-mask path of each image in ``image_filenames`` (matched by file name)."""
+    tpath = transforms_path(data)
+    if not tpath.is_file():
+        raise SA3DError(f"No transforms.json at {tpath}: the oracle segmenter needs a nerfstudio dataset with instance masks.")
+    meta = json.loads(tpath.read_text())
+    by_name: dict[str, Path] = {}
+    for frame in meta.get("frames", []):
+        if "instance_mask_path" in frame:
+            by_name[Path(frame["file_path"]).name] = tpath.parent / frame["instance_mask_path"]
+    out = []
+    for name in image_filenames:
+        key = Path(name).name
+        if key not in by_name:
+            raise SA3DError(
+                f"The dataset {tpath} has no \"instance_mask_path\" for image {key}: the oracle segmenter needs ground-truth "
+                "instance masks for every training frame. Use --pipeline.segmenter weightfree or sam instead."
+            )
+        if not by_name[key].is_file():
+            raise SA3DError(f"Instance mask {by_name[key]} (for image {key}) does not exist.")
+        out.append(by_name[key])
+    return out

@@ -1,0 +1,1 @@
+"""nerfstudio glue: the sa3d model, pipeline and trainer."""

@@ -1,0 +1,142 @@
+"""The sa3d model: a frozen nerfacto plus a 3D mask field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+from torch.nn import Parameter
+
+from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.lifting import render_mask_score
+from sa3d_ns.nerf.mask_field import MaskField
+from sa3d_ns.nerf.offline import lpips_disabled
+
+MASK_PREFIX = "mask_field."
+
+
+@dataclass
+class SA3DModelConfig(NerfactoModelConfig):
+    """A frozen nerfacto (its hyper-parameters are copied from the source run) plus a mask field."""
+
+    _target: type = field(default_factory=lambda: SA3DModel)
+    mask_num_levels: int = 16
+    """Hash-grid levels of the mask field (authors: 16)."""
+    mask_min_res: int = 128
+    """Coarsest grid resolution of the mask field (authors: 128)."""
+    mask_max_res: int = 2048
+    """Finest grid resolution of the mask field (authors: 2048)."""
+    mask_log2_hashmap_size: int = 19
+    """log2 of the hash table size per level of the mask field (authors: 19)."""
+    mask_implementation: Literal["auto", "tcnn", "torch"] = "auto"
+    """Hash encoding of the mask field: tcnn when installed and on CUDA ('auto'), else torch."""
+    mask_threshold: float = 0.0
+    """A pixel belongs to the object where the rendered mask score exceeds this."""
+    overlay_color: tuple[float, float, float] = (1.0, 0.2, 0.2)
+    """Colour of the object in the ``rgb_overlay`` output."""
+    overlay_alpha: float = 0.5
+    """Opacity of the colour in the ``rgb_overlay`` output."""
+
+
+class SA3DModel(NerfactoModel):
+    """Nerfacto, frozen, with a mask field rendered by the NeRF's own volume weights."""
+
+    config: SA3DModelConfig
+
+    def populate_modules(self):
+        with lpips_disabled():
+            super().populate_modules()
+        impl = self.config.mask_implementation
+        if impl == "auto":
+            impl = "tcnn" if self.config.implementation == "tcnn" and torch.cuda.is_available() else "torch"
+        self.mask_field = MaskField(
+            self.scene_box.aabb,
+            self.field.spatial_distortion,
+            num_levels=self.config.mask_num_levels,
+            min_res=self.config.mask_min_res,
+            max_res=self.config.mask_max_res,
+            log2_hashmap_size=self.config.mask_log2_hashmap_size,
+            implementation=impl,
+        )
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith(MASK_PREFIX))
+
+    # ----------------------------------------------------------------- frozen nerfacto weights
+    def load_nerfacto_state(self, pipeline_state: dict, source: Path) -> None:
+        """Load the source run's nerfacto weights; every nerfacto parameter must be found."""
+        state = {k[len("_model.") :]: v for k, v in pipeline_state.items() if k.startswith("_model.")}
+        state.pop("device_indicator_param", None)
+        result = self.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(MASK_PREFIX) and k != "device_indicator_param"]
+        unexpected = list(result.unexpected_keys)
+        if missing or unexpected:
+            tcnn_in_ckpt = any(k.endswith(".params") for k in state)
+            tcnn_here = any(k.endswith(".params") for k in self.state_dict())
+            if tcnn_in_ckpt != tcnn_here:
+                trained = "tiny-cuda-nn (tcnn)" if tcnn_in_ckpt else "the torch implementation"
+                here = "tiny-cuda-nn" if tcnn_here else "the torch implementation (tiny-cuda-nn is not usable here)"
+                raise SA3DError(
+                    f"The nerfacto checkpoint {source} was trained with {trained}, but this machine builds nerfacto with {here}; "
+                    "their weights are not interchangeable. Segment on a machine with the same implementation, or retrain "
+                    "nerfacto with --pipeline.model.implementation " + ("tcnn" if tcnn_here else "torch") + "."
+                )
+            raise SA3DError(
+                f"The checkpoint {source} does not match a nerfacto model with the run's settings "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]}). Is it a nerfacto run?"
+            )
+
+    # ----------------------------------------------------------------- nerfstudio hooks
+    def get_param_groups(self) -> dict[str, list[Parameter]]:
+        return {"mask_field": [self.mask_field.table]}
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> list[TrainingCallback]:
+        return []
+
+    @torch.no_grad()
+    def sample_rays(self, ray_bundle: RayBundle) -> dict[str, torch.Tensor]:
+        """The frozen NeRF on a flat bundle: sample positions R x S x 3, volume weights R x S, rgb,
+        median depth and accumulation."""
+        if self.collider is not None and ray_bundle.nears is None:
+            ray_bundle = self.collider(ray_bundle)
+        ray_samples, _, _ = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
+        field_outputs = self.field.forward(ray_samples)
+        weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
+        return {
+            "positions": ray_samples.frustums.get_positions(),
+            "weights": weights[..., 0],
+            "rgb": self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights),
+            "depth": self.renderer_depth(weights=weights, ray_samples=ray_samples),
+            "accumulation": self.renderer_accumulation(weights=weights),
+        }
+
+    def get_outputs(self, ray_bundle: RayBundle) -> dict[str, torch.Tensor]:
+        s = self.sample_rays(ray_bundle)
+        with torch.no_grad():
+            score = render_mask_score(self.mask_field, s["positions"], s["weights"])[:, None]
+            mask = (score > self.config.mask_threshold).float()
+            color = torch.tensor(self.config.overlay_color, device=score.device, dtype=s["rgb"].dtype)
+            alpha = self.config.overlay_alpha * mask
+            overlay = s["rgb"] * (1 - alpha) + color * alpha
+        return {
+            "rgb": s["rgb"],
+            "accumulation": s["accumulation"],
+            "depth": s["depth"],
+            "mask": mask,
+            "mask_score": score,
+            "rgb_overlay": overlay,
+        }
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, torch.Tensor]:
+        return {}
+
+    def get_metrics_dict(self, outputs, batch) -> dict[str, torch.Tensor]:
+        return {}
+
+    def get_image_metrics_and_images(self, outputs, batch):
+        return {}, {"mask": outputs["mask"], "rgb_overlay": outputs["rgb_overlay"]}

@@ -1,0 +1,264 @@
+"""The sa3d pipeline: one pass of SA3D's cross-view self-prompting loop over the training views.
+
+Each trainer iteration processes one view (the prompt view first): render it with the frozen NeRF,
+segment it (the user's prompt in the first view, self-prompts from the rendered 3D mask in the
+others), reject it when the 2D mask disagrees with the 3D mask, otherwise lift the mask into the
+mask field. The algorithm lives in :mod:`sa3d_ns.core`; this module orchestrates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.lifting import MaskLifter, render_mask_score
+from sa3d_ns.core.metrics import binarize_score, iou
+from sa3d_ns.core.prompts import Prompt, check_inside, load_prompt, resolve_view
+from sa3d_ns.core.self_prompt import select_self_prompts
+from sa3d_ns.core.views import view_order
+from sa3d_ns.nerf.checkpoints import load_checkpoint
+from sa3d_ns.nerf.model import SA3DModelConfig
+
+
+@dataclass
+class SA3DPipelineConfig(VanillaPipelineConfig):
+    """SA3D over the training views of a nerfacto run."""
+
+    _target: type = field(default_factory=lambda: SA3DPipeline)
+    datamanager: VanillaDataManagerConfig = field(default_factory=VanillaDataManagerConfig)
+    model: SA3DModelConfig = field(default_factory=SA3DModelConfig)
+    nerfacto_config: Path | None = None
+    """config.yml of the nerfacto run to segment (its data, dataparser settings, nerfacto settings and latest checkpoint are used; the run is only read)."""
+    nerfacto_checkpoint: Path | None = None
+    """Filled from --pipeline.nerfacto-config: the nerfacto checkpoint the frozen NeRF was loaded from."""
+    prompt: Path | None = None
+    """Prompt JSON: {"view": 0, "points": [[x, y], ...], "labels": [1, 0, ...], "box": [x0, y0, x1, y1], "mask_choice": null}."""
+    segmenter: Literal["sam", "weightfree", "oracle"] = "sam"
+    """2D segmenter: sam (segment-anything), weightfree (GrabCut + depth, no learned weights) or oracle (the dataset's instance masks)."""
+    sam_variant: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
+    """SAM image encoder size."""
+    sam_checkpoint: Path | None = None
+    """SAM weights; without it the official checkpoint is downloaded once to ~/.cache/sa3d_ns (or $SA3D_CACHE)."""
+    num_prompts: int = 3
+    """Self-prompt points per view (authors: 3 in the main version, 10 in the nerfstudio one; 20 helps thin objects)."""
+    prompt_distance_weight: float = 1.0
+    """Scale of the depth-aware distance penalty between self-prompt points (1 = authors)."""
+    iou_threshold: float = 0.5
+    """A view's 2D mask is rejected when its IoU with the rendered 3D mask is below this (authors: 0.5)."""
+    iou_binarize: Literal["positive", "positive_mean"] = "positive"
+    """How the rendered score is binarised for the IoU check: score > 0, or also above the mean positive score."""
+    neg_weight: float = 1.0
+    """lambda: weight of pixels outside the 2D mask in later views (authors: 1.0)."""
+    neg_weight_first: float = 1.0
+    """lambda for the user-prompted first view (authors' voxel version: 5.0)."""
+    lifting: Literal["vote", "sgd"] = "vote"
+    """vote: exact per-view weighted vote (running average); sgd: one plain SGD step per view."""
+    sgd_lr: float = 0.1
+    """Step size of the sgd lifting (loss averaged over the view's pixels)."""
+    view_order: Literal["dataset", "nearest"] = "nearest"
+    """Order of views after the prompt view: dataset order, or nearest-first growth from the prompt view."""
+    num_passes: int = 1
+    """Passes over the training views (authors' main version: 1)."""
+    render_downscale: float = 1.0
+    """Segment at the training resolution divided by this (>= 1; faster on large images)."""
+    save_view_images: bool = True
+    """Write each view's 2D mask and prompt points as images into the run folder (sa3d/)."""
+
+
+class SA3DPipeline(VanillaPipeline):
+    config: SA3DPipelineConfig
+
+    def __init__(self, config: SA3DPipelineConfig, device, test_mode="val", world_size=1, local_rank=0, grad_scaler=None):
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        self.output_dir: Path | None = None
+        self._segmenter = None
+        self.records: list[dict] = []
+        self.lifter = MaskLifter(self.model.mask_field, self.model.mask_field.table, mode=config.lifting, lr=config.sgd_lr)
+        self.order: list[int] = []
+        self.prompt: Prompt | None = None
+        if test_mode == "val":
+            self._setup_segmentation()
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def image_names(self) -> list[str]:
+        return [str(p) for p in self.datamanager.train_dataset.image_filenames]
+
+    def _setup_segmentation(self) -> None:
+        cfg = self.config
+        if cfg.nerfacto_checkpoint is None:
+            raise SA3DError("No nerfacto checkpoint: pass --pipeline.nerfacto-config outputs/<scene>/nerfacto/<timestamp>/config.yml.")
+        state = load_checkpoint(cfg.nerfacto_checkpoint)["pipeline"]
+        self.model.load_nerfacto_state(state, cfg.nerfacto_checkpoint)
+        if cfg.prompt is None:
+            raise SA3DError("No prompt given: pass --pipeline.prompt prompt.json (see configs/prompt_example.json).")
+        self.prompt = load_prompt(cfg.prompt)
+        cams = self.datamanager.train_dataset.cameras
+        start = resolve_view(self.prompt.view, self.image_names)
+        check_inside(self.prompt, int(cams.width[start]), int(cams.height[start]))
+        c2w = cams.camera_to_worlds.cpu().numpy()
+        order = view_order(c2w[:, :3, 3], start, cfg.view_order, directions=-c2w[:, :3, 2])
+        self.order = order * max(cfg.num_passes, 1)
+
+    @property
+    def segmenter(self):
+        if self._segmenter is None:
+            from sa3d_ns.segmenters.factory import make_segmenter
+
+            self._segmenter = make_segmenter(self.config, self.image_names, self.datamanager.dataparser.config.data, self.device)
+        return self._segmenter
+
+    def num_steps(self) -> int:
+        return len(self.order)
+
+    # ------------------------------------------------------------------ rendering
+    @torch.no_grad()
+    def render_view(self, view: int) -> dict:
+        """Render training view ``view`` at the segmentation resolution with the frozen NeRF."""
+        cams = self.datamanager.train_dataset.cameras
+        cam = cams[view : view + 1].to(self.device)
+        if self.config.render_downscale != 1.0:
+            cam.rescale_output_resolution(1.0 / self.config.render_downscale)
+        bundle = cam.generate_rays(camera_indices=0, keep_shape=True)
+        h, w = bundle.shape[:2]
+        chunk = self.model.config.eval_num_rays_per_chunk
+        was_training = self.model.training
+        self.model.eval()
+        parts: dict[str, list[torch.Tensor]] = {}
+        try:
+            for start in range(0, h * w, chunk):
+                out = self.model.sample_rays(bundle.get_row_major_sliced_ray_bundle(start, start + chunk))
+                for k, v in out.items():
+                    parts.setdefault(k, []).append(v)
+        finally:
+            self.model.train(was_training)
+        out = {k: torch.cat(v) for k, v in parts.items()}
+        out["height"], out["width"] = h, w
+        return out
+
+    # ------------------------------------------------------------------ the SA3D step
+    def sa3d_step(self, step: int) -> dict:
+        """Process the ``step``-th view of the visit order; returns numbers for the log."""
+        cfg = self.config
+        view = self.order[step]
+        first = step == 0
+        t0 = time.perf_counter()
+        r = self.render_view(view)
+        h, w = r["height"], r["width"]
+        with torch.no_grad():
+            score = render_mask_score(self.model.mask_field, r["positions"], r["weights"]).view(h, w).cpu()
+        depth = r["depth"].view(h, w).cpu()
+        image = (r["rgb"].view(h, w, 3).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        t_render = time.perf_counter() - t0
+        seg = self.segmenter
+        seg.set_image(image, depth.numpy(), view_id=view)
+        rec = {"step": step, "view": view, "image": Path(self.image_names[view]).name}
+        if first:
+            cams = self.datamanager.train_dataset.cameras
+            p = self.prompt.scaled(w / int(cams.width[view]), h / int(cams.height[view]))
+            result = seg.predict(p.points, p.labels, p.box, prior=None, multimask=True)
+            mask, choice = result.best(p.mask_choice)
+            if not mask.any():
+                raise SA3DError(
+                    f"The prompt gave an empty mask in view {view} ({rec['image']}) with the {seg.name} segmenter. "
+                    "Put positive points on the object (x = column, y = row, full-resolution pixels) or try another segmenter."
+                )
+            points, labels = p.points, p.labels
+            rec.update(status="prompt", mask_choice=choice, scores=[round(float(s), 4) for s in result.scores])
+            neg = cfg.neg_weight_first
+        else:
+            pts = select_self_prompts(score, depth, cfg.num_prompts, cfg.prompt_distance_weight).numpy()
+            points, labels = pts, np.ones(len(pts), dtype=np.int64)
+            if len(pts) == 0:
+                rec.update(status="skipped", reason="no positive mask score in this view")
+                return self._finish(rec, image, None, points, labels, t_render, time.perf_counter() - t0)
+            result = seg.predict(points, labels, None, prior=score.numpy(), multimask=len(pts) == 1)
+            mask, _ = result.best()
+            rec["iou"] = round(iou(binarize_score(score, cfg.iou_binarize), mask), 4)
+            if rec["iou"] < cfg.iou_threshold:
+                rec.update(status="rejected")
+                return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
+            rec.update(status="accepted")
+            neg = cfg.neg_weight
+        t1 = time.perf_counter()
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(r["weights"].device)
+        self.lifter.add_view(r["positions"], r["weights"], mask_t, neg)
+        rec["lift_s"] = round(time.perf_counter() - t1, 3)
+        return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
+
+    def _finish(self, rec, image, mask, points, labels, t_render, t_total) -> dict:
+        rec.update(points=np.round(points, 1).tolist(), labels=[int(x) for x in labels], render_s=round(t_render, 3), total_s=round(t_total, 3))
+        self.records.append(rec)
+        if self.output_dir is not None and self.config.save_view_images:
+            save_view_images(self.output_dir, rec, image, mask, points, labels)
+        if self.output_dir is not None:
+            self.write_summary(complete=len(self.records) == len(self.order))
+        iou_txt = f" IoU {rec['iou']:.3f}" if "iou" in rec else ""
+        CONSOLE.log(f"sa3d: view {len(self.records)}/{len(self.order)} (#{rec['view']} {rec['image']}): {rec['status']}{iou_txt}")
+        return rec
+
+    def write_summary(self, complete: bool) -> None:
+        counts = {s: sum(r["status"] == s for r in self.records) for s in ("prompt", "accepted", "rejected", "skipped")}
+        summary = {
+            "complete": complete,
+            "prompt": self.prompt.to_json() if self.prompt else None,
+            "prompt_file": str(self.config.prompt),
+            "segmenter": self.config.segmenter,
+            "nerfacto_config": str(self.config.nerfacto_config),
+            "views_total": len(self.order),
+            "views_done": len(self.records),
+            "counts": counts,
+            "views": self.records,
+        }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.output_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(self.output_dir / "summary.json")
+
+    # ------------------------------------------------------------------ nerfstudio hooks
+    def get_train_loss_dict(self, step: int):
+        rec = self.sa3d_step(step)
+        metrics = {"views_accepted": float(sum(r["status"] in ("prompt", "accepted") for r in self.records))}
+        if "iou" in rec:
+            metrics["view_iou"] = float(rec["iou"])
+        return {}, {}, metrics
+
+    def get_eval_loss_dict(self, step: int):
+        return {}, {}, {}
+
+    def get_param_groups(self):
+        return self.model.get_param_groups()
+
+
+STATUS_COLORS = {"prompt": (60, 140, 255), "accepted": (40, 200, 40), "rejected": (230, 40, 40), "skipped": (150, 150, 150)}
+
+
+def save_view_images(out_dir: Path, rec: dict, image: np.ndarray, mask: np.ndarray | None, points, labels) -> None:
+    """Write the view's 2D mask (PNG, 0/255) and an overlay with its prompt points."""
+    stem = f"{rec['step']:04d}_view{rec['view']:04d}_{Path(rec['image']).stem}"
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    (out_dir / "views").mkdir(parents=True, exist_ok=True)
+    vis = image.astype(np.float32)
+    if mask is not None:
+        cv2.imwrite(str(out_dir / "masks" / f"{stem}.png"), mask.astype(np.uint8) * 255)
+        vis[mask] = 0.5 * vis[mask] + 0.5 * np.array([255, 60, 60], np.float32)
+    vis = vis.clip(0, 255).astype(np.uint8)
+    scale = max(1, int(np.ceil(256 / max(vis.shape[:2]))))
+    vis = cv2.resize(vis, (vis.shape[1] * scale, vis.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    for (x, y), lab in zip(points, labels, strict=False):
+        c = (int((x + 0.5) * scale), int((y + 0.5) * scale))
+        cv2.circle(vis, c, max(3, scale * 2), (0, 255, 0) if lab == 1 else (255, 0, 0), -1)
+        cv2.circle(vis, c, max(3, scale * 2), (255, 255, 255), 1)
+    cv2.rectangle(vis, (0, 0), (vis.shape[1] - 1, vis.shape[0] - 1), STATUS_COLORS[rec["status"]], max(2, scale))
+    cv2.imwrite(str(out_dir / "views" / f"{stem}_{rec['status']}.png"), cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))

@@ -1,0 +1,1 @@
+"""A generated demo scene with ground-truth instance masks (see :mod:`.generate`)."""

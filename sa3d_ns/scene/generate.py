@@ -1,0 +1,229 @@
+"""Generate a small 360-degree scene as a nerfstudio dataset with instance masks.
+
+Several textured objects (spheres, boxes, a cylinder) stand on a checkered support; cameras look
+inwards from all around at several elevations. Images are ray-cast analytically (numpy), with 2x2
+supersampling; each frame gets an integer instance-id PNG (0 = background/support) written as
+``instance_mask_path`` in transforms.json, and ``objects.json`` names the objects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Obj:
+    name: str
+    kind: str  # sphere | box | cylinder
+    centre: tuple[float, float, float]
+    size: tuple[float, float, float]  # sphere: (r, _, _); box: half extents; cylinder: (r, _, half height)
+    colors: tuple[tuple[float, float, float], tuple[float, float, float]]
+    pattern: str  # stripes | checker | rings | dots
+
+    def bounds(self) -> tuple[list[float], list[float]]:
+        c = np.array(self.centre)
+        if self.kind == "sphere":
+            e = np.array([self.size[0]] * 3)
+        elif self.kind == "box":
+            e = np.array(self.size)
+        else:
+            e = np.array([self.size[0], self.size[0], self.size[2]])
+        return (c - e).tolist(), (c + e).tolist()
+
+
+OBJECTS = [
+    Obj("red_ball", "sphere", (0.45, 0.25, 0.36), (0.36, 0, 0), ((0.85, 0.15, 0.1), (0.95, 0.8, 0.2)), "stripes"),
+    Obj("blue_crate", "box", (-0.45, -0.3, 0.3), (0.3, 0.25, 0.3), ((0.15, 0.3, 0.85), (0.9, 0.9, 0.95)), "checker"),
+    Obj("green_can", "cylinder", (-0.15, 0.62, 0.38), (0.22, 0, 0.38), ((0.1, 0.6, 0.2), (0.05, 0.25, 0.1)), "rings"),
+    Obj("purple_cube", "box", (0.4, -0.55, 0.16), (0.16, 0.16, 0.16), ((0.55, 0.2, 0.7), (1.0, 0.6, 0.2)), "dots"),
+]
+SUPPORT_HALF = 1.4
+
+
+def _texture(obj: Obj, p: np.ndarray) -> np.ndarray:
+    a, b = np.array(obj.colors[0]), np.array(obj.colors[1])
+    q = p - np.array(obj.centre)
+    if obj.pattern == "stripes":
+        t = (np.sin(q[:, 2] * 22.0) > 0).astype(np.float32)
+    elif obj.pattern == "checker":
+        t = ((np.floor(q[:, 0] * 8) + np.floor(q[:, 1] * 8) + np.floor(q[:, 2] * 8)) % 2).astype(np.float32)
+    elif obj.pattern == "rings":
+        t = (np.sin(q[:, 2] * 30.0 + np.arctan2(q[:, 1], q[:, 0]) * 3) > 0.3).astype(np.float32)
+    else:
+        t = ((np.sin(q[:, 0] * 40) * np.sin(q[:, 1] * 40) * np.sin(q[:, 2] * 40)) > 0.2).astype(np.float32)
+    return a[None] * (1 - t[:, None]) + b[None] * t[:, None]
+
+
+def _intersect(obj: Obj, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest positive hit distance (inf if none) and the normal there, for rays o + t d."""
+    c = np.array(obj.centre)
+    n = np.zeros_like(d)
+    t = np.full(len(d), np.inf)
+    if obj.kind == "sphere":
+        oc = o - c
+        b = (oc * d).sum(-1)
+        disc = b * b - ((oc * oc).sum(-1) - obj.size[0] ** 2)
+        ok = disc > 0
+        t0 = -b - np.sqrt(np.where(ok, disc, 0))
+        ok &= t0 > 1e-4
+        t = np.where(ok, t0, np.inf)
+        hit = o + d * np.where(ok, t0, 0)[:, None]
+        n = (hit - c) / obj.size[0]
+    elif obj.kind == "box":
+        e = np.array(obj.size)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = 1.0 / d
+            t1, t2 = (c - e - o) * inv, (c + e - o) * inv
+        tmin, tmax = np.minimum(t1, t2), np.maximum(t1, t2)
+        tn, tf = np.nanmax(tmin, -1), np.nanmin(tmax, -1)
+        ok = (tn <= tf) & (tn > 1e-4)
+        t = np.where(ok, tn, np.inf)
+        axis = np.nanargmax(tmin, -1)
+        n[np.arange(len(d)), axis] = -np.sign(d[np.arange(len(d)), axis])
+    else:
+        r, hh = obj.size[0], obj.size[2]
+        oc = o - c
+        a = d[:, 0] ** 2 + d[:, 1] ** 2
+        b = oc[:, 0] * d[:, 0] + oc[:, 1] * d[:, 1]
+        cc = oc[:, 0] ** 2 + oc[:, 1] ** 2 - r * r
+        disc = b * b - a * cc
+        ok = (disc > 0) & (a > 1e-12)
+        ts = (-b - np.sqrt(np.where(ok, disc, 0))) / np.where(a > 1e-12, a, 1)
+        z = oc[:, 2] + ts * d[:, 2]
+        side = ok & (ts > 1e-4) & (np.abs(z) <= hh)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tc = (hh - oc[:, 2]) / d[:, 2]
+        pc = oc + d * np.nan_to_num(tc)[:, None]
+        cap = (tc > 1e-4) & (pc[:, 0] ** 2 + pc[:, 1] ** 2 <= r * r)
+        t = np.where(side, ts, np.inf)
+        t = np.where(cap & (tc < t), tc, t)
+        hit = oc + d * np.where(np.isfinite(t), t, 0)[:, None]
+        n = np.stack([hit[:, 0] / r, hit[:, 1] / r, np.zeros(len(d))], -1)
+        n[cap & (tc <= t)] = [0, 0, 1]
+    return t, n
+
+
+def render(c2w: np.ndarray, w: int, h: int, focal: float, objects=OBJECTS, ss: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Ray-cast one view: (H x W x 3 uint8 image, H x W uint8 instance ids)."""
+    light = np.array([0.4, 0.3, 0.85])
+    light /= np.linalg.norm(light)
+    acc = np.zeros((h, w, 3))
+    ids_centre = None
+    offsets = [((i + 0.5) / ss, (j + 0.5) / ss) for i in range(ss) for j in range(ss)]
+    for k, (ox, oy) in enumerate(offsets + [(0.5, 0.5)]):
+        xs, ys = np.meshgrid(np.arange(w) + ox, np.arange(h) + oy)
+        dirs = np.stack([(xs - w / 2) / focal, -(ys - h / 2) / focal, -np.ones_like(xs)], -1).reshape(-1, 3)
+        d = dirs @ c2w[:3, :3].T
+        d /= np.linalg.norm(d, axis=-1, keepdims=True)
+        o = np.broadcast_to(c2w[:3, 3], d.shape)
+        best_t = np.full(len(d), np.inf)
+        best_id = np.zeros(len(d), dtype=np.int64)
+        normal = np.zeros_like(d)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tp = -o[:, 2] / d[:, 2]
+        pp = o + d * np.nan_to_num(tp)[:, None]
+        on_support = (tp > 1e-4) & (np.abs(pp[:, 0]) < SUPPORT_HALF) & (np.abs(pp[:, 1]) < SUPPORT_HALF)
+        best_t = np.where(on_support, tp, best_t)
+        normal[on_support] = [0, 0, 1]
+        best_id[on_support] = -1
+        for i, obj in enumerate(objects, start=1):
+            t, n = _intersect(obj, o, d)
+            closer = t < best_t
+            best_t = np.where(closer, t, best_t)
+            best_id = np.where(closer, i, best_id)
+            normal[closer] = n[closer]
+        hit = o + d * np.where(np.isfinite(best_t), best_t, 0)[:, None]
+        col = np.zeros_like(d)
+        sky = best_id == 0
+        col[sky] = (0.55 + 0.35 * d[sky, 2:3].clip(-1, 1)) * np.array([0.75, 0.85, 1.0])
+        sup = best_id == -1
+        chk = ((np.floor(hit[sup, 0] * 4) + np.floor(hit[sup, 1] * 4)) % 2)[:, None]
+        col[sup] = np.array([0.72, 0.62, 0.48]) * (1 - chk) + np.array([0.45, 0.36, 0.26]) * chk
+        for i, obj in enumerate(objects, start=1):
+            sel = best_id == i
+            if sel.any():
+                col[sel] = _texture(obj, hit[sel])
+        lit = ~sky
+        shade = 0.4 + 0.6 * np.clip((normal[lit] * light).sum(-1), 0, 1)
+        col[lit] *= shade[:, None]
+        if k < len(offsets):
+            acc += col.reshape(h, w, 3)
+        else:
+            ids_centre = np.clip(best_id, 0, None).reshape(h, w)
+    img = (np.clip(acc / len(offsets), 0, 1) * 255).round().astype(np.uint8)
+    return img, ids_centre.astype(np.uint8)
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up=np.array([0.0, 0.0, 1.0])) -> np.ndarray:
+    """OpenGL-style camera-to-world (camera looks along -z, y up), as nerfstudio expects."""
+    fwd = target - eye
+    fwd /= np.linalg.norm(fwd)
+    right = np.cross(fwd, up)
+    right /= np.linalg.norm(right)
+    true_up = np.cross(right, fwd)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, true_up, -fwd, eye
+    return c2w
+
+
+def make_scene(
+    out: Path,
+    num_views: int = 48,
+    width: int = 96,
+    height: int = 96,
+    elevations: tuple[float, ...] = (20.0, 45.0),
+    radius: float = 3.4,
+    fov_deg: float = 50.0,
+    progress: bool = True,
+) -> Path:
+    """Write the dataset to ``out``; returns the transforms.json path."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new folder (nothing was overwritten).")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "instances").mkdir(parents=True, exist_ok=True)
+    focal = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
+    target = np.array([0.0, 0.0, 0.25])
+    frames = []
+    views = []
+    for i in range(num_views):
+        elev = math.radians(elevations[i % len(elevations)])
+        az = 2 * math.pi * i / num_views
+        eye = target + radius * np.array([math.cos(elev) * math.cos(az), math.cos(elev) * math.sin(az), math.sin(elev)])
+        views.append(look_at(eye, target))
+    iterator = range(num_views)
+    if progress:
+        from rich.progress import track
+
+        iterator = track(iterator, description=f"Rendering {num_views} views")
+    for i in iterator:
+        c2w = views[i]
+        img, ids = render(c2w, width, height, focal)
+        name = f"frame_{i:05d}.png"
+        Image.fromarray(img).save(out / "images" / name)
+        Image.fromarray(ids).save(out / "instances" / name)
+        frames.append({"file_path": f"images/{name}", "instance_mask_path": f"instances/{name}", "transform_matrix": c2w.tolist()})
+    meta = {
+        "camera_model": "OPENCV",
+        "fl_x": focal,
+        "fl_y": focal,
+        "cx": width / 2,
+        "cy": height / 2,
+        "w": width,
+        "h": height,
+        "k1": 0.0,
+        "k2": 0.0,
+        "p1": 0.0,
+        "p2": 0.0,
+        "frames": frames,
+    }
+    (out / "transforms.json").write_text(json.dumps(meta, indent=1))
+    objects = [{"id": i, "name": o.name, "kind": o.kind, "bounds_min": o.bounds()[0], "bounds_max": o.bounds()[1]} for i, o in enumerate(OBJECTS, start=1)]
+    (out / "objects.json").write_text(json.dumps({"background_id": 0, "objects": objects}, indent=1))
+    return out / "transforms.json"

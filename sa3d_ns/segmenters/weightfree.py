@@ -1,0 +1,150 @@
+"""A promptable segmenter that needs no learned weights: GrabCut seeded by prompts, depth and the
+rendered 3D mask.
+
+How a prompt becomes a mask:
+
+1. Seeds. Discs around positive points are sure foreground, around negative points sure
+   background; outside a box is sure background.
+2. Hints. Where a prior is given (the rendered 3D mask score of later views) pixels with a
+   positive score are probable foreground. Without a prior, the pixels connected to a positive
+   point through depth-continuous regions (rendered depth within a relative tolerance of the
+   point's depth) are probable foreground. Everything else is probable background.
+3. GrabCut (colour Gaussian mixtures + graph cut, OpenCV) refines the labelling.
+4. Only connected components that contain a positive point are kept (with a box and no points:
+   components inside the box).
+
+Candidates (for ``multimask``): the GrabCut result, the GrabCut result before the component
+filter, and the depth/prior hint alone. Each is scored by how strongly the image and depth change
+across its boundary (mean edge strength on the boundary divided by the image's mean edge strength).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from sa3d_ns.segmenters.base import Segmentation, Segmenter, check_image, default_labels
+
+
+def _disc(mask: np.ndarray, x: float, y: float, radius: int, value: int) -> None:
+    cv2.circle(mask, (int(round(x)), int(round(y))), radius, int(value), thickness=-1)
+
+
+def depth_region(depth: np.ndarray, seeds: np.ndarray, tolerance: float) -> np.ndarray:
+    """Pixels connected to a seed through neighbours whose depths differ by less than
+    ``tolerance`` times the seed depth (a flood fill with a floating range)."""
+    h, w = depth.shape
+    region = np.zeros((h, w), dtype=bool)
+    d = depth.astype(np.float32).copy()
+    for x, y in seeds:
+        xi, yi = int(np.clip(round(x), 0, w - 1)), int(np.clip(round(y), 0, h - 1))
+        if region[yi, xi]:
+            continue
+        step = float(tolerance * max(abs(d[yi, xi]), 1e-6))
+        ff = np.zeros((h + 2, w + 2), np.uint8)
+        cv2.floodFill(d.copy(), ff, (xi, yi), 0, loDiff=step, upDiff=step, flags=4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))
+        region |= ff[1:-1, 1:-1].astype(bool)
+    return region
+
+
+def edge_strength(image: np.ndarray, depth: np.ndarray | None) -> np.ndarray:
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    g = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    if depth is not None:
+        d = depth.astype(np.float32)
+        d = (d - d.min()) / max(float(d.max() - d.min()), 1e-6)
+        g = g + np.hypot(cv2.Sobel(d, cv2.CV_32F, 1, 0), cv2.Sobel(d, cv2.CV_32F, 0, 1))
+    return g
+
+
+def boundary_score(mask: np.ndarray, edges: np.ndarray) -> float:
+    if not mask.any() or mask.all():
+        return 0.0
+    m = mask.astype(np.uint8)
+    boundary = (cv2.dilate(m, np.ones((3, 3), np.uint8)) - cv2.erode(m, np.ones((3, 3), np.uint8))).astype(bool)
+    return float(edges[boundary].mean() / max(float(edges.mean()), 1e-6))
+
+
+def components_with(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Connected components of ``mask`` that contain at least one of ``points``."""
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    h, w = mask.shape
+    keep = set()
+    for x, y in points:
+        lab = labels[int(np.clip(round(y), 0, h - 1)), int(np.clip(round(x), 0, w - 1))]
+        if lab > 0:
+            keep.add(int(lab))
+    return np.isin(labels, list(keep)) if keep else np.zeros_like(mask, dtype=bool)
+
+
+class WeightFreeSegmenter(Segmenter):
+    """GrabCut on the rendered image, seeded by the prompt, the rendered depth and the 3D mask.
+
+    Args:
+        iterations: GrabCut iterations.
+        seed_radius: radius of the sure-label discs around points, as a fraction of min(H, W).
+        depth_tolerance: relative depth step allowed when growing the depth hint from a point.
+    """
+
+    name = "weightfree"
+
+    def __init__(self, iterations: int = 5, seed_radius: float = 0.015, depth_tolerance: float = 0.02):
+        self.iterations = iterations
+        self.seed_radius = seed_radius
+        self.depth_tolerance = depth_tolerance
+        self.image: np.ndarray | None = None
+        self.depth: np.ndarray | None = None
+
+    def set_image(self, image, depth=None, view_id=None) -> None:
+        self.image = check_image(image)
+        self.depth = None if depth is None else np.asarray(depth, dtype=np.float32).reshape(self.image.shape[:2])
+
+    def predict(self, points=None, labels=None, box=None, prior=None, multimask=True) -> Segmentation:
+        if self.image is None:
+            raise RuntimeError("set_image must be called before predict")
+        img, h, w = self.image, self.image.shape[0], self.image.shape[1]
+        pts, lab = default_labels(points, labels)
+        pos, neg = pts[lab == 1], pts[lab == 0]
+        radius = max(1, int(round(self.seed_radius * min(h, w))))
+
+        inside = np.ones((h, w), dtype=bool)
+        if box is not None:
+            x0, y0, x1, y1 = [int(round(v)) for v in box]
+            inside[:] = False
+            inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+
+        if prior is not None and float(np.max(prior)) > 0:
+            hint = np.asarray(prior, dtype=np.float32).reshape(h, w) > 0
+        elif self.depth is not None and len(pos):
+            hint = depth_region(self.depth, pos, self.depth_tolerance)
+        elif box is not None:
+            hint = inside.copy()
+        else:
+            hint = np.zeros((h, w), dtype=bool)
+        hint &= inside
+
+        gc = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
+        gc[hint] = cv2.GC_PR_FGD
+        gc[~inside] = cv2.GC_BGD
+        for x, y in pos:
+            _disc(gc, x, y, radius, cv2.GC_FGD)
+        for x, y in neg:
+            _disc(gc, x, y, radius, cv2.GC_BGD)
+        init = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD))
+        raw = init
+        has_fg, has_bg = init.any(), (~init).any()
+        if has_fg and has_bg:
+            try:
+                bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+                cv2.grabCut(img, gc, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
+                raw = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD))
+            except cv2.error:
+                raw = init
+        if len(pos):
+            final = components_with(raw, pos)
+        else:
+            final = raw & inside
+        edges = edge_strength(img, self.depth)
+        candidates = [final, raw, hint | init] if multimask else [final]
+        scores = np.array([boundary_score(m, edges) for m in candidates], dtype=np.float32)
+        return Segmentation(masks=np.stack(candidates).astype(bool), scores=scores)

@@ -1,0 +1,30 @@
+"""``sa3d-train-nerfacto``: ``ns-train`` that also works offline.
+
+nerfacto builds LPIPS, whose AlexNet weights torchvision downloads on first use; without internet
+``ns-train nerfacto`` stops before training. When those weights are not in torch's hub cache this
+wrapper builds the model without LPIPS (nerfacto only uses it for evaluation metrics, which then
+report no LPIPS) and otherwise runs ``ns-train`` unchanged, with the same arguments.
+
+    sa3d-train-nerfacto nerfacto --data data/demo --machine.device-type cpu
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def entrypoint() -> None:
+    from nerfstudio.scripts import train
+
+    from sa3d_ns.nerf.offline import alexnet_weights_cached, lpips_disabled
+
+    if alexnet_weights_cached():
+        train.entrypoint()
+        return
+    print("sa3d-train-nerfacto: LPIPS weights (AlexNet) are not cached; training without the LPIPS metric.", file=sys.stderr)
+    with lpips_disabled():
+        train.entrypoint()
+
+
+if __name__ == "__main__":
+    entrypoint()
