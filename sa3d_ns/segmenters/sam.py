@@ -102,7 +102,7 @@ def build_sam(variant: str, checkpoint: Path | None, device: str | torch.device 
         model = sam_model_registry[variant](checkpoint=str(path))
     except Exception as err:  # noqa: BLE001 - any failure to read the file is the user's to fix
         raise SA3DError(
-            f"Could not load SAM {variant} weights from {path}: {type(err).__name__}: {err}. "
+            f"Could not load SAM {variant} weights from {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}. "
             f"Is it a {variant} checkpoint (the variant is set with --pipeline.sam-variant)? {FIX_HINT}"
         ) from None
     return model.to(device).eval()

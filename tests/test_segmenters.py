@@ -1,0 +1,164 @@
+"""The 2D segmenters: weight-free (GrabCut + depth), oracle (instance masks) and SAM (the real
+segment-anything architecture at small random weights)."""
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.metrics import iou
+from sa3d_ns.segmenters.base import Segmentation
+from sa3d_ns.segmenters.oracle import OracleSegmenter
+from sa3d_ns.segmenters.weightfree import WeightFreeSegmenter
+
+
+def disc_scene(h=64, w=80, seed=0):
+    """A red disc in front of a noisy checkered background; depth 2 on the disc, 5 behind."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    gt = (xx - 30) ** 2 + (yy - 30) ** 2 < 14**2
+    checker = ((xx // 8 + yy // 8) % 2).astype(np.float32)
+    img = np.stack([0.3 + 0.3 * checker, 0.5 + 0.2 * checker, 0.6 - 0.2 * checker], -1)
+    img[gt] = [0.85, 0.15, 0.1]
+    img = np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1)
+    depth = np.where(gt, 2.0, 5.0).astype(np.float32)
+    return (img * 255).astype(np.uint8), depth, gt
+
+
+def test_weightfree_point_prompt_finds_the_object():
+    img, depth, gt = disc_scene()
+    seg = WeightFreeSegmenter()
+    seg.set_image(img, depth)
+    out = seg.predict(np.array([[30.0, 30.0]]), np.array([1]))
+    assert out.masks.shape == (3, 64, 80) and out.scores.shape == (3,)
+    mask, _ = out.best()
+    assert iou(mask, gt) > 0.9
+
+
+def test_weightfree_without_depth_and_with_negative_point_and_box():
+    img, _, gt = disc_scene(seed=1)
+    seg = WeightFreeSegmenter()
+    seg.set_image(img)
+    out = seg.predict(np.array([[30.0, 30.0], [70.0, 55.0]]), np.array([1, 0]), box=np.array([10, 10, 50, 50]))
+    assert iou(out.masks[0], gt) > 0.85
+    assert not out.masks[0][55, 70]  # the negative point is background
+
+
+def test_weightfree_uses_prior_from_rendered_mask():
+    img, depth, gt = disc_scene(seed=2)
+    prior = np.where(gt, 0.8, -0.5).astype(np.float32)
+    prior[:, :18] = -0.5  # an imperfect prior (misses the left part of the disc)
+    seg = WeightFreeSegmenter()
+    seg.set_image(img, depth)
+    out = seg.predict(np.array([[32.0, 30.0]]), prior=prior, multimask=False)
+    assert out.masks.shape[0] == 1
+    assert iou(out.masks[0], gt) > 0.85
+
+
+def test_weightfree_box_only():
+    img, depth, gt = disc_scene(seed=3)
+    seg = WeightFreeSegmenter()
+    seg.set_image(img, depth)
+    out = seg.predict(box=np.array([14, 14, 46, 46]), multimask=False)
+    assert iou(out.masks[0], gt) > 0.8
+
+
+def test_oracle_points_and_box():
+    inst = np.zeros((20, 30), np.int64)
+    inst[2:8, 2:10] = 1
+    inst[10:18, 12:28] = 2
+    seg = OracleSegmenter(lambda view, size: inst)
+    seg.set_image(np.zeros((20, 30, 3), np.uint8), view_id=0)
+    # two of three positive points on object 2, one on object 1, a negative on 1 (ignored)
+    out = seg.predict(np.array([[15, 12], [20, 15], [3, 3], [4, 4]]), np.array([1, 1, 1, 0]))
+    assert (out.masks[0] == (inst == 2)).all() and out.scores[0] == 1.0
+    out = seg.predict(box=np.array([1, 1, 11, 9]))
+    assert (out.masks[0] == (inst == 1)).all()
+    out = seg.predict(np.array([[0, 19]]))  # background only -> empty mask, score 0
+    assert not out.masks[0].any() and out.scores[0] == 0.0
+    with pytest.raises(SA3DError, match="only works on training views"):
+        seg.set_image(np.zeros((20, 30, 3), np.uint8))
+
+
+def test_mask_choice_out_of_range_is_a_clear_error():
+    seg = Segmentation(masks=np.zeros((3, 2, 2), bool), scores=np.array([0.1, 0.9, 0.5]))
+    assert seg.best()[1] == 1 and seg.best(2)[1] == 2
+    with pytest.raises(SA3DError, match="mask_choice 3 does not exist"):
+        seg.best(3)
+
+
+# ----------------------------------------------------------------------------- SAM
+def tiny_sam(img_size=64):
+    """The real segment-anything architecture, shrunk, with random weights (no download)."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    dim, grid = 32, img_size // 16
+    torch.manual_seed(0)
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=img_size, patch_size=16, embed_dim=dim, depth=1, num_heads=2, out_chans=dim, use_rel_pos=True, window_size=0
+        ),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=4),
+        mask_decoder=MaskDecoder(
+            transformer_dim=dim,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            iou_head_hidden_dim=32,
+        ),
+    ).eval()
+
+
+def test_sam_segmenter_real_architecture_small_weights():
+    from sa3d_ns.segmenters.sam import SamSegmenter
+
+    img, depth, _ = disc_scene()
+    seg = SamSegmenter(tiny_sam())
+    seg.set_image(img, depth, view_id=0)
+    out = seg.predict(np.array([[30.0, 30.0]]), np.array([1]), multimask=True)
+    assert out.masks.shape == (3, 64, 80) and out.masks.dtype == bool and out.scores.shape == (3,)
+    out = seg.predict(np.array([[30.0, 30.0], [60, 50]]), np.array([1, 0]), box=np.array([5, 5, 50, 50]), multimask=False)
+    assert out.masks.shape == (1, 64, 80)
+
+
+def test_sam_weights_errors(tmp_path, monkeypatch):
+    from sa3d_ns.segmenters import sam
+
+    monkeypatch.setenv("SA3D_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SA3DError, match="SAM checkpoint not found: .*--pipeline.sam-checkpoint.*weightfree"):
+        sam.resolve_sam_checkpoint("vit_b", tmp_path / "nope.pth")
+    with pytest.raises(SA3DError, match="Unknown SAM variant"):
+        sam.resolve_sam_checkpoint("vit_x", None)
+    monkeypatch.setenv("SA3D_OFFLINE", "1")
+    with pytest.raises(SA3DError, match="not in the cache .*downloads are disabled.*weightfree"):
+        sam.resolve_sam_checkpoint("vit_b", None)
+    # a failed download (offline) is a clear error and leaves no partial file
+    monkeypatch.delenv("SA3D_OFFLINE")
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(sam.urllib.request, "urlopen", offline)
+    with pytest.raises(SA3DError, match="Could not download SAM weights .*You may be offline.*weightfree"):
+        sam.resolve_sam_checkpoint("vit_b", None)
+    assert not any((tmp_path / "cache").glob("*"))
+    # a corrupt cached file is detected by its checksum
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    (tmp_path / "cache" / "sam_vit_b_01ec64.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(SA3DError, match="corrupt \\(MD5 mismatch\\)"):
+        sam.resolve_sam_checkpoint("vit_b", None)
+    # a corrupt file given by path fails to load with a message naming the flag
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(SA3DError, match="Could not load SAM vit_b weights .*--pipeline.sam-checkpoint"):
+        sam.build_sam("vit_b", bad)
+
+
+def test_sam_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    """A readable state dict whose shapes do not fit the chosen variant names the variant flag."""
+    from sa3d_ns.segmenters import sam
+
+    path = tmp_path / "tiny.pth"
+    torch.save(tiny_sam().state_dict(), path)
+    with pytest.raises(SA3DError, match="Is it a vit_b checkpoint"):
+        sam.build_sam("vit_b", path)
