@@ -1,0 +1,167 @@
+"""End to end through the real commands on a tiny generated scene (CPU, no downloads):
+sa3d-make-scene -> sa3d-train-nerfacto (ns-train nerfacto) -> ns-train sa3d (oracle, weightfree)
+-> ns-render dataset of `mask` -> sa3d-eval; and every bad input of `ns-train sa3d`."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY_NERFACTO, run
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 24-view 64x64 scene, a 300-step nerfacto on it, and a prompt on the red ball (object 1)."""
+    root = tmp_path_factory.mktemp("e2e")
+    r = run(["sa3d-make-scene", "--output", root / "scene", "--num-views", "24", "--width", "64", "--height", "64"], root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run(["sa3d-train-nerfacto", "nerfacto", "--data", root / "scene", "--output-dir", root / "outputs",
+             "--max-num-iterations", "300", "--viewer.quit-on-train-completion", "True", *TINY_NERFACTO], root)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    nerfacto_config = next((root / "outputs").rglob("nerfacto/*/config.yml"))
+    inst = np.asarray(Image.open(root / "scene" / "instances" / "frame_00000.png"))
+    ys, xs = np.nonzero(inst == 1)
+    prompt = root / "prompt.json"
+    prompt.write_text(json.dumps({"view": "frame_00000.png", "points": [[float(np.median(xs)), float(np.median(ys))]], "labels": [1]}))
+    return {"root": root, "nerfacto": nerfacto_config, "prompt": prompt, "digest": tree_digest(nerfacto_config.parent)}
+
+
+def sa3d(scene, *extra, out="outputs", env=None):
+    cmd = ["ns-train", "sa3d", "--pipeline.nerfacto-config", scene["nerfacto"], "--machine.device-type", "cpu", "--vis", "tensorboard",
+           "--output-dir", scene["root"] / out, *extra]  # fmt: skip
+    return run(cmd, scene["root"], env=env)
+
+
+def sa3d_runs(scene, out="outputs"):
+    return sorted((scene["root"] / out).glob("*/sa3d/*"))
+
+
+@pytest.mark.parametrize("segmenter, min_miou", [("oracle", 0.75), ("weightfree", 0.7)])
+def test_segment_render_and_evaluate(scene, segmenter, min_miou):
+    before = set(sa3d_runs(scene))
+    r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", segmenter)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (run_dir,) = set(sa3d_runs(scene)) - before
+    assert list((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
+    summary = json.loads((run_dir / "sa3d" / "summary.json").read_text())
+    assert summary["complete"] and summary["views_done"] == summary["views_total"] == 22
+    assert summary["counts"]["prompt"] == 1 and summary["counts"]["accepted"] >= 10
+    assert len(list((run_dir / "sa3d" / "views").glob("*.png"))) == 22
+    assert list((run_dir / "sa3d" / "masks").glob("*.png"))
+
+    # the mask field was trained and saved in the checkpoint
+    state = torch.load(next((run_dir / "nerfstudio_models").glob("*.ckpt")), map_location="cpu", weights_only=True)
+    assert state["pipeline"]["_model.mask_field.encoding.hash_table"].abs().sum() > 0
+
+    # ns-render the binary `mask` output of the held-out views
+    r = run(["ns-render", "dataset", "--load-config", run_dir / "config.yml", "--output-path", run_dir / "renders",
+             "--rendered-output-names", "mask", "--split", "test", "--image-format", "png", "--colormap-options.colormap", "gray"],
+            scene["root"])  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    masks = sorted((run_dir / "renders" / "test" / "mask").glob("*.png"))
+    assert len(masks) == 2
+    for m in masks:
+        assert set(np.unique(np.asarray(Image.open(m)))) <= {0, 255}
+
+    # sa3d-eval works without the source nerfacto run (moved away), and the object is found
+    parked = scene["nerfacto"].parent.with_name("parked")
+    scene["nerfacto"].parent.rename(parked)
+    try:
+        r = run(["sa3d-eval", "--load-config", run_dir / "config.yml", "--split", "test"], scene["root"])
+    finally:
+        parked.rename(scene["nerfacto"].parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((run_dir / "sa3d" / "eval_test" / "eval.json").read_text())
+    print(f"{segmenter}: held-out mIoU {result['miou']:.4f}, per view {[round(v['iou'], 4) for v in result['views']]}")
+    assert result["object_id"] == 1
+    assert result["miou"] >= min_miou
+    assert tree_digest(scene["nerfacto"].parent) == scene["digest"]  # the nerfacto run is never modified
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("missing_config", "file not found"),
+        ("not_nerfacto", "sa3d needs a nerfacto run"),
+        ("tcnn_checkpoint", "trained with tiny-cuda-nn"),
+        ("malformed_json", "not valid JSON"),
+        ("point_outside", "outside view"),
+        ("unknown_view", "not a training image"),
+        ("labels_mismatch", "one label per point"),
+        ("empty_mask", "empty mask"),
+        ("missing_sam_weights", "--pipeline.segmenter weightfree"),
+        ("no_instance_masks", "instance_mask_path"),
+    ],
+)
+def test_bad_input(scene, tmp_path, case, match):
+    root = scene["root"]
+    good = json.loads(scene["prompt"].read_text())
+    extra = ["--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", "oracle"]
+    config = scene["nerfacto"]
+    env = None
+    if case == "missing_config":
+        config = tmp_path / "nope" / "config.yml"
+    elif case == "not_nerfacto":
+        done = [p for p in sa3d_runs(scene) if list((p / "nerfstudio_models").glob("*.ckpt"))]
+        if not done:
+            pytest.skip("needs a finished sa3d run from test_segment_render_and_evaluate")
+        config = done[0] / "config.yml"
+    elif case == "tcnn_checkpoint":
+        copy = tmp_path / "nerfacto_tcnn"
+        shutil.copytree(scene["nerfacto"].parent, copy)
+        ckpt = next((copy / "nerfstudio_models").glob("*.ckpt"))
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state["pipeline"] = {k.replace("hash_table", "params"): v for k, v in state["pipeline"].items()}
+        torch.save(state, ckpt)
+        config = copy / "config.yml"
+    elif case == "malformed_json":
+        extra[1] = write(tmp_path / "p.json", '{"view": 0, "points": [[1, 2]')
+    elif case == "point_outside":
+        extra[1] = write(tmp_path / "p.json", json.dumps({**good, "points": [[64, 10]]}))
+    elif case == "unknown_view":
+        extra[1] = write(tmp_path / "p.json", json.dumps({**good, "view": "frame_00011.png"}))  # a held-out view
+    elif case == "labels_mismatch":
+        extra[1] = write(tmp_path / "p.json", json.dumps({**good, "labels": [1, 0]}))
+    elif case == "empty_mask":
+        extra[1] = write(tmp_path / "p.json", json.dumps({**good, "points": [[1, 1]]}))  # sky: no object there
+    elif case == "missing_sam_weights":
+        extra[3] = "sam"
+        env = {"SA3D_OFFLINE": "1", "SA3D_CACHE": str(tmp_path / "cache")}
+    elif case == "no_instance_masks":
+        data = tmp_path / "data"
+        shutil.copytree(root / "scene", data)
+        meta = json.loads((data / "transforms.json").read_text())
+        for f in meta["frames"]:
+            f.pop("instance_mask_path")
+        (data / "transforms.json").write_text(json.dumps(meta))
+        extra += ["--data", data]
+    before = set(sa3d_runs(scene, "bad"))
+    scene_cfg = {**scene, "nerfacto": config}
+    r = sa3d(scene_cfg, *extra, out="bad", env=env)
+    output = r.stdout + r.stderr
+    assert r.returncode == 2, output[-3000:]
+    assert "sa3d error" in output and match in " ".join(output.split()), output[-3000:]
+    assert "Traceback" not in output
+    assert set(sa3d_runs(scene, "bad")) == before  # no half-written run is left behind
+    assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
