@@ -1,0 +1,30 @@
+"""The method is registered with nerfstudio and its command line answers --help."""
+
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.plugins import registry
+
+from helpers import run
+
+
+def test_entry_point_registers_sa3d():
+    methods, descriptions = registry.discover_methods()
+    assert "sa3d" in methods and isinstance(methods["sa3d"], TrainerConfig)
+    assert methods["sa3d"].pipeline.segmenter == "sam"
+    assert "SA3D" in descriptions["sa3d"]
+
+
+def test_ns_train_help_lists_sa3d_and_its_flags(tmp_path):
+    r = run(["ns-train", "--help"], tmp_path)
+    assert r.returncode == 0 and "sa3d" in r.stdout
+    r = run(["ns-train", "sa3d", "--help"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for flag in ("--pipeline.nerfacto-config", "--pipeline.prompt", "--pipeline.segmenter", "--pipeline.sam-checkpoint",
+                 "--pipeline.num-prompts", "--pipeline.iou-threshold", "--pipeline.neg-weight", "--pipeline.view-order"):  # fmt: skip
+        assert flag in r.stdout, flag
+
+
+def test_method_config_imports_nothing_heavy(tmp_path):
+    """nerfstudio imports sa3d_ns.config for every ns-* command: no SAM import there."""
+    code = "import sys, sa3d_ns.config; print('segment_anything' in sys.modules, 'cv2' in sys.modules)"
+    r = run(["python", "-c", code], tmp_path)
+    assert r.returncode == 0 and r.stdout.split() == ["False", "False"], r.stdout + r.stderr[-2000:]
