@@ -22,7 +22,9 @@ def instance_mask_paths(data: Path, image_filenames: Sequence[Path]) -> list[Pat
     """Instance-mask path of each image in ``image_filenames`` (matched by file name)."""
     tpath = transforms_path(data)
     if not tpath.is_file():
-        raise SA3DError(f"No transforms.json at {tpath}: the oracle segmenter needs a nerfstudio dataset with instance masks.")
+        raise SA3DError(
+            f"No transforms.json at {tpath}: the oracle segmenter needs a nerfstudio dataset with instance masks."
+        )
     meta = json.loads(tpath.read_text())
     by_name: dict[str, Path] = {}
     for frame in meta.get("frames", []):
@@ -33,7 +35,7 @@ def instance_mask_paths(data: Path, image_filenames: Sequence[Path]) -> list[Pat
         key = Path(name).name
         if key not in by_name:
             raise SA3DError(
-                f"The dataset {tpath} has no \"instance_mask_path\" for image {key}: the oracle segmenter needs ground-truth "
+                f'The dataset {tpath} has no "instance_mask_path" for image {key}: the oracle segmenter needs ground-truth '
                 "instance masks for every training frame. Use --pipeline.segmenter weightfree or sam instead."
             )
         if not by_name[key].is_file():

@@ -28,9 +28,13 @@ def prompted_object_id(instances: np.ndarray, prompt: dict) -> int:
     seg = OracleSegmenter(lambda view, size: instances)
     seg.set_image(np.zeros((*instances.shape, 3), np.uint8), view_id=0)
     box = None if prompt.get("box") is None else np.asarray(prompt["box"], np.float32)
-    mask = seg.predict(np.asarray(prompt["points"], np.float32).reshape(-1, 2), np.asarray(prompt["labels"]), box).masks[0]
+    mask = seg.predict(
+        np.asarray(prompt["points"], np.float32).reshape(-1, 2), np.asarray(prompt["labels"]), box
+    ).masks[0]
     if not mask.any():
-        raise SA3DError("The prompt does not fall on any ground-truth object in the prompt view; cannot tell which object to evaluate.")
+        raise SA3DError(
+            "The prompt does not fall on any ground-truth object in the prompt view; cannot tell which object to evaluate."
+        )
     return int(np.bincount(instances[mask]).argmax())
 
 
@@ -71,9 +75,20 @@ def evaluate_run(load_config: Path, split: str = "test", output: Path | None = N
             pred = out["mask"][..., 0].cpu().numpy() > 0.5
             gt_ids = read_instance_mask(paths[i])
             if gt_ids.shape != pred.shape:
-                raise SA3DError(f"Ground truth {paths[i]} is {gt_ids.shape[::-1]} but the view renders at {pred.shape[::-1]}.")
+                raise SA3DError(
+                    f"Ground truth {paths[i]} is {gt_ids.shape[::-1]} but the view renders at {pred.shape[::-1]}."
+                )
             gt = gt_ids == obj
-            rows.append({"image": Path(names[i]).name, "iou": iou(pred, gt), "accuracy": accuracy(pred, gt), "_pred": pred, "_gt": gt, "_rgb": out["rgb"].cpu().numpy()})
+            rows.append(
+                {
+                    "image": Path(names[i]).name,
+                    "iou": iou(pred, gt),
+                    "accuracy": accuracy(pred, gt),
+                    "_pred": pred,
+                    "_gt": gt,
+                    "_rgb": out["rgb"].cpu().numpy(),
+                }
+            )
     result = {
         "run": str(load_config),
         "split": split,

@@ -23,4 +23,6 @@ TINY_NERFACTO = [
 def run(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     exe = str(BIN / cmd[0]) if (BIN / cmd[0]).exists() else cmd[0]
-    return subprocess.run([exe, *map(str, cmd[1:])], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [exe, *map(str, cmd[1:])], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

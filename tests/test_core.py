@@ -161,7 +161,9 @@ def test_parse_prompt_defaults_and_scaling():
     q = parse_prompt({"view": "a.png", "points": [[10, 20]]})
     assert q.labels.tolist() == [1]
     half = parse_prompt({"view": 0, "points": [[9.5, 19.5]], "box": [0, 0, 20, 40]}).scaled(0.5, 0.5)
-    assert half.points.tolist() == [[4.5, 9.5]]  # pixel centres: (9.5 + 0.5) * 0.5 - 0.5 and half.box.tolist() == [0, 0, 10, 20]
+    assert half.points.tolist() == [
+        [4.5, 9.5]
+    ]  # pixel centres: (9.5 + 0.5) * 0.5 - 0.5 and half.box.tolist() == [0, 0, 10, 20]
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,9 @@ def tree_digest(root: Path) -> str:
 def scene(tmp_path_factory):
     """A 24-view 64x64 scene, a 300-step nerfacto on it, and a prompt on the red ball (object 1)."""
     root = tmp_path_factory.mktemp("e2e")
-    r = run(["sa3d-make-scene", "--output", root / "scene", "--num-views", "24", "--width", "64", "--height", "64"], root)
+    r = run(
+        ["sa3d-make-scene", "--output", root / "scene", "--num-views", "24", "--width", "64", "--height", "64"], root
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     r = run(["sa3d-train-nerfacto", "nerfacto", "--data", root / "scene", "--output-dir", root / "outputs",
              "--max-num-iterations", "300", "--viewer.quit-on-train-completion", "True", *TINY_NERFACTO], root)  # fmt: skip
@@ -38,7 +40,9 @@ def scene(tmp_path_factory):
     inst = np.asarray(Image.open(root / "scene" / "instances" / "frame_00000.png"))
     ys, xs = np.nonzero(inst == 1)
     prompt = root / "prompt.json"
-    prompt.write_text(json.dumps({"view": "frame_00000.png", "points": [[float(np.median(xs)), float(np.median(ys))]], "labels": [1]}))
+    prompt.write_text(
+        json.dumps({"view": "frame_00000.png", "points": [[float(np.median(xs)), float(np.median(ys))]], "labels": [1]})
+    )
     return {"root": root, "nerfacto": nerfacto_config, "prompt": prompt, "digest": tree_digest(nerfacto_config.parent)}
 
 
@@ -165,3 +169,16 @@ def test_bad_input(scene, tmp_path, case, match):
     assert "Traceback" not in output
     assert set(sa3d_runs(scene, "bad")) == before  # no half-written run is left behind
     assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
+
+
+def test_nerfacto_checkpoint_loads_in_nerfstudio_under_torch_2_6(scene, tmp_path):
+    """nerfstudio 1.1.5 loads checkpoints with plain torch.load (weights_only=True since torch 2.6),
+    which refuses nerfacto's numpy learning rates; plugin discovery allow-lists them."""
+    ckpt = next((scene["nerfacto"].parent / "nerfstudio_models").glob("*.ckpt"))
+    plain = f"import torch; torch.load({str(ckpt)!r}, map_location='cpu'); print('loaded')"
+    with_plugin = "import nerfstudio.configs.method_configs; " + plain
+    r = run(["python", "-c", plain], tmp_path)
+    if torch.__version__ >= "2.6":
+        assert r.returncode != 0 and "weights_only" in r.stderr.replace("\n", " ")
+    r = run(["python", "-c", with_plugin], tmp_path)
+    assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]

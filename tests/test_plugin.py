@@ -1,9 +1,8 @@
 """The method is registered with nerfstudio and its command line answers --help."""
 
+from helpers import run
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins import registry
-
-from helpers import run
 
 
 def test_entry_point_registers_sa3d():

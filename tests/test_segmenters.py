@@ -98,9 +98,18 @@ def tiny_sam(img_size=64):
     torch.manual_seed(0)
     return Sam(
         image_encoder=ImageEncoderViT(
-            img_size=img_size, patch_size=16, embed_dim=dim, depth=1, num_heads=2, out_chans=dim, use_rel_pos=True, window_size=0
+            img_size=img_size,
+            patch_size=16,
+            embed_dim=dim,
+            depth=1,
+            num_heads=2,
+            out_chans=dim,
+            use_rel_pos=True,
+            window_size=0,
         ),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=4),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size), mask_in_chans=4
+        ),
         mask_decoder=MaskDecoder(
             transformer_dim=dim,
             transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
@@ -117,7 +126,9 @@ def test_sam_segmenter_real_architecture_small_weights():
     seg.set_image(img, depth, view_id=0)
     out = seg.predict(np.array([[30.0, 30.0]]), np.array([1]), multimask=True)
     assert out.masks.shape == (3, 64, 80) and out.masks.dtype == bool and out.scores.shape == (3,)
-    out = seg.predict(np.array([[30.0, 30.0], [60, 50]]), np.array([1, 0]), box=np.array([5, 5, 50, 50]), multimask=False)
+    out = seg.predict(
+        np.array([[30.0, 30.0], [60, 50]]), np.array([1, 0]), box=np.array([5, 5, 50, 50]), multimask=False
+    )
     assert out.masks.shape == (1, 64, 80)
 
 

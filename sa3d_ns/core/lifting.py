@@ -32,10 +32,16 @@ def vote_targets(mask: torch.Tensor, neg_weight: float) -> torch.Tensor:
 
     Example: mask [1, 0] with lambda 1 -> [1, -1]; with lambda 0.3 -> [1, -0.3].
     """
-    return torch.where(mask.bool(), torch.ones_like(mask, dtype=torch.float32), torch.full_like(mask, -float(neg_weight), dtype=torch.float32))
+    return torch.where(
+        mask.bool(),
+        torch.ones_like(mask, dtype=torch.float32),
+        torch.full_like(mask, -float(neg_weight), dtype=torch.float32),
+    )
 
 
-def render_mask_score(field: Callable[[torch.Tensor], torch.Tensor], positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def render_mask_score(
+    field: Callable[[torch.Tensor], torch.Tensor], positions: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """S = sum_i w_i m(x_i) for R rays of S samples: positions R x S x 3, weights R x S -> R."""
     r, s = weights.shape
     values = field(positions.reshape(-1, 3)).reshape(r, s)
@@ -72,7 +78,9 @@ class MaskLifter:
         self.numerator = torch.zeros_like(param, dtype=torch.float32)
         self.denominator = torch.zeros_like(param, dtype=torch.float32)
 
-    def _grads(self, positions: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _grads(
+        self, positions: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (sum_p t(p) dS(p)/dtheta, sum_p dS(p)/dtheta) over the given rays."""
         signed = torch.zeros_like(self.param, dtype=torch.float32)
         touch = torch.zeros_like(self.param, dtype=torch.float32)
@@ -99,7 +107,9 @@ class MaskLifter:
             self.numerator += signed
             self.denominator += touch
             touched = self.denominator > 0
-            value = torch.where(touched, self.numerator / self.denominator.clamp_min(1e-12), torch.zeros_like(self.numerator))
+            value = torch.where(
+                touched, self.numerator / self.denominator.clamp_min(1e-12), torch.zeros_like(self.numerator)
+            )
             self.param.copy_(value.to(self.param.dtype))
         else:
             # L = -mean_p t(p) S(p); dL/dtheta = -signed / R.

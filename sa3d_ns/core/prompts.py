@@ -46,7 +46,13 @@ class Prompt:
         box = None
         if self.box is not None:
             box = self.box * np.array([sx, sy, sx, sy], dtype=np.float32)
-        return Prompt(view=self.view, points=pts.astype(np.float32), labels=self.labels.copy(), box=box, mask_choice=self.mask_choice)
+        return Prompt(
+            view=self.view,
+            points=pts.astype(np.float32),
+            labels=self.labels.copy(),
+            box=box,
+            mask_choice=self.mask_choice,
+        )
 
     def to_json(self) -> dict:
         return {
@@ -72,7 +78,7 @@ def parse_prompt(data, source: str = "prompt") -> Prompt:
         raise _fail(source, f"expected a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - set(ALLOWED_KEYS))
     if unknown:
-        hint = ' (text prompts are not supported by this version; give points or a box)' if "text" in unknown else ""
+        hint = " (text prompts are not supported by this version; give points or a box)" if "text" in unknown else ""
         raise _fail(source, f"unknown key(s) {unknown}; allowed keys are {list(ALLOWED_KEYS)}{hint}")
     if "view" not in data:
         raise _fail(source, 'missing "view" (a training image index or file name)')
@@ -96,7 +102,10 @@ def parse_prompt(data, source: str = "prompt") -> Prompt:
         if not isinstance(labels_raw, list) or not all(v in (0, 1) and not isinstance(v, float) for v in labels_raw):
             raise _fail(source, f'"labels" must be a list of 1 (positive) / 0 (negative), got {labels_raw!r}')
         if len(labels_raw) != len(points):
-            raise _fail(source, f'"labels" has {len(labels_raw)} entries but "points" has {len(points)}; give one label per point')
+            raise _fail(
+                source,
+                f'"labels" has {len(labels_raw)} entries but "points" has {len(points)}; give one label per point',
+            )
         labels = np.asarray(labels_raw, dtype=np.int64)
 
     box = None
@@ -121,7 +130,9 @@ def load_prompt(path: Path | str) -> Prompt:
     """Read and validate a prompt JSON file."""
     path = Path(path)
     if not path.is_file():
-        raise SA3DError(f"Prompt file not found: {path}. Pass an existing JSON file with --pipeline.prompt (example: {EXAMPLE}).")
+        raise SA3DError(
+            f"Prompt file not found: {path}. Pass an existing JSON file with --pipeline.prompt (example: {EXAMPLE})."
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -138,10 +149,16 @@ def resolve_view(view: int | str, image_names: Sequence[str]) -> int:
     n = len(image_names)
     if isinstance(view, int):
         if not 0 <= view < n:
-            raise SA3DError(f'Prompt "view" {view} is out of range: the run has {n} training images (valid indices 0..{n - 1}).')
+            raise SA3DError(
+                f'Prompt "view" {view} is out of range: the run has {n} training images (valid indices 0..{n - 1}).'
+            )
         return view
     wanted = Path(view).as_posix().lstrip("./")
-    matches = [i for i, name in enumerate(image_names) if Path(name).as_posix() == wanted or Path(name).as_posix().endswith("/" + wanted)]
+    matches = [
+        i
+        for i, name in enumerate(image_names)
+        if Path(name).as_posix() == wanted or Path(name).as_posix().endswith("/" + wanted)
+    ]
     if len(matches) == 1:
         return matches[0]
     examples = ", ".join(Path(x).name for x in list(image_names)[:3])
@@ -164,4 +181,6 @@ def check_inside(prompt: Prompt, width: int, height: int) -> None:
     if prompt.box is not None:
         x0, y0, x1, y1 = prompt.box
         if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-            raise SA3DError(f"Prompt box {prompt.box.tolist()} extends outside view {prompt.view!r}, which is {width} x {height} pixels.")
+            raise SA3DError(
+                f"Prompt box {prompt.box.tolist()} extends outside view {prompt.view!r}, which is {width} x {height} pixels."
+            )

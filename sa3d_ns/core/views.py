@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def view_order(centres: np.ndarray, start: int, mode: str = "dataset", directions: np.ndarray | None = None) -> list[int]:
+def view_order(
+    centres: np.ndarray, start: int, mode: str = "dataset", directions: np.ndarray | None = None
+) -> list[int]:
     """Visit order of N views beginning with ``start``.
 
     ``dataset``: start, then the other views in ascending index order.

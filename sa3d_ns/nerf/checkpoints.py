@@ -28,7 +28,9 @@ def allow_numpy_scalars() -> None:
     except AttributeError:
         scalar = np.core.multiarray.scalar
     types = [scalar, np.dtype]
-    types += [getattr(np.dtypes, name) for name in ("Float64DType", "Float32DType", "Int64DType") if hasattr(np, "dtypes")]
+    types += [
+        getattr(np.dtypes, name) for name in ("Float64DType", "Float32DType", "Int64DType") if hasattr(np, "dtypes")
+    ]
     add(types)
 
 

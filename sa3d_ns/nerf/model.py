@@ -95,7 +95,9 @@ class SA3DModel(NerfactoModel):
     def get_param_groups(self) -> dict[str, list[Parameter]]:
         return {"mask_field": [self.mask_field.table]}
 
-    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> list[TrainingCallback]:
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> list[TrainingCallback]:
         return []
 
     @torch.no_grad()

@@ -79,12 +79,16 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
 class SA3DPipeline(VanillaPipeline):
     config: SA3DPipelineConfig
 
-    def __init__(self, config: SA3DPipelineConfig, device, test_mode="val", world_size=1, local_rank=0, grad_scaler=None):
+    def __init__(
+        self, config: SA3DPipelineConfig, device, test_mode="val", world_size=1, local_rank=0, grad_scaler=None
+    ):
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.output_dir: Path | None = None
         self._segmenter = None
         self.records: list[dict] = []
-        self.lifter = MaskLifter(self.model.mask_field, self.model.mask_field.table, mode=config.lifting, lr=config.sgd_lr)
+        self.lifter = MaskLifter(
+            self.model.mask_field, self.model.mask_field.table, mode=config.lifting, lr=config.sgd_lr
+        )
         self.order: list[int] = []
         self.prompt: Prompt | None = None
         if test_mode == "val":
@@ -98,7 +102,9 @@ class SA3DPipeline(VanillaPipeline):
     def _setup_segmentation(self) -> None:
         cfg = self.config
         if cfg.nerfacto_checkpoint is None:
-            raise SA3DError("No nerfacto checkpoint: pass --pipeline.nerfacto-config outputs/<scene>/nerfacto/<timestamp>/config.yml.")
+            raise SA3DError(
+                "No nerfacto checkpoint: pass --pipeline.nerfacto-config outputs/<scene>/nerfacto/<timestamp>/config.yml."
+            )
         state = load_checkpoint(cfg.nerfacto_checkpoint)["pipeline"]
         self.model.load_nerfacto_state(state, cfg.nerfacto_checkpoint)
         if cfg.prompt is None:
@@ -111,12 +117,15 @@ class SA3DPipeline(VanillaPipeline):
         order = view_order(c2w[:, :3, 3], start, cfg.view_order, directions=-c2w[:, :3, 2])
         self.order = order * max(cfg.num_passes, 1)
 
-    @property
-    def segmenter(self):
+    def get_segmenter(self):
+        """The 2D segmenter, built on first use (a method, not a property: the viewer getattr()s
+        every public attribute of the pipeline when it starts)."""
         if self._segmenter is None:
             from sa3d_ns.segmenters.factory import make_segmenter
 
-            self._segmenter = make_segmenter(self.config, self.image_names, self.datamanager.dataparser.config.data, self.device)
+            self._segmenter = make_segmenter(
+                self.config, self.image_names, self.datamanager.dataparser.config.data, self.device
+            )
         return self._segmenter
 
     def num_steps(self) -> int:
@@ -161,7 +170,7 @@ class SA3DPipeline(VanillaPipeline):
         depth = r["depth"].view(h, w).cpu()
         image = (r["rgb"].view(h, w, 3).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
         t_render = time.perf_counter() - t0
-        seg = self.segmenter
+        seg = self.get_segmenter()
         seg.set_image(image, depth.numpy(), view_id=view)
         rec = {"step": step, "view": view, "image": Path(self.image_names[view]).name}
         if first:
@@ -198,14 +207,21 @@ class SA3DPipeline(VanillaPipeline):
         return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
 
     def _finish(self, rec, image, mask, points, labels, t_render, t_total) -> dict:
-        rec.update(points=np.round(points, 1).tolist(), labels=[int(x) for x in labels], render_s=round(t_render, 3), total_s=round(t_total, 3))
+        rec.update(
+            points=np.round(points, 1).tolist(),
+            labels=[int(x) for x in labels],
+            render_s=round(t_render, 3),
+            total_s=round(t_total, 3),
+        )
         self.records.append(rec)
         if self.output_dir is not None and self.config.save_view_images:
             save_view_images(self.output_dir, rec, image, mask, points, labels)
         if self.output_dir is not None:
             self.write_summary(complete=len(self.records) == len(self.order))
         iou_txt = f" IoU {rec['iou']:.3f}" if "iou" in rec else ""
-        CONSOLE.log(f"sa3d: view {len(self.records)}/{len(self.order)} (#{rec['view']} {rec['image']}): {rec['status']}{iou_txt}")
+        CONSOLE.log(
+            f"sa3d: view {len(self.records)}/{len(self.order)} (#{rec['view']} {rec['image']}): {rec['status']}{iou_txt}"
+        )
         return rec
 
     def write_summary(self, complete: bool) -> None:
@@ -241,7 +257,12 @@ class SA3DPipeline(VanillaPipeline):
         return self.model.get_param_groups()
 
 
-STATUS_COLORS = {"prompt": (60, 140, 255), "accepted": (40, 200, 40), "rejected": (230, 40, 40), "skipped": (150, 150, 150)}
+STATUS_COLORS = {
+    "prompt": (60, 140, 255),
+    "accepted": (40, 200, 40),
+    "rejected": (230, 40, 40),
+    "skipped": (150, 150, 150),
+}
 
 
 def save_view_images(out_dir: Path, rec: dict, image: np.ndarray, mask: np.ndarray | None, points, labels) -> None:

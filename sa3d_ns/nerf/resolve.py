@@ -66,7 +66,9 @@ def checkpoint_implementation(checkpoint: Path) -> str:
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001
-        raise SA3DError(f"Could not read the nerfacto checkpoint {checkpoint}: {type(err).__name__}: {str(err)[:300]}") from None
+        raise SA3DError(
+            f"Could not read the nerfacto checkpoint {checkpoint}: {type(err).__name__}: {str(err)[:300]}"
+        ) from None
     keys = state.get("pipeline", {}).keys() if isinstance(state, dict) else []
     if not keys:
         raise SA3DError(f"{checkpoint} is not a nerfstudio checkpoint (no 'pipeline' entry).")

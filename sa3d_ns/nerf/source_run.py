@@ -35,7 +35,9 @@ def load_source_run(config_path: Path | None) -> SourceRun:
     try:
         config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
     except Exception as err:  # noqa: BLE001
-        raise SA3DError(f"{FLAG} {config_path}: not a readable nerfstudio config.yml ({type(err).__name__}: {str(err)[:200]}).") from None
+        raise SA3DError(
+            f"{FLAG} {config_path}: not a readable nerfstudio config.yml ({type(err).__name__}: {str(err)[:200]})."
+        ) from None
     if not isinstance(config, TrainerConfig):
         raise SA3DError(f"{FLAG} {config_path}: not a nerfstudio run config (got {type(config).__name__}).")
     model = getattr(config.pipeline, "model", None)

@@ -35,7 +35,9 @@ def entrypoint() -> None:
     except FileExistsError as err:
         print(f"sa3d-make-scene: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"Wrote {path} (instance masks in {args.output / 'instances'}, object names in {args.output / 'objects.json'})")
+    print(
+        f"Wrote {path} (instance masks in {args.output / 'instances'}, object names in {args.output / 'objects.json'})"
+    )
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ def _intersect(obj: Obj, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.n
     return t, n
 
 
-def render(c2w: np.ndarray, w: int, h: int, focal: float, objects=OBJECTS, ss: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def render(
+    c2w: np.ndarray, w: int, h: int, focal: float, objects=OBJECTS, ss: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """Ray-cast one view: (H x W x 3 uint8 image, H x W uint8 instance ids)."""
     light = np.array([0.4, 0.3, 0.85])
     light /= np.linalg.norm(light)
@@ -208,7 +210,9 @@ def make_scene(
         name = f"frame_{i:05d}.png"
         Image.fromarray(img).save(out / "images" / name)
         Image.fromarray(ids).save(out / "instances" / name)
-        frames.append({"file_path": f"images/{name}", "instance_mask_path": f"instances/{name}", "transform_matrix": c2w.tolist()})
+        frames.append(
+            {"file_path": f"images/{name}", "instance_mask_path": f"instances/{name}", "transform_matrix": c2w.tolist()}
+        )
     meta = {
         "camera_model": "OPENCV",
         "fl_x": focal,
@@ -224,6 +228,9 @@ def make_scene(
         "frames": frames,
     }
     (out / "transforms.json").write_text(json.dumps(meta, indent=1))
-    objects = [{"id": i, "name": o.name, "kind": o.kind, "bounds_min": o.bounds()[0], "bounds_max": o.bounds()[1]} for i, o in enumerate(OBJECTS, start=1)]
+    objects = [
+        {"id": i, "name": o.name, "kind": o.kind, "bounds_min": o.bounds()[0], "bounds_max": o.bounds()[1]}
+        for i, o in enumerate(OBJECTS, start=1)
+    ]
     (out / "objects.json").write_text(json.dumps({"background_id": 0, "objects": objects}, indent=1))
     return out / "transforms.json"

@@ -21,9 +21,18 @@ from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.segmenters.base import Segmentation, Segmenter, check_image, default_labels
 
 SAM_WEIGHTS = {
-    "vit_h": ("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth", "4b8939a88964f0f4ff5f5b2642c598a6"),
-    "vit_l": ("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth", "0b3195507c641ddb6910d2bb5adee89c"),
-    "vit_b": ("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth", "01ec64d29a2fca3f0661936605ae66f8"),
+    "vit_h": (
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        "4b8939a88964f0f4ff5f5b2642c598a6",
+    ),
+    "vit_l": (
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        "0b3195507c641ddb6910d2bb5adee89c",
+    ),
+    "vit_b": (
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        "01ec64d29a2fca3f0661936605ae66f8",
+    ),
 }
 FIX_HINT = "Pass a local checkpoint with --pipeline.sam-checkpoint PATH, or use the segmenter that needs no weights: --pipeline.segmenter weightfree."
 
@@ -50,13 +59,21 @@ def download(url: str, dest: Path, expected_md5: str | None) -> Path:
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()) as bar:
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+            ) as bar:
                 task = bar.add_task(f"Downloading {dest.name}", total=total)
                 while block := resp.read(1 << 20):
                     out.write(block)
                     bar.update(task, advance=len(block))
         if expected_md5 and md5sum(tmp) != expected_md5:
-            raise SA3DError(f"The download of {url} is corrupt (MD5 mismatch). Try again, or download it yourself. {FIX_HINT}")
+            raise SA3DError(
+                f"The download of {url} is corrupt (MD5 mismatch). Try again, or download it yourself. {FIX_HINT}"
+            )
         tmp.replace(dest)
         return dest
     except (urllib.error.URLError, OSError, TimeoutError) as err:
@@ -68,7 +85,9 @@ def download(url: str, dest: Path, expected_md5: str | None) -> Path:
 def resolve_sam_checkpoint(variant: str, checkpoint: Path | None, allow_download: bool = True) -> Path:
     """The path of the SAM weights to load: the given file, or the cached official one."""
     if variant not in SAM_WEIGHTS:
-        raise SA3DError(f"Unknown SAM variant {variant!r}; choose one of {sorted(SAM_WEIGHTS)} with --pipeline.sam-variant.")
+        raise SA3DError(
+            f"Unknown SAM variant {variant!r}; choose one of {sorted(SAM_WEIGHTS)} with --pipeline.sam-variant."
+        )
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
@@ -83,7 +102,9 @@ def resolve_sam_checkpoint(variant: str, checkpoint: Path | None, allow_download
         if md5sum(path) == md5:
             verified.write_text(f"{md5} {path.stat().st_size}")
             return path
-        raise SA3DError(f"The cached SAM weights {path} are corrupt (MD5 mismatch). Delete the file to download it again. {FIX_HINT}")
+        raise SA3DError(
+            f"The cached SAM weights {path} are corrupt (MD5 mismatch). Delete the file to download it again. {FIX_HINT}"
+        )
     if not allow_download or os.environ.get("SA3D_OFFLINE"):
         raise SA3DError(f"SAM {variant} weights are not in the cache ({path}) and downloads are disabled. {FIX_HINT}")
     download(url, path, md5)
@@ -96,7 +117,9 @@ def build_sam(variant: str, checkpoint: Path | None, device: str | torch.device 
     try:
         from segment_anything import sam_model_registry
     except ImportError as err:
-        raise SA3DError(f"segment-anything is not installed ({err}). Install it with: pip install segment-anything") from None
+        raise SA3DError(
+            f"segment-anything is not installed ({err}). Install it with: pip install segment-anything"
+        ) from None
     path = resolve_sam_checkpoint(variant, checkpoint, allow_download)
     try:
         model = sam_model_registry[variant](checkpoint=str(path))

@@ -21,7 +21,10 @@ def entrypoint() -> None:
     if alexnet_weights_cached():
         train.entrypoint()
         return
-    print("sa3d-train-nerfacto: LPIPS weights (AlexNet) are not cached; training without the LPIPS metric.", file=sys.stderr)
+    print(
+        "sa3d-train-nerfacto: LPIPS weights (AlexNet) are not cached; training without the LPIPS metric.",
+        file=sys.stderr,
+    )
     with lpips_disabled():
         train.entrypoint()
 
