@@ -27,3 +27,20 @@ def test_method_config_imports_nothing_heavy(tmp_path):
     code = "import sys, sa3d_ns.config; print('segment_anything' in sys.modules, 'cv2' in sys.modules)"
     r = run(["python", "-c", code], tmp_path)
     assert r.returncode == 0 and r.stdout.split() == ["False", "False"], r.stdout + r.stderr[-2000:]
+
+
+def test_lpips_stub_reports_nan_instead_of_downloading():
+    import math
+
+    import torch
+
+    from sa3d_ns.nerf.offline import lpips_disabled
+
+    with lpips_disabled():
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        metric = LearnedPerceptualImagePatchSimilarity(normalize=True)
+    assert math.isnan(float(metric(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))))
+    from torchmetrics.image import lpip
+
+    assert lpip.LearnedPerceptualImagePatchSimilarity is not type(metric)  # restored afterwards

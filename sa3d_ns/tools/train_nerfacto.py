@@ -2,8 +2,8 @@
 
 nerfacto builds LPIPS, whose AlexNet weights torchvision downloads on first use; without internet
 ``ns-train nerfacto`` stops before training. When those weights are not in torch's hub cache this
-wrapper builds the model without LPIPS (nerfacto only uses it for evaluation metrics, which then
-report no LPIPS) and otherwise runs ``ns-train`` unchanged, with the same arguments.
+wrapper builds the model without LPIPS (nerfacto only uses it for an evaluation metric, then
+reported as NaN) and otherwise runs ``ns-train`` unchanged, with the same arguments.
 
     sa3d-train-nerfacto nerfacto --data data/demo --machine.device-type cpu
 """
@@ -22,7 +22,7 @@ def entrypoint() -> None:
         train.entrypoint()
         return
     print(
-        "sa3d-train-nerfacto: LPIPS weights (AlexNet) are not cached; training without the LPIPS metric.",
+        "sa3d-train-nerfacto: LPIPS weights (AlexNet) are not cached; LPIPS is reported as nan.",
         file=sys.stderr,
     )
     with lpips_disabled():
