@@ -38,9 +38,52 @@ def prompted_object_id(instances: np.ndarray, prompt: dict) -> int:
     return int(np.bincount(instances[mask]).argmax())
 
 
+def evaluate_views(pipeline, datasets, data: Path, obj: int, split: str = "test") -> list[dict]:
+    """Render the object mask of every view of ``datasets`` and compare it with instance ``obj`` of
+    the dataset's instance masks. Rows carry the image name, IoU, accuracy and (under ``_`` keys)
+    the prediction, ground truth and render."""
+    from rich.progress import track
+
+    from sa3d_ns.data import instance_mask_paths
+    from sa3d_ns.segmenters.oracle import read_instance_mask
+
+    rows = []
+    pipeline.model.eval()
+    for dataset in datasets:
+        if dataset is None or len(dataset) == 0:
+            raise SA3DError(f"The run's dataset has no {split} views to evaluate.")
+        names = [str(p) for p in dataset.image_filenames]
+        paths = instance_mask_paths(data, names)
+        for i in track(range(len(names)), description=f"Rendering {len(names)} views", transient=True):
+            cam = dataset.cameras[i : i + 1].to(pipeline.device)
+            out = pipeline.model.get_outputs_for_camera(cam)
+            pred = out["mask"][..., 0].cpu().numpy() > 0.5
+            gt_ids = read_instance_mask(paths[i])
+            if gt_ids.shape != pred.shape:
+                raise SA3DError(
+                    f"Ground truth {paths[i]} is {gt_ids.shape[::-1]} but the view renders at {pred.shape[::-1]}."
+                )
+            gt = gt_ids == obj
+            rows.append(
+                {
+                    "image": Path(names[i]).name,
+                    "iou": iou(pred, gt),
+                    "accuracy": accuracy(pred, gt),
+                    "_pred": pred,
+                    "_gt": gt,
+                    "_rgb": out["rgb"].cpu().numpy(),
+                }
+            )
+    if rows and not any(r["_gt"].any() for r in rows):
+        raise SA3DError(
+            f"Object {obj} appears in none of the {len(rows)} {split} views' ground-truth masks: nothing to compare with. "
+            "Evaluate another split (--split train|all) or check the dataset's instance masks."
+        )
+    return rows
+
+
 def evaluate_run(load_config: Path, split: str = "test", output: Path | None = None, worst: int = 4) -> dict:
     from nerfstudio.utils.eval_utils import eval_setup
-    from rich.progress import track
 
     from sa3d_ns.data import instance_mask_paths
     from sa3d_ns.segmenters.oracle import read_instance_mask
@@ -62,33 +105,7 @@ def evaluate_run(load_config: Path, split: str = "test", output: Path | None = N
     obj = prompted_object_id(inst, summary["prompt"])
 
     sets = {"test": [dm.eval_dataset], "train": [dm.train_dataset], "all": [dm.train_dataset, dm.eval_dataset]}[split]
-    rows = []
-    pipeline.model.eval()
-    for dataset in sets:
-        if dataset is None or len(dataset) == 0:
-            raise SA3DError(f"The run's dataset has no {split} views to evaluate.")
-        names = [str(p) for p in dataset.image_filenames]
-        paths = instance_mask_paths(data, names)
-        for i in track(range(len(names)), description=f"Rendering {len(names)} views"):
-            cam = dataset.cameras[i : i + 1].to(pipeline.device)
-            out = pipeline.model.get_outputs_for_camera(cam)
-            pred = out["mask"][..., 0].cpu().numpy() > 0.5
-            gt_ids = read_instance_mask(paths[i])
-            if gt_ids.shape != pred.shape:
-                raise SA3DError(
-                    f"Ground truth {paths[i]} is {gt_ids.shape[::-1]} but the view renders at {pred.shape[::-1]}."
-                )
-            gt = gt_ids == obj
-            rows.append(
-                {
-                    "image": Path(names[i]).name,
-                    "iou": iou(pred, gt),
-                    "accuracy": accuracy(pred, gt),
-                    "_pred": pred,
-                    "_gt": gt,
-                    "_rgb": out["rgb"].cpu().numpy(),
-                }
-            )
+    rows = evaluate_views(pipeline, sets, data, obj, split)
     result = {
         "run": str(load_config),
         "split": split,

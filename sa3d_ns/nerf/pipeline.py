@@ -109,13 +109,26 @@ class SA3DPipeline(VanillaPipeline):
         self.model.load_nerfacto_state(state, cfg.nerfacto_checkpoint)
         if cfg.prompt is None:
             raise SA3DError("No prompt given: pass --pipeline.prompt prompt.json (see configs/prompt_example.json).")
-        self.prompt = load_prompt(cfg.prompt)
+        self.start_object(load_prompt(cfg.prompt))
+
+    def start_object(self, prompt: Prompt) -> None:
+        """Begin segmenting a new object: clear the mask field and plan the visit order from the
+        prompt's view (its index or file name must be a training view)."""
         cams = self.datamanager.train_dataset.cameras
-        start = resolve_view(self.prompt.view, self.image_names)
-        check_inside(self.prompt, int(cams.width[start]), int(cams.height[start]))
+        start = resolve_view(prompt.view, self.image_names)
+        check_inside(prompt, int(cams.width[start]), int(cams.height[start]))
         c2w = cams.camera_to_worlds.cpu().numpy()
-        order = view_order(c2w[:, :3, 3], start, cfg.view_order, directions=-c2w[:, :3, 2])
-        self.order = order * max(cfg.num_passes, 1)
+        order = view_order(c2w[:, :3, 3], start, self.config.view_order, directions=-c2w[:, :3, 2])
+        self.order = order * max(self.config.num_passes, 1)
+        self.prompt = prompt
+        self.records = []
+        self.lifter.reset()
+
+    def segment_all(self) -> list[dict]:
+        """Run every remaining view of the visit order (outside the trainer: benchmark, scripts)."""
+        for step in range(len(self.records), len(self.order)):
+            self.sa3d_step(step)
+        return self.records
 
     def get_segmenter(self):
         """The 2D segmenter, built on first use (a method, not a property: the viewer getattr()s
@@ -170,6 +183,7 @@ class SA3DPipeline(VanillaPipeline):
         depth = r["depth"].view(h, w).cpu()
         image = (r["rgb"].view(h, w, 3).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
         t_render = time.perf_counter() - t0
+        t_seg = time.perf_counter()
         seg = self.get_segmenter()
         seg.set_image(image, depth.numpy(), view_id=view)
         rec = {"step": step, "view": view, "image": Path(self.image_names[view]).name}
@@ -177,6 +191,7 @@ class SA3DPipeline(VanillaPipeline):
             cams = self.datamanager.train_dataset.cameras
             p = self.prompt.scaled(w / int(cams.width[view]), h / int(cams.height[view]))
             result = seg.predict(p.points, p.labels, p.box, prior=None, multimask=True)
+            rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
             mask, choice = result.best(p.mask_choice)
             if not mask.any():
                 raise SA3DError(
@@ -193,6 +208,7 @@ class SA3DPipeline(VanillaPipeline):
                 rec.update(status="skipped", reason="no positive mask score in this view")
                 return self._finish(rec, image, None, points, labels, t_render, time.perf_counter() - t0)
             result = seg.predict(points, labels, None, prior=score.numpy(), multimask=len(pts) == 1)
+            rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
             mask, _ = result.best()
             rec["iou"] = round(iou(binarize_score(score, cfg.iou_binarize), mask), 4)
             if rec["iou"] < cfg.iou_threshold:
@@ -203,15 +219,15 @@ class SA3DPipeline(VanillaPipeline):
         t1 = time.perf_counter()
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(r["weights"].device)
         self.lifter.add_view(r["positions"], r["weights"], mask_t, neg)
-        rec["lift_s"] = round(time.perf_counter() - t1, 3)
+        rec["lift_s"] = round(time.perf_counter() - t1, 4)
         return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
 
     def _finish(self, rec, image, mask, points, labels, t_render, t_total) -> dict:
         rec.update(
             points=np.round(points, 1).tolist(),
             labels=[int(x) for x in labels],
-            render_s=round(t_render, 3),
-            total_s=round(t_total, 3),
+            render_s=round(t_render, 4),
+            total_s=round(t_total, 4),
         )
         self.records.append(rec)
         if self.output_dir is not None and self.config.save_view_images:

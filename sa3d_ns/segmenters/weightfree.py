@@ -7,8 +7,9 @@ How a prompt becomes a mask:
    background; outside a box is sure background.
 2. Hints. Where a prior is given (the rendered 3D mask score of later views) pixels with a
    positive score are probable foreground. Without a prior, the pixels connected to a positive
-   point through depth-continuous regions (rendered depth within a relative tolerance of the
-   point's depth) are probable foreground. Everything else is probable background.
+   point through depth-continuous regions are probable foreground: the region is grown with
+   increasing relative depth tolerances and taken where its area is most stable (the object's
+   silhouette, before it leaks into what touches it). Everything else is probable background.
 3. GrabCut (colour Gaussian mixtures + graph cut, OpenCV) refines the labelling.
 4. Only connected components that contain a positive point are kept (with a box and no points:
    components inside the box).
@@ -25,6 +26,9 @@ import numpy as np
 
 from sa3d_ns.segmenters.base import Segmentation, Segmenter, check_image, default_labels
 
+# Relative depth steps tried when growing a region from a point (see stable_depth_region).
+DEPTH_TOLERANCES = (0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.16)
+
 
 def _disc(mask: np.ndarray, x: float, y: float, radius: int, value: int) -> None:
     cv2.circle(mask, (int(round(x)), int(round(y))), radius, int(value), thickness=-1)
@@ -40,11 +44,34 @@ def depth_region(depth: np.ndarray, seeds: np.ndarray, tolerance: float) -> np.n
         xi, yi = int(np.clip(round(x), 0, w - 1)), int(np.clip(round(y), 0, h - 1))
         if region[yi, xi]:
             continue
-        step = float(tolerance * max(abs(d[yi, xi]), 1e-6))
+        # the seed's depth is the median of its 3 x 3 neighbourhood: one noisy pixel must not decide
+        d_seed = float(np.median(depth[max(yi - 1, 0) : yi + 2, max(xi - 1, 0) : xi + 2]))
+        step = float(tolerance * max(abs(d_seed), 1e-6))
         ff = np.zeros((h + 2, w + 2), np.uint8)
-        cv2.floodFill(d.copy(), ff, (xi, yi), 0, loDiff=step, upDiff=step, flags=4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))
+        img = d.copy()
+        img[yi, xi] = d_seed
+        cv2.floodFill(img, ff, (xi, yi), 0, loDiff=step, upDiff=step, flags=4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))
         region |= ff[1:-1, 1:-1].astype(bool)
     return region
+
+
+def stable_depth_region(
+    depth: np.ndarray, seeds: np.ndarray, tolerances: tuple[float, ...] = DEPTH_TOLERANCES
+) -> np.ndarray:
+    """The depth region around the seeds at the tolerance where its area is most stable.
+
+    Growing the tolerance first fills the object's surface, then stalls at its silhouette (the
+    object stands out from what is behind it), then leaks into whatever touches it. The region
+    kept is the one whose area changes least (relatively) to the next tolerance: the plateau.
+    """
+    regions = [depth_region(depth, seeds, t) for t in tolerances]
+    areas = np.array([max(int(r.sum()), 1) for r in regions], dtype=np.float64)
+    growth = areas[1:] / areas[:-1]
+    # a region of a few pixels is noise around the seed, not a plateau
+    growth[areas[:-1] < max(16.0, 0.003 * depth.size)] = np.inf
+    if not np.isfinite(growth).any():
+        return regions[len(regions) // 2]
+    return regions[int(np.argmin(growth))]
 
 
 def edge_strength(image: np.ndarray, depth: np.ndarray | None) -> np.ndarray:
@@ -83,15 +110,17 @@ class WeightFreeSegmenter(Segmenter):
     Args:
         iterations: GrabCut iterations.
         seed_radius: radius of the sure-label discs around points, as a fraction of min(H, W).
-        depth_tolerance: relative depth step allowed when growing the depth hint from a point.
+        depth_tolerances: relative depth steps tried when growing the depth hint from a point.
     """
 
     name = "weightfree"
 
-    def __init__(self, iterations: int = 5, seed_radius: float = 0.015, depth_tolerance: float = 0.02):
+    def __init__(
+        self, iterations: int = 5, seed_radius: float = 0.015, depth_tolerances: tuple[float, ...] = DEPTH_TOLERANCES
+    ):
         self.iterations = iterations
         self.seed_radius = seed_radius
-        self.depth_tolerance = depth_tolerance
+        self.depth_tolerances = tuple(depth_tolerances)
         self.image: np.ndarray | None = None
         self.depth: np.ndarray | None = None
 
@@ -116,7 +145,7 @@ class WeightFreeSegmenter(Segmenter):
         if prior is not None and float(np.max(prior)) > 0:
             hint = np.asarray(prior, dtype=np.float32).reshape(h, w) > 0
         elif self.depth is not None and len(pos):
-            hint = depth_region(self.depth, pos, self.depth_tolerance)
+            hint = stable_depth_region(self.depth, pos, self.depth_tolerances)
         elif box is not None:
             hint = inside.copy()
         else:

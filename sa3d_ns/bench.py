@@ -1,0 +1,331 @@
+"""The sa3d benchmark: the authors' way of running SA3D (the reference path) against ours.
+
+    python scripts/benchmark.py [--workdir DIR] [--num-views 24] [--size 64] [--segmenters oracle weightfree sam]
+
+On a generated scene (made and trained once, then reused from ``--workdir``) it segments two objects
+in the same scene with each segmenter along two paths, each in its own process (so that peak
+memory is the path's own):
+
+* ``reference``: the authors' method as they ran it. One pass over the training views; at each
+  view the full view is rendered by the NeRF at the training resolution, the segmenter runs its
+  full prediction on it (SAM's image encoder included), self-prompts are chosen and the mask field
+  takes one SGD step.
+* ``default``: the pipeline with this package's default settings.
+
+For each it reports the wall time of each stage (NeRF rendering, 2D segmentation, lifting), the
+time to the first object (model set-up included) and to a second object in the same scene, peak
+memory, and mIoU / accuracy on the held-out views against the scene's instance masks. The last
+line printed holds the speed ratios (reference time / default time) and each path's mIoU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Settings of each path; anything not named here keeps the pipeline's default.
+PATHS: dict[str, dict] = {
+    "reference": {"lifting": "sgd", "render_downscale": 1.0, "num_passes": 1},
+    "default": {},
+}
+
+TINY_NERFACTO = [
+    "--pipeline.model.implementation", "torch",
+    "--pipeline.model.num-nerf-samples-per-ray", "24",
+    "--pipeline.model.num-proposal-samples-per-ray", "48", "24",
+    "--pipeline.model.log2-hashmap-size", "15",
+    "--pipeline.model.camera-optimizer.mode", "off",
+    "--pipeline.datamanager.train-num-rays-per-batch", "1024",
+]  # fmt: skip
+
+
+def log(msg: str) -> None:
+    print(f"benchmark: {msg}", flush=True)
+
+
+def bin_path(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else name
+
+
+# --------------------------------------------------------------------------- scene and nerfacto
+def prepare_scene(workdir: Path, num_views: int, size: int, steps: int, device: str) -> tuple[Path, Path]:
+    """Generate the scene and train nerfacto once per (views, size, steps, device); reuse them after."""
+    tag = f"v{num_views}_s{size}_n{steps}_{device}"
+    scene = workdir / f"scene_{tag}"
+    if not (scene / "transforms.json").is_file():
+        log(f"generating the scene ({num_views} views, {size}x{size}) in {scene}")
+        subprocess.run(
+            [bin_path("sa3d-make-scene"), "--output", str(scene), "--num-views", str(num_views),
+             "--width", str(size), "--height", str(size)], check=True)  # fmt: skip
+    outputs = workdir / f"nerfacto_{tag}"
+    configs = sorted(outputs.glob("*/nerfacto/*/config.yml"))
+    done = [c for c in configs if list((c.parent / "nerfstudio_models").glob("*.ckpt"))]
+    if not done:
+        log(f"training nerfacto for {steps} steps on {device}")
+        flags = TINY_NERFACTO if device == "cpu" else []
+        subprocess.run(
+            [bin_path("sa3d-train-nerfacto"), "nerfacto", "--data", str(scene), "--output-dir", str(outputs),
+             "--max-num-iterations", str(steps), "--machine.device-type", device, "--vis", "tensorboard",
+             "--viewer.quit-on-train-completion", "True", "--steps-per-save", "100000", *flags],
+            check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        done = sorted(
+            c for c in outputs.glob("*/nerfacto/*/config.yml") if list((c.parent / "nerfstudio_models").glob("*.ckpt"))
+        )
+    return scene, done[-1]
+
+
+def object_prompt(scene: Path, train_names: list[str], name: str) -> tuple[dict, int]:
+    """A one-point prompt for the object ``name``: in the training view where it shows the most
+    pixels, at its most interior pixel. Returns (prompt JSON, object id)."""
+    import cv2
+
+    from sa3d_ns.data import instance_mask_paths
+    from sa3d_ns.segmenters.oracle import read_instance_mask
+
+    objects = json.loads((scene / "objects.json").read_text())["objects"]
+    by_name = {o["name"]: o["id"] for o in objects}
+    if name not in by_name:
+        raise SystemExit(f"benchmark: unknown object {name!r}; the scene has {sorted(by_name)}")
+    obj = by_name[name]
+    paths = instance_mask_paths(scene, train_names)
+    areas = [int((read_instance_mask(p) == obj).sum()) for p in paths]
+    view = int(np.argmax(areas))
+    mask = (read_instance_mask(paths[view]) == obj).astype(np.uint8)
+    dist = cv2.distanceTransform(np.pad(mask, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return {"view": Path(train_names[view]).name, "points": [[float(x), float(y)]], "labels": [1]}, obj
+
+
+# --------------------------------------------------------------------------- one path in one process
+def build_pipeline(spec: dict):
+    import torch
+
+    from sa3d_ns.config import sa3d_method
+    from sa3d_ns.nerf.resolve import resolve_config
+
+    config = copy.deepcopy(sa3d_method.config)
+    pipe = config.pipeline
+    pipe.nerfacto_config = Path(spec["nerfacto_config"])
+    pipe.prompt = Path(spec["prompts"][0])
+    pipe.segmenter = spec["segmenter"]
+    pipe.sam_variant = spec.get("sam_variant", "vit_b")
+    pipe.sam_checkpoint = Path(spec["sam_checkpoint"]) if spec.get("sam_checkpoint") else None
+    pipe.save_view_images = False
+    for key, value in PATHS[spec["path"]].items():
+        setattr(pipe, key, value)
+    config.machine.device_type = spec["device"]
+    resolve_config(config)
+    device = torch.device(spec["device"])
+    return pipe.setup(device=device, test_mode="val", world_size=1, local_rank=0)
+
+
+def run_path(spec: dict) -> dict:
+    """Segment every object of ``spec`` along one path; return the figures."""
+    import torch
+
+    from sa3d_ns.core.prompts import load_prompt
+    from sa3d_ns.evaluate import evaluate_views
+
+    cuda = spec["device"] == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    pipeline = build_pipeline(spec)
+    setup_s = time.perf_counter() - t0
+    data = Path(pipeline.datamanager.dataparser.config.data)
+    objects = []
+    for i, (prompt_file, obj_id) in enumerate(zip(spec["prompts"], spec["object_ids"], strict=True)):
+        t = time.perf_counter()
+        if i > 0:
+            pipeline.start_object(load_prompt(Path(prompt_file)))
+        if spec.get("max_views"):
+            pipeline.order = pipeline.order[: spec["max_views"]]
+        records = pipeline.segment_all()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t + (setup_s if i == 0 else 0.0)
+        rows = evaluate_views(pipeline, [pipeline.datamanager.eval_dataset], data, obj_id, "test")
+        objects.append(
+            {
+                "seconds": seconds,
+                "views": len(records),
+                "accepted": sum(r["status"] in ("prompt", "accepted") for r in records),
+                "render_s": sum(r.get("render_s", 0.0) for r in records),
+                "segment_s": sum(r.get("segment_s", 0.0) for r in records),
+                "lift_s": sum(r.get("lift_s", 0.0) for r in records),
+                "miou": float(np.mean([r["iou"] for r in rows])),
+                "macc": float(np.mean([r["accuracy"] for r in rows])),
+            }
+        )
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {"setup_s": setup_s, "objects": objects, "peak_mb": peak, "peak_kind": "cuda allocated" if cuda else "RSS"}
+
+
+def spawn_path(spec: dict, workdir: Path) -> dict:
+    spec_file = workdir / f"spec_{spec['segmenter']}_{spec['path']}.json"
+    out_file = spec_file.with_name(spec_file.name.replace("spec_", "result_"))
+    spec_file.write_text(json.dumps(spec))
+    out_file.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sa3d_ns.bench", "--worker", str(spec_file), "--worker-out", str(out_file)], env=env
+    )
+    if proc.returncode != 0 or not out_file.is_file():
+        raise SystemExit(
+            f"benchmark: the {spec['path']} path with {spec['segmenter']} failed (exit {proc.returncode})."
+        )
+    return json.loads(out_file.read_text())
+
+
+def random_sam_checkpoint(workdir: Path, variant: str) -> Path:
+    """SAM's real architecture with random weights (for timing only), saved once."""
+    import torch
+    from segment_anything import sam_model_registry
+
+    path = workdir / f"sam_{variant}_random.pth"
+    if not path.is_file():
+        torch.manual_seed(0)
+        torch.save(sam_model_registry[variant]().state_dict(), path)
+    return path
+
+
+# --------------------------------------------------------------------------- report
+def report(results: list[dict], device: str, header: str) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sa3d benchmark on {device}: {header}")
+    for col in ("segmenter", "path", "views", "render s", "segment s", "lift s", "1st object s", "2nd object s",
+                "peak MB", "mIoU 1st", "mIoU 2nd", "acc 1st"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("segmenter", "path") else "right")
+    for r in results:
+        o1 = r["objects"][0]
+        o2 = r["objects"][1] if len(r["objects"]) > 1 else None
+        table.add_row(
+            r["segmenter"], r["path"], str(o1["views"]), f"{o1['render_s']:.1f}", f"{o1['segment_s']:.1f}",
+            f"{o1['lift_s']:.2f}", f"{o1['seconds']:.1f}", f"{o2['seconds']:.1f}" if o2 else "-", f"{r['peak_mb']:.0f}",
+            f"{o1['miou']:.4f}", f"{o2['miou']:.4f}" if o2 else "-", f"{o1['macc']:.4f}",
+        )  # fmt: skip
+    Console(width=160).print(table)
+    parts = []
+    for seg in dict.fromkeys(r["segmenter"] for r in results):
+        ref = next((r for r in results if r["segmenter"] == seg and r["path"] == "reference"), None)
+        dft = next((r for r in results if r["segmenter"] == seg and r["path"] == "default"), None)
+        if ref is None or dft is None:
+            continue
+        first = ref["objects"][0]["seconds"] / max(dft["objects"][0]["seconds"], 1e-9)
+        text = f"{seg}: first object {first:.2f}x"
+        if len(ref["objects"]) > 1:
+            second = ref["objects"][1]["seconds"] / max(dft["objects"][1]["seconds"], 1e-9)
+            text += f", second object {second:.2f}x"
+        miou = lambda r: np.mean([o["miou"] for o in r["objects"]])  # noqa: E731
+        text += f", mIoU reference {miou(ref):.4f} default {miou(dft):.4f}"
+        parts.append(text)
+    return "speed-up (reference time / default time): " + "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("bench_out"), help="scene, nerfacto run and results")
+    parser.add_argument("--num-views", type=int, default=24, help="views of the generated scene")
+    parser.add_argument("--size", type=int, default=64, help="image width and height of the generated scene")
+    parser.add_argument("--nerfacto-steps", type=int, default=None, help="default: 300 on CPU, 3000 on CUDA")
+    parser.add_argument("--nerfacto-config", type=Path, default=None, help="use this nerfacto run of a generated scene")
+    parser.add_argument(
+        "--segmenters", nargs="+", default=["oracle", "weightfree"], choices=["oracle", "weightfree", "sam"]
+    )
+    parser.add_argument("--sam-variant", default="vit_b", choices=["vit_b", "vit_l", "vit_h"], help="random weights")
+    parser.add_argument("--objects", nargs="+", default=["red_ball", "blue_crate"], help="first and second object")
+    parser.add_argument("--paths", nargs="+", default=["reference", "default"], choices=list(PATHS))
+    parser.add_argument("--max-views", type=int, default=None, help="process only this many views per object")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        result = run_path(json.loads(args.worker.read_text()))
+        args.worker_out.write_text(json.dumps(result))
+        return 0
+
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmark: --device cuda but CUDA is not available here.")
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    steps = args.nerfacto_steps or (300 if device == "cpu" else 3000)
+    if args.nerfacto_config:
+        nerfacto_config = args.nerfacto_config.resolve()
+        from sa3d_ns.nerf.source_run import load_source_run
+
+        src = load_source_run(nerfacto_config)
+        scene = Path(src.config.pipeline.datamanager.data or src.config.pipeline.datamanager.dataparser.data)
+    else:
+        scene, nerfacto_config = prepare_scene(workdir, args.num_views, args.size, steps, device)
+    if not (scene / "objects.json").is_file():
+        raise SystemExit(
+            f"benchmark: {scene} has no objects.json; the benchmark runs on a generated scene (sa3d-make-scene)."
+        )
+
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    train_names = [
+        str(p) for p in NerfstudioDataParserConfig(data=scene).setup().get_dataparser_outputs("train").image_filenames
+    ]
+    prompts, ids = [], []
+    for name in args.objects:
+        prompt, obj = object_prompt(scene, train_names, name)
+        path = workdir / f"prompt_{name}.json"
+        path.write_text(json.dumps(prompt))
+        prompts.append(str(path))
+        ids.append(obj)
+
+    results = []
+    for seg in args.segmenters:
+        sam_ckpt = str(random_sam_checkpoint(workdir, args.sam_variant)) if seg == "sam" else None
+        for path in args.paths:
+            log(f"{seg}, {path} path: {len(args.objects)} object(s) ...")
+            spec = {
+                "path": path, "segmenter": seg, "device": device, "nerfacto_config": str(nerfacto_config),
+                "prompts": prompts, "object_ids": ids, "sam_variant": args.sam_variant, "sam_checkpoint": sam_ckpt,
+                "max_views": args.max_views,
+            }  # fmt: skip
+            results.append({"segmenter": seg, "path": path, **spawn_path(spec, workdir)})
+    header = f"{len(train_names)} training views of {args.size}x{args.size}, objects {' then '.join(args.objects)}"
+    if args.max_views:
+        header += f", first {args.max_views} views per object"
+    last = report(results, device, header)
+    (workdir / "benchmark.json").write_text(
+        json.dumps(
+            {
+                "device": device,
+                "scene": str(scene),
+                "nerfacto_config": str(nerfacto_config),
+                "objects": args.objects,
+                "results": results,
+                "summary": last,
+            },
+            indent=1,
+        )  # fmt: skip
+    )
+    print(f"(figures in {workdir / 'benchmark.json'}; peak memory is RSS on CPU, allocated GPU memory on CUDA)")
+    print(last)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
