@@ -134,7 +134,7 @@ def run_path(spec: dict) -> dict:
     import torch
 
     from sa3d_ns.core.prompts import load_prompt
-    from sa3d_ns.evaluate import evaluate_views
+    from sa3d_ns.evaluate import evaluate_views, instance_ground_truth
 
     cuda = spec["device"] == "cuda"
     if cuda:
@@ -154,7 +154,7 @@ def run_path(spec: dict) -> dict:
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t + (setup_s if i == 0 else 0.0)
-        rows = evaluate_views(pipeline, [pipeline.datamanager.eval_dataset], data, obj_id, "test")
+        rows = evaluate_views(pipeline, instance_ground_truth(pipeline.datamanager, data, "test", obj_id))
         objects.append(
             {
                 "seconds": seconds,

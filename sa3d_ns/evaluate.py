@@ -38,51 +38,175 @@ def prompted_object_id(instances: np.ndarray, prompt: dict) -> int:
     return int(np.bincount(instances[mask]).argmax())
 
 
-def evaluate_views(pipeline, datasets, data: Path, obj: int, split: str = "test") -> list[dict]:
-    """Render the object mask of every view of ``datasets`` and compare it with instance ``obj`` of
-    the dataset's instance masks. Rows carry the image name, IoU, accuracy and (under ``_`` keys)
-    the prediction, ground truth and render."""
-    from rich.progress import track
+@dataclass
+class GroundTruth:
+    """One view to evaluate: where it is in the run's datasets and its binary object mask."""
 
+    name: str
+    dataset: str  # "train" or "eval"
+    index: int
+    mask: np.ndarray  # H x W bool, at the resolution the ground truth ships in
+    source: Path
+
+
+def dataset_views(dm) -> dict[str, tuple[str, int, str]]:
+    """File stem -> (dataset, index, file name) for every image of the run (train and eval)."""
+    views = {}
+    for key, ds in (("train", dm.train_dataset), ("eval", dm.eval_dataset)):
+        if ds is None:
+            continue
+        for i, p in enumerate(ds.image_filenames):
+            views[Path(p).stem] = (key, i, Path(p).name)
+    return views
+
+
+def instance_ground_truth(dm, data: Path, split: str, obj: int) -> list[GroundTruth]:
+    """The dataset's own instance masks (``instance_mask_path`` in transforms.json), object ``obj``."""
     from sa3d_ns.data import instance_mask_paths
     from sa3d_ns.segmenters.oracle import read_instance_mask
 
+    keys = {"test": ["eval"], "train": ["train"], "all": ["train", "eval"]}[split]
+    out = []
+    for key in keys:
+        ds = dm.train_dataset if key == "train" else dm.eval_dataset
+        if ds is None or len(ds) == 0:
+            raise SA3DError(f"The run's dataset has no {split} views to evaluate.")
+        names = [str(p) for p in ds.image_filenames]
+        for i, path in enumerate(instance_mask_paths(data, names)):
+            out.append(GroundTruth(Path(names[i]).name, key, i, read_instance_mask(path) == obj, path))
+    if not any(g.mask.any() for g in out):
+        raise SA3DError(
+            f"Object {obj} appears in none of the {len(out)} {split} views' ground-truth masks: nothing to compare with. "
+            "Evaluate another split (--split train|all) or check the dataset's instance masks."
+        )
+    return out
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    arr = np.asarray(Image.open(path))
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(-1) if arr.shape[-1] != 2 else arr[..., 0]
+    return arr > 0
+
+
+def spinnerf_ground_truth(dm, folder: Path) -> list[GroundTruth]:
+    """SPIn-NeRF's multiview segmentation masks: one folder per scene holding ``<name>.png`` masks
+    (next to ``<name>_pseudo.png``, ``<name>_cutout.png`` and ``annotations.json``, which are
+    ignored). ``<name>`` is an image's file stem, the stem with a ``0_`` / ``1_`` prefix, or
+    ``imageNNN`` (an index into the scene's images sorted by name)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SA3DError(f"--gt-path {folder}: not a folder. Give the scene's folder of SPIn-NeRF multiview masks.")
+    files = sorted(
+        p for p in folder.glob("*.png") if not p.stem.endswith(("_pseudo", "_cutout")) and "cutout" not in p.stem
+    )
+    if not files:
+        raise SA3DError(f"No mask PNGs in {folder} (SPIn-NeRF masks are <image name>.png).")
+    views = dataset_views(dm)
+    ordered = sorted(views)
+    out, unmatched = [], []
+    for f in files:
+        stem = f.stem
+        key = None
+        if stem in views:
+            key = stem
+        elif stem[:2] in ("0_", "1_") and stem[2:] in views:
+            key = stem[2:]
+        elif stem.startswith("image") and stem[5:].isdigit() and int(stem[5:]) < len(ordered):
+            key = ordered[int(stem[5:])]
+        if key is None:
+            unmatched.append(f.name)
+            continue
+        ds, idx, name = views[key]
+        out.append(GroundTruth(name, ds, idx, read_binary_mask(f), f))
+    if unmatched:
+        raise SA3DError(
+            f"{len(unmatched)} SPIn-NeRF mask(s) in {folder} match no image of the run's dataset (e.g. {unmatched[:3]}); "
+            "is --gt-path the folder of the same scene?"
+        )
+    return out
+
+
+def nvos_ground_truth(dm, root: Path, task: str | None) -> list[GroundTruth]:
+    """NVOS: ``<root>/masks/<task>/<target>_mask.png`` is the target view's mask (0/255);
+    ``<target>`` is the file stem of an image of the scene. Only the target view is evaluated."""
+    root = Path(root)
+    masks_dir = root / "masks"
+    if not masks_dir.is_dir():
+        raise SA3DError(
+            f"--gt-path {root} has no masks/ folder: give the NVOS root (with masks/, scribbles/, reference_image/)."
+        )
+    tasks = sorted(p.name for p in masks_dir.iterdir() if p.is_dir())
+    if task is None:
+        raise SA3DError(f"Name the NVOS scene with --nvos-task (one of {tasks}).")
+    if task not in tasks:
+        raise SA3DError(f"NVOS task {task!r} not found in {masks_dir}; choose one of {tasks}.")
+    targets = sorted((masks_dir / task).glob("*_mask.png"))
+    if len(targets) != 1:
+        raise SA3DError(f"Expected one <target>_mask.png in {masks_dir / task}, found {len(targets)}.")
+    stem = targets[0].stem[: -len("_mask")]
+    views = dataset_views(dm)
+    if stem not in views:
+        raise SA3DError(
+            f"The NVOS target view {stem} is not an image of the run's dataset; is it the same LLFF scene ({task})?"
+        )
+    ds, idx, name = views[stem]
+    return [GroundTruth(name, ds, idx, read_binary_mask(targets[0]), targets[0])]
+
+
+def evaluate_views(pipeline, truths: list[GroundTruth]) -> list[dict]:
+    """Render the object mask of every ground-truth view at the ground truth's resolution and
+    compare. Rows carry the image name, IoU, accuracy and (under ``_`` keys) the prediction,
+    ground truth and render."""
+    from rich.progress import track
+
+    dm = pipeline.datamanager
     rows = []
     pipeline.model.eval()
-    for dataset in datasets:
-        if dataset is None or len(dataset) == 0:
-            raise SA3DError(f"The run's dataset has no {split} views to evaluate.")
-        names = [str(p) for p in dataset.image_filenames]
-        paths = instance_mask_paths(data, names)
-        for i in track(range(len(names)), description=f"Rendering {len(names)} views", transient=True):
-            cam = dataset.cameras[i : i + 1].to(pipeline.device)
-            out = pipeline.model.get_outputs_for_camera(cam)
-            pred = out["mask"][..., 0].cpu().numpy() > 0.5
-            gt_ids = read_instance_mask(paths[i])
-            if gt_ids.shape != pred.shape:
+    for gt in track(truths, description=f"Rendering {len(truths)} views", transient=True):
+        ds = dm.train_dataset if gt.dataset == "train" else dm.eval_dataset
+        cam = ds.cameras[gt.index : gt.index + 1].to(pipeline.device)
+        w, h = int(cam.width[0, 0]), int(cam.height[0, 0])
+        gh, gw = gt.mask.shape
+        if (gw, gh) != (w, h):
+            if abs(gw / gh - w / h) > 0.01 * (w / h):
                 raise SA3DError(
-                    f"Ground truth {paths[i]} is {gt_ids.shape[::-1]} but the view renders at {pred.shape[::-1]}."
+                    f"Ground truth {gt.source} is {gw}x{gh} but view {gt.name} is {w}x{h} (another aspect ratio): "
+                    "are the masks from the same images?"
                 )
-            gt = gt_ids == obj
-            rows.append(
-                {
-                    "image": Path(names[i]).name,
-                    "iou": iou(pred, gt),
-                    "accuracy": accuracy(pred, gt),
-                    "_pred": pred,
-                    "_gt": gt,
-                    "_rgb": out["rgb"].cpu().numpy(),
-                }
-            )
-    if rows and not any(r["_gt"].any() for r in rows):
-        raise SA3DError(
-            f"Object {obj} appears in none of the {len(rows)} {split} views' ground-truth masks: nothing to compare with. "
-            "Evaluate another split (--split train|all) or check the dataset's instance masks."
+            cam.rescale_output_resolution(gw / w)
+        out = pipeline.model.get_outputs_for_camera(cam)
+        pred = out["mask"][..., 0].cpu().numpy() > 0.5
+        rgb = out["rgb"].cpu().numpy()
+        if pred.shape != gt.mask.shape:  # rounding of the rescaled size: at most a pixel or two
+            import cv2
+
+            pred = cv2.resize(pred.astype(np.uint8), (gw, gh), interpolation=cv2.INTER_NEAREST).astype(bool)
+            rgb = cv2.resize(rgb, (gw, gh), interpolation=cv2.INTER_NEAREST)
+        rows.append(
+            {
+                "image": gt.name,
+                "iou": iou(pred, gt.mask),
+                "accuracy": accuracy(pred, gt.mask),
+                "_pred": pred,
+                "_gt": gt.mask,
+                "_rgb": rgb,
+            }
         )
     return rows
 
 
-def evaluate_run(load_config: Path, split: str = "test", output: Path | None = None, worst: int = 4) -> dict:
+def evaluate_run(
+    load_config: Path,
+    split: str = "test",
+    output: Path | None = None,
+    worst: int = 4,
+    gt: str = "instances",
+    gt_path: Path | None = None,
+    nvos_task: str | None = None,
+) -> dict:
     from nerfstudio.utils.eval_utils import eval_setup
 
     from sa3d_ns.data import instance_mask_paths
@@ -94,21 +218,33 @@ def evaluate_run(load_config: Path, split: str = "test", output: Path | None = N
     summary_path = load_config.parent / "sa3d" / "summary.json"
     if not summary_path.is_file():
         raise SA3DError(f"{summary_path} is missing: --load-config must name a finished sa3d run.")
+    if gt != "instances" and gt_path is None:
+        raise SA3DError(f"--gt {gt} needs --gt-path: the folder the benchmark's masks were unpacked to.")
     summary = json.loads(summary_path.read_text())
+    if not summary.get("views"):
+        raise SA3DError(f"{summary_path} lists no processed views: the run did not finish its first view.")
     config, pipeline, _, _ = eval_setup(load_config, test_mode="test")
     dm = pipeline.datamanager
     data = Path(config.pipeline.datamanager.data)
-    prompt_view = summary["views"][0]
-    train_names = [str(p) for p in dm.train_dataset.image_filenames]
-    prompt_image = next(n for n in train_names if Path(n).name == prompt_view["image"])
-    inst = read_instance_mask(instance_mask_paths(data, [prompt_image])[0])
-    obj = prompted_object_id(inst, summary["prompt"])
-
-    sets = {"test": [dm.eval_dataset], "train": [dm.train_dataset], "all": [dm.train_dataset, dm.eval_dataset]}[split]
-    rows = evaluate_views(pipeline, sets, data, obj, split)
+    obj = None
+    if gt == "instances":
+        prompt_view = summary["views"][0]
+        train_names = [str(p) for p in dm.train_dataset.image_filenames]
+        prompt_image = next(n for n in train_names if Path(n).name == prompt_view["image"])
+        inst = read_instance_mask(instance_mask_paths(data, [prompt_image])[0])
+        obj = prompted_object_id(inst, summary["prompt"])
+        truths = instance_ground_truth(dm, data, split, obj)
+    elif gt == "spinnerf":
+        truths = spinnerf_ground_truth(dm, gt_path)
+    elif gt == "nvos":
+        truths = nvos_ground_truth(dm, gt_path, nvos_task)
+    else:
+        raise SA3DError(f"Unknown --gt {gt!r}; choose instances, spinnerf or nvos.")
+    rows = evaluate_views(pipeline, truths)
     result = {
         "run": str(load_config),
-        "split": split,
+        "ground_truth": gt if gt == "instances" else f"{gt}: {gt_path}",
+        "split": split if gt == "instances" else "annotated views",
         "object_id": obj,
         "miou": float(np.mean([r["iou"] for r in rows])),
         "macc": float(np.mean([r["accuracy"] for r in rows])),
@@ -140,7 +276,13 @@ class EvalArgs:
     split: Literal["test", "train", "all"] = "test"
     """Views to evaluate: the held-out (test) views, the training views, or all."""
     output: Path | None = None
-    """Folder for eval.json and images of the worst views (default: <run>/sa3d/eval_<split>)."""
+    """Folder for eval.json and images of the worst views (default: <run>/sa3d/eval_<split> or eval_<gt>)."""
+    gt: Literal["instances", "spinnerf", "nvos"] = "instances"
+    """Ground truth: the dataset's instance masks (transforms.json instance_mask_path), SPIn-NeRF's multiview masks, or NVOS."""
+    gt_path: Path | None = None
+    """spinnerf: the scene's folder of <image>.png masks; nvos: the NVOS root (masks/, scribbles/, reference_image/)."""
+    nvos_task: str | None = None
+    """NVOS scene name (fern, flower, fortress, horns_center, horns_left, leaves, orchids, trex)."""
 
 
 def entrypoint() -> None:
@@ -151,12 +293,16 @@ def entrypoint() -> None:
     args = tyro.cli(EvalArgs)
     console = Console()
     try:
-        output = args.output or args.load_config.parent / "sa3d" / f"eval_{args.split}"
-        result = evaluate_run(args.load_config, args.split, output)
+        tag = args.split if args.gt == "instances" else args.gt
+        output = args.output or args.load_config.parent / "sa3d" / f"eval_{tag}"
+        result = evaluate_run(
+            args.load_config, args.split, output, gt=args.gt, gt_path=args.gt_path, nvos_task=args.nvos_task
+        )
     except SA3DError as err:
         console.print(f"[bold red]sa3d-eval error:[/bold red] {err}")
         sys.exit(2)
-    table = Table(title=f"sa3d-eval: object {result['object_id']}, {args.split} views")
+    what = f"object {result['object_id']}, {args.split} views" if args.gt == "instances" else result["ground_truth"]
+    table = Table(title=f"sa3d-eval: {what}")
     table.add_column("view")
     table.add_column("IoU", justify="right")
     table.add_column("accuracy", justify="right")

@@ -56,16 +56,25 @@ def sa3d_runs(scene, out="outputs"):
     return sorted((scene["root"] / out).glob("*/sa3d/*"))
 
 
+def finished_run(scene, segmenter="oracle") -> Path:
+    """A finished sa3d run of the scene's prompt (made once per module)."""
+    runs = scene.setdefault("runs", {})
+    if segmenter not in runs:
+        before = set(sa3d_runs(scene))
+        r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", segmenter)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        (runs[segmenter],) = set(sa3d_runs(scene)) - before
+    return runs[segmenter]
+
+
 @pytest.mark.parametrize("segmenter, min_miou", [("oracle", 0.75), ("weightfree", 0.7)])
 def test_segment_render_and_evaluate(scene, segmenter, min_miou):
-    before = set(sa3d_runs(scene))
-    r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", segmenter)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    (run_dir,) = set(sa3d_runs(scene)) - before
+    run_dir = finished_run(scene, segmenter)
     assert list((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
     summary = json.loads((run_dir / "sa3d" / "summary.json").read_text())
+    views = [(v["image"], v["status"], v.get("iou")) for v in summary["views"]]
     assert summary["complete"] and summary["views_done"] == summary["views_total"] == 22
-    assert summary["counts"]["prompt"] == 1 and summary["counts"]["accepted"] >= 10
+    assert summary["counts"]["prompt"] == 1 and summary["counts"]["accepted"] >= 10, views
     assert len(list((run_dir / "sa3d" / "views").glob("*.png"))) == 22
     assert list((run_dir / "sa3d" / "masks").glob("*.png"))
 
@@ -127,10 +136,7 @@ def test_bad_input(scene, tmp_path, case, match):
     if case == "missing_config":
         config = tmp_path / "nope" / "config.yml"
     elif case == "not_nerfacto":
-        done = [p for p in sa3d_runs(scene) if list((p / "nerfstudio_models").glob("*.ckpt"))]
-        if not done:
-            pytest.skip("needs a finished sa3d run from test_segment_render_and_evaluate")
-        config = done[0] / "config.yml"
+        config = finished_run(scene) / "config.yml"
     elif case == "tcnn_checkpoint":
         copy = tmp_path / "nerfacto_tcnn"
         shutil.copytree(scene["nerfacto"].parent, copy)
@@ -182,3 +188,107 @@ def test_nerfacto_checkpoint_loads_in_nerfstudio_under_torch_2_6(scene, tmp_path
         assert r.returncode != 0 and "weights_only" in r.stderr.replace("\n", " ")
     r = run(["python", "-c", with_plugin], tmp_path)
     assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]
+
+
+def sa3d_eval(run_dir: Path, *extra, cwd: Path):
+    return run(["sa3d-eval", "--load-config", run_dir / "config.yml", *extra], cwd)
+
+
+def test_eval_reads_spinnerf_and_nvos_layouts(scene, tmp_path):
+    """The public benchmarks' mask layouts give the same per-view IoU as the dataset's own masks."""
+    run_dir = finished_run(scene)
+    r = sa3d_eval(run_dir, "--split", "all", "--output", tmp_path / "inst", cwd=scene["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    reference = {v["image"]: v["iou"] for v in json.loads((tmp_path / "inst" / "eval.json").read_text())["views"]}
+    names = sorted(reference)  # the scene's images sorted by name (train and held-out)
+    gt = {n: (np.asarray(Image.open(scene["root"] / "scene" / "instances" / n)) == 1) for n in names}
+    png = lambda m: Image.fromarray(m.astype(np.uint8) * 255)  # noqa: E731
+
+    # SPIn-NeRF: <stem>.png, 0_<stem>.png, imageNNN.png (index into the sorted images), plus files to ignore
+    spin = tmp_path / "spin"
+    spin.mkdir()
+    png(gt[names[0]]).save(spin / f"{Path(names[0]).stem}.png")
+    png(gt[names[3]]).save(spin / f"0_{Path(names[3]).stem}.png")
+    png(gt[names[11]]).save(spin / "image011.png")
+    png(~gt[names[0]]).save(spin / f"{Path(names[0]).stem}_pseudo.png")
+    Image.fromarray(np.zeros((64, 64, 4), np.uint8)).save(spin / f"{Path(names[0]).stem}_cutout.png")
+    (spin / "annotations.json").write_text("{}")
+    r = sa3d_eval(run_dir, "--gt", "spinnerf", "--gt-path", spin, "--output", tmp_path / "spin_out", cwd=scene["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = {v["image"]: v["iou"] for v in json.loads((tmp_path / "spin_out" / "eval.json").read_text())["views"]}
+    assert set(got) == {names[0], names[3], names[11]}
+    for n, v in got.items():
+        assert v == pytest.approx(reference[n], abs=1e-6)
+
+    # NVOS: masks/<task>/<target>_mask.png (+ the target image), scribbles/ and reference_image/ alongside
+    nvos = tmp_path / "nvos"
+    for sub in ("masks/toy", "scribbles/toy", "reference_image/toy"):
+        (nvos / sub).mkdir(parents=True)
+    target = names[5]
+    png(gt[target]).save(nvos / "masks" / "toy" / f"{Path(target).stem}_mask.png")
+    shutil.copy(scene["root"] / "scene" / "images" / target, nvos / "masks" / "toy" / target)
+    r = sa3d_eval(run_dir, "--gt", "nvos", "--gt-path", nvos, "--nvos-task", "toy", "--output", tmp_path / "nvos_out",
+                  cwd=scene["root"])  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    views = json.loads((tmp_path / "nvos_out" / "eval.json").read_text())["views"]
+    assert [v["image"] for v in views] == [target] and views[0]["iou"] == pytest.approx(reference[target], abs=1e-6)
+
+    # ground truth at twice the resolution: rendered at that resolution, close to the native figure
+    big = tmp_path / "big"
+    big.mkdir()
+    png(gt[names[3]]).resize((128, 128), Image.NEAREST).save(big / f"{Path(names[3]).stem}.png")
+    r = sa3d_eval(run_dir, "--gt", "spinnerf", "--gt-path", big, "--output", tmp_path / "big_out", cwd=scene["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    (view,) = json.loads((tmp_path / "big_out" / "eval.json").read_text())["views"]
+    assert abs(view["iou"] - reference[names[3]]) < 0.1
+
+
+def test_eval_error_paths(scene, tmp_path):
+    run_dir = finished_run(scene)
+    bad_spin = tmp_path / "bad_spin"
+    bad_spin.mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(bad_spin / "not_an_image_of_this_scene.png")
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(wide / "frame_00000.png")
+    nvos = tmp_path / "nvos"
+    (nvos / "masks" / "fern").mkdir(parents=True)
+    no_obj = tmp_path / "no_obj"
+    shutil.copytree(run_dir, no_obj)
+    summary = json.loads((no_obj / "sa3d" / "summary.json").read_text())
+    summary["prompt"]["points"] = [[1.0, 1.0]]  # sky in the prompt view: no ground-truth object there
+    (no_obj / "sa3d" / "summary.json").write_text(json.dumps(summary))
+    cases = [
+        ((tmp_path / "nope" / "config.yml", []), "file not found"),
+        ((run_dir / "config.yml", ["--gt", "spinnerf"]), "needs --gt-path"),
+        ((run_dir / "config.yml", ["--gt", "spinnerf", "--gt-path", bad_spin]), "match no image"),
+        ((run_dir / "config.yml", ["--gt", "spinnerf", "--gt-path", wide]), "another aspect ratio"),
+        ((run_dir / "config.yml", ["--gt", "nvos", "--gt-path", nvos, "--nvos-task", "trex"]), "not found"),
+        ((run_dir / "config.yml", ["--gt", "nvos", "--gt-path", tmp_path]), "no masks/ folder"),
+        ((no_obj / "config.yml", []), "does not fall on any ground-truth object"),
+    ]
+    for (config, extra), match in cases:
+        r = run(["sa3d-eval", "--load-config", config, "--output", tmp_path / "out", *extra], scene["root"])
+        out = " ".join((r.stdout + r.stderr).split())
+        assert r.returncode == 2 and match in out and "Traceback" not in out, (match, out[-2000:])
+    assert not (tmp_path / "out").exists()  # nothing written on error
+
+
+def test_benchmark_tiny_run(scene, tmp_path):
+    """scripts/benchmark.py on the test scene's nerfacto: both paths, two objects, a table and the ratio line."""
+    r = run(["python", Path(__file__).parents[1] / "scripts" / "benchmark.py", "--workdir", tmp_path,
+             "--nerfacto-config", scene["nerfacto"], "--segmenters", "oracle", "--max-views", "3", "--device", "cpu"],
+            scene["root"])  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert (
+        last.startswith("speed-up") and "first object" in last and "second object" in last and "mIoU reference" in last
+    )
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    assert [(x["segmenter"], x["path"]) for x in result["results"]] == [("oracle", "reference"), ("oracle", "default")]
+    for x in result["results"]:
+        assert x["peak_mb"] > 100 and len(x["objects"]) == 2
+        for o in x["objects"]:
+            assert o["views"] == 3 and o["render_s"] > 0 and o["lift_s"] > 0 and o["seconds"] > o["render_s"]
+            assert 0.0 <= o["miou"] <= 1.0 and 0.5 <= o["macc"] <= 1.0
+    assert tree_digest(scene["nerfacto"].parent) == scene["digest"]

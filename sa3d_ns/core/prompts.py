@@ -144,7 +144,8 @@ def resolve_view(view: int | str, image_names: Sequence[str]) -> int:
     """Map a prompt's ``view`` (index or file name) to a training-image index.
 
     ``image_names`` are the training images' paths (relative or absolute). A name matches a path
-    that ends with it (``frame_00012.png`` matches ``.../images/frame_00012.png``).
+    that ends with it (``frame_00012.png`` matches ``.../images/frame_00012.png``); a name without
+    an extension matches the image with that stem.
     """
     n = len(image_names)
     if isinstance(view, int):
@@ -159,6 +160,8 @@ def resolve_view(view: int | str, image_names: Sequence[str]) -> int:
         for i, name in enumerate(image_names)
         if Path(name).as_posix() == wanted or Path(name).as_posix().endswith("/" + wanted)
     ]
+    if not matches and not Path(wanted).suffix:  # a bare stem (e.g. from NVOS) matches any extension
+        matches = [i for i, name in enumerate(image_names) if Path(name).stem == wanted]
     if len(matches) == 1:
         return matches[0]
     examples = ", ".join(Path(x).name for x in list(image_names)[:3])
