@@ -34,7 +34,13 @@ import numpy as np
 
 # Settings of each path; anything not named here keeps the pipeline's default.
 PATHS: dict[str, dict] = {
-    "reference": {"lifting": "sgd", "render_downscale": 1.0, "num_passes": 1},
+    "reference": {
+        "lifting": "sgd",
+        "cache": False,
+        "render_downscale": 1.0,
+        "segment_image": "render",
+        "num_passes": 1,
+    },
     "default": {},
 }
 
@@ -107,6 +113,17 @@ def object_prompt(scene: Path, train_names: list[str], name: str) -> tuple[dict,
 
 
 # --------------------------------------------------------------------------- one path in one process
+def parse_setting(current, value):
+    """A --set value (a string) as the type of the setting it replaces."""
+    if not isinstance(value, str) or current is None:
+        return value
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise SystemExit(f"benchmark: expected true or false, got {value!r}")
+        return value.lower() in ("true", "1")
+    return type(current)(value) if isinstance(current, (int, float)) else value
+
+
 def build_pipeline(spec: dict):
     import torch
 
@@ -121,8 +138,11 @@ def build_pipeline(spec: dict):
     pipe.sam_variant = spec.get("sam_variant", "vit_b")
     pipe.sam_checkpoint = Path(spec["sam_checkpoint"]) if spec.get("sam_checkpoint") else None
     pipe.save_view_images = False
-    for key, value in PATHS[spec["path"]].items():
-        setattr(pipe, key, value)
+    pipe.cache_dir = Path(spec["cache_dir"])
+    for key, value in {**PATHS[spec["path"]], **spec.get("overrides", {})}.items():
+        if not hasattr(pipe, key):
+            raise SystemExit(f"benchmark: the pipeline has no setting {key!r}")
+        setattr(pipe, key, parse_setting(getattr(pipe, key), value))
     config.machine.device_type = spec["device"]
     resolve_config(config)
     device = torch.device(spec["device"])
@@ -170,10 +190,20 @@ def run_path(spec: dict) -> dict:
     peak = (
         torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
-    return {"setup_s": setup_s, "objects": objects, "peak_mb": peak, "peak_kind": "cuda allocated" if cuda else "RSS"}
+    return {
+        "setup_s": setup_s,
+        "objects": objects,
+        "peak_mb": peak,
+        "peak_kind": "cuda allocated" if cuda else "RSS",
+        "cache": pipeline.cache_summary(),
+    }
 
 
 def spawn_path(spec: dict, workdir: Path) -> dict:
+    import shutil
+
+    spec["cache_dir"] = str(workdir / f"cache_{spec['segmenter']}_{spec['path']}")
+    shutil.rmtree(spec["cache_dir"], ignore_errors=True)  # the first object pays for building the caches
     spec_file = workdir / f"spec_{spec['segmenter']}_{spec['path']}.json"
     out_file = spec_file.with_name(spec_file.name.replace("spec_", "result_"))
     spec_file.write_text(json.dumps(spec))
@@ -249,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sam-variant", default="vit_b", choices=["vit_b", "vit_l", "vit_h"], help="random weights")
     parser.add_argument("--objects", nargs="+", default=["red_ball", "blue_crate"], help="first and second object")
     parser.add_argument("--paths", nargs="+", default=["reference", "default"], choices=list(PATHS))
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="PATH.KEY=VALUE",
+        help="change a pipeline setting of one path, e.g. default.cache_samples=16",
+    )
     parser.add_argument("--max-views", type=int, default=None, help="process only this many views per object")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
@@ -294,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         prompts.append(str(path))
         ids.append(obj)
 
+    overrides: dict[str, dict] = {}
+    for item in args.set:
+        target, _, value = item.partition("=")
+        path, _, key = target.partition(".")
+        if path not in PATHS or not key or not value:
+            raise SystemExit(f"benchmark: --set {item!r}: expected PATH.KEY=VALUE with PATH in {list(PATHS)}")
+        overrides.setdefault(path, {})[key] = value
     results = []
     for seg in args.segmenters:
         sam_ckpt = str(random_sam_checkpoint(workdir, args.sam_variant)) if seg == "sam" else None
@@ -302,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = {
                 "path": path, "segmenter": seg, "device": device, "nerfacto_config": str(nerfacto_config),
                 "prompts": prompts, "object_ids": ids, "sam_variant": args.sam_variant, "sam_checkpoint": sam_ckpt,
-                "max_views": args.max_views,
+                "max_views": args.max_views, "overrides": overrides.get(path, {}),
             }  # fmt: skip
             results.append({"segmenter": seg, "path": path, **spawn_path(spec, workdir)})
     header = f"{len(train_names)} training views of {args.size}x{args.size}, objects {' then '.join(args.objects)}"

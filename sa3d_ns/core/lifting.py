@@ -11,12 +11,17 @@ weights), so dL/dtheta does not depend on theta: each view casts a fixed, weight
 
 Two update rules are offered:
 
-* ``vote`` (default): every parameter holds the weighted average of the targets of all the samples
+* ``vote``: every parameter holds the weighted average of the targets of all the samples
   that touched it, theta = sum_v (-dL_v/dtheta) / sum_v (dT_v/dtheta), with T_v = sum_p S(p) the
   "touch" weight. This is the authors' voxel version (lr 1 with a per-voxel running average), it is
   exact in one accumulation per view, and it keeps m in [-lambda, 1].
-* ``sgd``: plain gradient steps theta -= lr * dL/dtheta (the authors' hash-grid version), with the
-  loss averaged over the view's pixels.
+* ``sgd`` (the pipeline's default): plain gradient steps theta -= lr * dL/dtheta (the authors'
+  hash-grid version), with the loss averaged over the view's pixels. Only the sign of the rendered
+  score decides the mask, so the step size does not matter; frequently seen (coarse) entries
+  speak louder than rarely seen fine ones, which measured better than ``vote``.
+
+With ``corners`` (the table entries and weights each position reads), both rules are computed by
+gathers and scatter-adds instead of autograd: the same numbers, much cheaper.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+MEMO_BYTES = 1 << 30  # corner lists kept between a view's score and its vote up to this size
 
 
 def vote_targets(mask: torch.Tensor, neg_weight: float) -> torch.Tensor:
@@ -48,6 +55,9 @@ def render_mask_score(
     return (weights * values).sum(dim=-1)
 
 
+Corners = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 class MaskLifter:
     """Accumulates views into a mask field whose parameters are linear in its output.
 
@@ -57,7 +67,11 @@ class MaskLifter:
         param: the field's one trainable tensor (the hash table).
         mode: ``vote`` or ``sgd`` (see the module docstring).
         lr: step size of the ``sgd`` mode.
-        chunk_rays: rays per backward pass (bounds memory).
+        chunk_rays: rays per chunk (bounds memory).
+        corners: optional; maps N x 3 positions to the table entries each reads and their weights
+            (indices N x J, weights N x J, m(x) = sum_j w_j param[i_j]). With it, scores are
+            gathers and votes are scatter-adds (no autograd); without it, votes are two autograd
+            passes.
     """
 
     def __init__(
@@ -67,6 +81,7 @@ class MaskLifter:
         mode: str = "vote",
         lr: float = 0.1,
         chunk_rays: int = 16384,
+        corners: Corners | None = None,
     ) -> None:
         if mode not in ("vote", "sgd"):
             raise ValueError(f"lifting mode must be 'vote' or 'sgd', got {mode!r}")
@@ -75,8 +90,41 @@ class MaskLifter:
         self.mode = mode
         self.lr = lr
         self.chunk_rays = chunk_rays
+        self.corners = corners
         self.numerator = torch.zeros_like(param, dtype=torch.float32)
         self.denominator = torch.zeros_like(param, dtype=torch.float32)
+        self._memo: tuple[torch.Tensor, list] | None = None
+
+    def _corner_chunks(self, positions: torch.Tensor):
+        """(slice, indices, weights) per chunk of rays; kept for the next call on the same tensor
+        while they fit in ``MEMO_BYTES`` (the score and the vote of a view share them)."""
+        if self._memo is not None and self._memo[0] is positions:
+            yield from self._memo[1]
+            return
+        chunks, size = [], 0
+        for start in range(0, positions.shape[0], self.chunk_rays):
+            sl = slice(start, start + self.chunk_rays)
+            idx, w = self.corners(positions[sl].reshape(-1, 3))
+            size += idx.numel() * idx.element_size() + w.numel() * w.element_size()
+            if chunks is not None:
+                chunks.append((sl, idx, w))
+                if size > MEMO_BYTES:
+                    chunks = None
+            yield sl, idx, w
+        # the memo holds the tensor itself, so its identity cannot be taken by a new tensor
+        self._memo = (positions, chunks) if chunks is not None else None
+
+    @torch.no_grad()
+    def score(self, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Rendered mask score S of R rays (positions R x S x 3, weights R x S)."""
+        if self.corners is None:
+            return render_mask_score(self.field, positions, weights)
+        table = self.param.detach().reshape(-1).float()
+        out = torch.empty(weights.shape[0], dtype=torch.float32, device=weights.device)
+        for sl, idx, w in self._corner_chunks(positions):
+            m = (table[idx] * w).sum(-1).view(weights[sl].shape)
+            out[sl] = (weights[sl].float() * m).sum(-1)
+        return out
 
     def _grads(
         self, positions: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor
@@ -84,6 +132,14 @@ class MaskLifter:
         """Return (sum_p t(p) dS(p)/dtheta, sum_p dS(p)/dtheta) over the given rays."""
         signed = torch.zeros_like(self.param, dtype=torch.float32)
         touch = torch.zeros_like(self.param, dtype=torch.float32)
+        if self.corners is not None:
+            s_flat, t_flat = signed.view(-1), touch.view(-1)
+            for sl, idx, w in self._corner_chunks(positions):
+                ws = weights[sl].float().reshape(-1, 1) * w  # dS/dtheta contributions, N x J
+                t = targets[sl].to(ws).repeat_interleave(weights.shape[1]).view(-1, 1)
+                t_flat.index_add_(0, idx.reshape(-1), ws.reshape(-1))
+                s_flat.index_add_(0, idx.reshape(-1), (ws * t).reshape(-1))
+            return signed, touch
         for start in range(0, weights.shape[0], self.chunk_rays):
             sl = slice(start, start + self.chunk_rays)
             with torch.enable_grad():
@@ -103,6 +159,7 @@ class MaskLifter:
             )
         targets = vote_targets(mask.reshape(-1), neg_weight)
         signed, touch = self._grads(positions, weights, targets)
+        self._memo = None
         if self.mode == "vote":
             self.numerator += signed
             self.denominator += touch
@@ -118,5 +175,6 @@ class MaskLifter:
     def reset(self) -> None:
         self.numerator.zero_()
         self.denominator.zero_()
+        self._memo = None
         with torch.no_grad():
             self.param.zero_()

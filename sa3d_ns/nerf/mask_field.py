@@ -7,6 +7,8 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.encodings import HashEncoding
 from torch import nn
 
+HASH_PRIMES = (1, 2654435761, 805459861)  # nerfstudio's HashEncoding.hash_fn (Instant-NGP)
+
 
 class MaskField(nn.Module):
     """m(x): a hash grid (nerfstudio's ``HashEncoding``, tcnn or torch) whose levels are summed with
@@ -58,6 +60,39 @@ class MaskField(nn.Module):
             p = SceneBox.get_normalized_positions(positions, self.aabb)
         inside = ((p > 0.0) & (p < 1.0)).all(dim=-1)
         return p * inside[..., None], inside
+
+    @property
+    def explicit(self) -> bool:
+        """True when the table is nerfstudio's torch hash table, whose lookups :meth:`corners` can
+        list (tcnn keeps its own layout: votes then go through autograd)."""
+        return self.encoding.tcnn_encoding is None
+
+    def corners(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The table entries each position reads and their weights: m(x) = sum_j w_j table[i_j].
+
+        Returns (indices N x 8L int64, weights N x 8L float32): the 8 trilinear corners at each of
+        the L levels, hashed with the encoding's own hash function, weights including the level
+        weights and the outside-the-unit-cube zero. Same maths as nerfstudio's torch forward.
+        """
+        p, inside = self.normalize(positions)
+        enc = self.encoding
+        scaled = p[:, None, :] * enc.scalings.view(-1, 1).to(p)  # N x L x 3
+        floor = torch.floor(scaled)
+        off = scaled - floor
+        # nerfstudio's hash: xor over axes of (coordinate * prime); the per-axis products are formed once
+        primes = torch.tensor(HASH_PRIMES, device=p.device)
+        lo, hi = floor.long() * primes, torch.ceil(scaled).long() * primes
+        level_offset = enc.hash_offset.to(p.device).view(1, -1)
+        idx, wts = [], []
+        for c in range(8):
+            b = [(c >> k) & 1 for k in range(3)]
+            h = (hi if b[0] else lo)[..., 0] ^ (hi if b[1] else lo)[..., 1] ^ (hi if b[2] else lo)[..., 2]
+            idx.append(h % enc.hash_table_size + level_offset)
+            w = off[..., 0] if b[0] else 1 - off[..., 0]
+            w = w * (off[..., 1] if b[1] else 1 - off[..., 1])
+            wts.append(w * (off[..., 2] if b[2] else 1 - off[..., 2]))
+        w = torch.stack(wts, -1) * self.level_weights.view(1, -1, 1) * inside.view(-1, 1, 1)
+        return torch.stack(idx, -1).reshape(len(p), -1), w.reshape(len(p), -1).float()
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions N x 3 (world) -> mask values N."""

@@ -101,21 +101,28 @@ class SA3DModel(NerfactoModel):
         return []
 
     @torch.no_grad()
-    def sample_rays(self, ray_bundle: RayBundle) -> dict[str, torch.Tensor]:
-        """The frozen NeRF on a flat bundle: sample positions R x S x 3, volume weights R x S, rgb,
-        median depth and accumulation."""
+    def sample_rays(self, ray_bundle: RayBundle, rgb: bool = True) -> dict[str, torch.Tensor]:
+        """The frozen NeRF on a flat bundle: sample positions R x S x 3, volume weights R x S,
+        median depth, accumulation and (unless ``rgb`` is False: geometry only, no colour
+        network) rgb."""
         if self.collider is not None and ray_bundle.nears is None:
             ray_bundle = self.collider(ray_bundle)
         ray_samples, _, _ = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
-        field_outputs = self.field.forward(ray_samples)
-        weights = ray_samples.get_weights(field_outputs[FieldHeadNames.DENSITY])
-        return {
+        if rgb:
+            field_outputs = self.field.forward(ray_samples)
+            density = field_outputs[FieldHeadNames.DENSITY]
+        else:
+            density, _ = self.field.get_density(ray_samples)
+        weights = ray_samples.get_weights(density)
+        out = {
             "positions": ray_samples.frustums.get_positions(),
             "weights": weights[..., 0],
-            "rgb": self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights),
             "depth": self.renderer_depth(weights=weights, ray_samples=ray_samples),
             "accumulation": self.renderer_accumulation(weights=weights),
         }
+        if rgb:
+            out["rgb"] = self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights)
+        return out
 
     def get_outputs(self, ray_bundle: RayBundle) -> dict[str, torch.Tensor]:
         s = self.sample_rays(ray_bundle)

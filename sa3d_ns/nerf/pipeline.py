@@ -8,6 +8,7 @@ mask field. The algorithm lives in :mod:`sa3d_ns.core`; this module orchestrates
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,14 +22,17 @@ from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConf
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from sa3d_ns.core.cache import ViewCache, file_identity, prune_samples, tensor_bytes
 from sa3d_ns.core.errors import SA3DError
-from sa3d_ns.core.lifting import MaskLifter, render_mask_score
+from sa3d_ns.core.lifting import MaskLifter
 from sa3d_ns.core.metrics import binarize_score, iou
 from sa3d_ns.core.prompts import Prompt, check_inside, load_prompt, resolve_view
 from sa3d_ns.core.self_prompt import select_self_prompts
 from sa3d_ns.core.views import view_order
 from sa3d_ns.nerf.checkpoints import load_checkpoint
 from sa3d_ns.nerf.model import SA3DModelConfig
+
+CACHE_VERSION = 1
 
 
 @dataclass
@@ -62,8 +66,8 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """lambda: weight of pixels outside the 2D mask in later views (authors: 1.0)."""
     neg_weight_first: float = 1.0
     """lambda for the user-prompted first view (authors' voxel version: 5.0)."""
-    lifting: Literal["vote", "sgd"] = "vote"
-    """vote: exact per-view weighted vote (running average); sgd: one plain SGD step per view."""
+    lifting: Literal["vote", "sgd"] = "sgd"
+    """sgd: one SGD step per view on the mask loss (the authors' hash-grid rule; on the default path the step is scattered straight into the table, exactly); vote: per-entry running average of the targets (the authors' voxel rule)."""
     sgd_lr: float = 0.1
     """Step size of the sgd lifting (loss averaged over the view's pixels)."""
     view_order: Literal["dataset", "nearest"] = "nearest"
@@ -71,7 +75,15 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     num_passes: int = 1
     """Passes over the training views (authors' main version: 1)."""
     render_downscale: float = 1.0
-    """Segment at the training resolution divided by this (>= 1; faster on large images)."""
+    """Segment at the training resolution divided by this (>= 1; bounds time, memory and cache size on large images). The mask field renders at any resolution afterwards."""
+    cache: bool = True
+    """Keep per-view NeRF samples, depth, images (and SAM image embeddings) on disk and reuse them for every later object in the scene; False = re-render every view (the authors' way)."""
+    cache_dir: Path | None = None
+    """Where the caches live (default: <output-dir>/<experiment>/sa3d_cache, next to the runs)."""
+    cache_samples: int = 16
+    """With the cache: keep each ray's this many heaviest NeRF samples (0 = all). The fraction of volume weight kept is reported."""
+    segment_image: Literal["render", "train"] = "render"
+    """Image the 2D segmenter sees: the NeRF's render, or the training image itself (then the NeRF renders geometry only)."""
     save_view_images: bool = True
     """Write each view's 2D mask and prompt points as images into the run folder (sa3d/)."""
 
@@ -86,9 +98,12 @@ class SA3DPipeline(VanillaPipeline):
         self.output_dir: Path | None = None
         self._segmenter = None
         self.records: list[dict] = []
-        self.lifter = MaskLifter(
-            self.model.mask_field, self.model.mask_field.table, mode=config.lifting, lr=config.sgd_lr
-        )
+        field = self.model.mask_field
+        # the default path scatters votes straight into the table; the faithful path (no cache) uses autograd
+        corners = field.corners if field.explicit and config.cache else None
+        self.lifter = MaskLifter(field, field.table, mode=config.lifting, lr=config.sgd_lr, corners=corners)
+        self.view_cache: ViewCache | None = None
+        self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0}
         self.order: list[int] = []
         self.prompt: Prompt | None = None
         if test_mode == "val":
@@ -146,7 +161,7 @@ class SA3DPipeline(VanillaPipeline):
 
     # ------------------------------------------------------------------ rendering
     @torch.no_grad()
-    def render_view(self, view: int) -> dict:
+    def render_view(self, view: int, rgb: bool = True) -> dict:
         """Render training view ``view`` at the segmentation resolution with the frozen NeRF."""
         cams = self.datamanager.train_dataset.cameras
         cam = cams[view : view + 1].to(self.device)
@@ -160,7 +175,7 @@ class SA3DPipeline(VanillaPipeline):
         parts: dict[str, list[torch.Tensor]] = {}
         try:
             for start in range(0, h * w, chunk):
-                out = self.model.sample_rays(bundle.get_row_major_sliced_ray_bundle(start, start + chunk))
+                out = self.model.sample_rays(bundle.get_row_major_sliced_ray_bundle(start, start + chunk), rgb=rgb)
                 for k, v in out.items():
                     parts.setdefault(k, []).append(v)
         finally:
@@ -169,6 +184,97 @@ class SA3DPipeline(VanillaPipeline):
         out["height"], out["width"] = h, w
         return out
 
+    # ------------------------------------------------------------------ per-view data and its cache
+    def _needs_rgb(self) -> bool:
+        if not self.config.cache:
+            return True  # the faithful path renders full views
+        return self.config.segment_image == "render" and self.config.segmenter != "oracle"
+
+    def cache_root(self) -> Path | None:
+        if self.config.cache_dir is not None:
+            return Path(self.config.cache_dir)
+        if self.output_dir is not None:
+            return Path(self.output_dir).parent.parent.parent / "sa3d_cache"  # <output>/<experiment>/sa3d_cache
+        return None
+
+    def cache_key(self) -> dict:
+        cfg, m = self.config, self.model.config
+        cams = self.datamanager.train_dataset.cameras
+        h = hashlib.sha256()
+        for t in (cams.camera_to_worlds, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return {
+            "version": CACHE_VERSION,
+            "checkpoint": file_identity(cfg.nerfacto_checkpoint),
+            "cameras": h.hexdigest(),
+            "render_downscale": cfg.render_downscale,
+            "cache_samples": cfg.cache_samples,
+            "rgb": self._needs_rgb(),
+            "nerf": {
+                "implementation": m.implementation,
+                "num_nerf_samples_per_ray": m.num_nerf_samples_per_ray,
+                "num_proposal_samples_per_ray": list(m.num_proposal_samples_per_ray),
+                "near_plane": m.near_plane,
+                "far_plane": m.far_plane,
+                "background_color": str(m.background_color),
+            },
+        }
+
+    def _open_caches(self) -> None:
+        root = self.cache_root()
+        if not self.config.cache or root is None or self.view_cache is not None:
+            return
+        self.view_cache = ViewCache(root, self.cache_key())
+        seg = self.get_segmenter()
+        identity = getattr(seg, "identity", None)
+        if identity is not None and hasattr(seg, "embedding_cache"):
+            seg.embedding_cache = ViewCache(root, {**self.cache_key(), "segmenter": identity})
+
+    def view_data(self, view: int) -> dict:
+        """What a view needs from the NeRF: positions R x K x 3, weights R x K, depth H x W, rgb
+        H x W x 3 uint8 (when rendered), height, width. Cached per view on the default path."""
+        cfg = self.config
+        self._open_caches()
+        name = f"view{view:05d}"
+        data = self.view_cache.load(name) if self.view_cache is not None else None
+        if data is None:
+            r = self.render_view(view, rgb=self._needs_rgb())
+            h, w = r["height"], r["width"]
+            positions, weights = r["positions"], r["weights"]
+            if cfg.cache:
+                positions, weights, kept = prune_samples(positions, weights, cfg.cache_samples)
+                weights = weights.half().float()  # what the disk keeps: a cached view reads back the same
+                self.cache_stats["weight_kept"].append(kept)
+            data = {
+                "positions": positions,
+                "weights": weights,
+                "depth": r["depth"].view(h, w),
+                "size": torch.tensor([h, w]),
+            }
+            if "rgb" in r:
+                data["rgb"] = (r["rgb"].view(h, w, 3).clamp(0, 1) * 255).round().to(torch.uint8)
+            if cfg.cache:
+                self.cache_stats["views_built"] += 1
+                self.cache_stats["bytes"] += tensor_bytes(data)
+            if self.view_cache is not None:
+                self.view_cache.save(name, {**data, "weights": data["weights"].half()})
+        else:
+            data["weights"] = data["weights"].float()
+            self.cache_stats["views_reused"] += 1
+        data["positions"] = data["positions"].to(self.device)
+        data["weights"] = data["weights"].to(self.device)
+        return data
+
+    def segment_input(self, view: int, data: dict) -> np.ndarray:
+        """The image the 2D segmenter sees for ``view``, at the segmentation resolution."""
+        h, w = (int(x) for x in data["size"])
+        if self.config.segment_image == "train" or "rgb" not in data:
+            img = self.datamanager.train_dataset.get_numpy_image(view)[..., :3]
+            if img.shape[:2] != (h, w):
+                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            return np.ascontiguousarray(img)
+        return data["rgb"].cpu().numpy()
+
     # ------------------------------------------------------------------ the SA3D step
     def sa3d_step(self, step: int) -> dict:
         """Process the ``step``-th view of the visit order; returns numbers for the log."""
@@ -176,12 +282,11 @@ class SA3DPipeline(VanillaPipeline):
         view = self.order[step]
         first = step == 0
         t0 = time.perf_counter()
-        r = self.render_view(view)
-        h, w = r["height"], r["width"]
-        with torch.no_grad():
-            score = render_mask_score(self.model.mask_field, r["positions"], r["weights"]).view(h, w).cpu()
-        depth = r["depth"].view(h, w).cpu()
-        image = (r["rgb"].view(h, w, 3).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        data = self.view_data(view)
+        h, w = (int(x) for x in data["size"])
+        score = self.lifter.score(data["positions"], data["weights"]).view(h, w).cpu()
+        depth = data["depth"].view(h, w).cpu().float()
+        image = self.segment_input(view, data)
         t_render = time.perf_counter() - t0
         t_seg = time.perf_counter()
         seg = self.get_segmenter()
@@ -217,8 +322,8 @@ class SA3DPipeline(VanillaPipeline):
             rec.update(status="accepted")
             neg = cfg.neg_weight
         t1 = time.perf_counter()
-        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(r["weights"].device)
-        self.lifter.add_view(r["positions"], r["weights"], mask_t, neg)
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
+        self.lifter.add_view(data["positions"], data["weights"], mask_t, neg)
         rec["lift_s"] = round(time.perf_counter() - t1, 4)
         return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
 
@@ -240,6 +345,21 @@ class SA3DPipeline(VanillaPipeline):
         )
         return rec
 
+    def cache_summary(self) -> dict:
+        st = self.cache_stats
+        out = {
+            "enabled": self.config.cache,
+            "views_built": st["views_built"],
+            "views_reused": st["views_reused"],
+            "samples_per_ray": self.config.cache_samples,
+            "weight_kept_mean": round(float(np.mean(st["weight_kept"])), 5) if st["weight_kept"] else None,
+            "memory_bytes_built": st["bytes"],
+        }
+        if self.view_cache is not None:
+            out["dir"] = str(self.view_cache.dir)
+            out["disk_bytes"] = self.view_cache.disk_bytes()
+        return out
+
     def write_summary(self, complete: bool) -> None:
         counts = {s: sum(r["status"] == s for r in self.records) for s in ("prompt", "accepted", "rejected", "skipped")}
         summary = {
@@ -251,6 +371,7 @@ class SA3DPipeline(VanillaPipeline):
             "views_total": len(self.order),
             "views_done": len(self.records),
             "counts": counts,
+            "cache": self.cache_summary(),
             "views": self.records,
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,10 @@ def make_segmenter(config, image_names: Sequence[str], data: Path, device="cpu")
         paths = instance_mask_paths(data, image_names)
         return OracleSegmenter(lambda view, size: read_instance_mask(paths[view], size))
     if name == "sam":
-        from sa3d_ns.segmenters.sam import SamSegmenter, build_sam
+        from sa3d_ns.core.cache import file_identity
+        from sa3d_ns.segmenters.sam import SamSegmenter, build_sam, resolve_sam_checkpoint
 
-        return SamSegmenter(build_sam(config.sam_variant, config.sam_checkpoint, device))
+        path = resolve_sam_checkpoint(config.sam_variant, config.sam_checkpoint)
+        model = build_sam(config.sam_variant, path, device)
+        return SamSegmenter(model, identity={"sam": config.sam_variant, "weights": file_identity(path)})
     raise SA3DError(f"Unknown segmenter {name!r}; choose one of {list(SEGMENTERS)} with --pipeline.segmenter.")

@@ -132,21 +132,49 @@ def build_sam(variant: str, checkpoint: Path | None, device: str | torch.device 
 
 
 class SamSegmenter(Segmenter):
-    """SAM's image predictor. ``model`` is a ``segment_anything.modeling.Sam``."""
+    """SAM's image predictor. ``model`` is a ``segment_anything.modeling.Sam``.
+
+    ``identity`` names the weights (variant and file); with it, and an ``embedding_cache`` set by
+    the pipeline, the image encoder runs once per training view and its embedding is reused.
+    """
 
     name = "sam"
 
-    def __init__(self, model):
+    def __init__(self, model, identity: dict | None = None):
         from segment_anything import SamPredictor
 
         self.predictor = SamPredictor(model)
         self.image_shape: tuple[int, int] | None = None
+        self.identity = identity
+        self.embedding_cache = None
 
     def set_image(self, image, depth=None, view_id=None) -> None:
         image = check_image(image)
         self.image_shape = image.shape[:2]
+        p = self.predictor
+        cache = self.embedding_cache if view_id is not None else None
+        name = f"sam{view_id:05d}" if cache is not None else ""
+        if cache is not None:
+            data = cache.load(name)
+            if data is not None and tuple(data["original_size"].tolist()) == tuple(image.shape[:2]):
+                p.reset_image()
+                p.features = data["features"].to(p.device).float()
+                p.original_size = tuple(data["original_size"].tolist())
+                p.input_size = tuple(data["input_size"].tolist())
+                p.is_image_set = True
+                return
         with torch.no_grad():
-            self.predictor.set_image(image)
+            p.set_image(image)
+        if cache is not None:
+            p.features = p.features.half().float()  # what the cache keeps: a reused view answers the same
+            cache.save(
+                name,
+                {
+                    "features": p.features.half(),
+                    "original_size": torch.tensor(p.original_size),
+                    "input_size": torch.tensor(p.input_size),
+                },
+            )
 
     def predict(self, points=None, labels=None, box=None, prior=None, multimask=True) -> Segmentation:
         if self.image_shape is None:

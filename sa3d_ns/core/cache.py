@@ -1,0 +1,104 @@
+"""Per-view data that does not change while segmenting, kept on disk and reused.
+
+During segmentation the NeRF and the 2D segmenter's image encoder are frozen, so what they give
+for a view (the NeRF's sample positions and volume weights, depth, the image the segmenter sees,
+SAM's image embedding) is the same for every object and prompt in the scene. A ``ViewCache`` stores
+those per view under ``root/<digest of key>/``; ``key`` names everything that produced them
+(checkpoint, resolution, sample settings, segmenter weights). A different key is a different
+folder: changing any setting rebuilds, nothing stale is ever read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def top_samples(weights: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (R x k) of each ray's ``k`` heaviest samples, in ray order (nearest first).
+
+    Example: weights [[0.1, 0.6, 0.05, 0.25]] with k = 2 -> [[1, 3]].
+    """
+    k = min(k, weights.shape[1])
+    idx = torch.topk(weights, k, dim=1).indices
+    return torch.sort(idx, dim=1).values
+
+
+def prune_samples(positions: torch.Tensor, weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Keep each ray's ``k`` heaviest samples: (positions R x k x 3, weights R x k, fraction of the
+    total weight kept). ``k <= 0`` keeps all samples."""
+    if k <= 0 or k >= weights.shape[1]:
+        return positions, weights, 1.0
+    idx = top_samples(weights, k)
+    w = torch.gather(weights, 1, idx)
+    p = torch.gather(positions, 1, idx[..., None].expand(-1, -1, 3))
+    total = float(weights.sum())
+    return p, w, (float(w.sum()) / total) if total > 0 else 1.0
+
+
+class ViewCache:
+    """Tensors per view (``name``) on disk under ``root/<digest of key>``.
+
+    Args:
+        root: the cache folder of a scene (e.g. ``outputs/<scene>/sa3d_cache``).
+        key: JSON-serialisable description of what produced the data.
+    """
+
+    def __init__(self, root: Path, key: dict) -> None:
+        self.key = key
+        text = json.dumps(key, sort_keys=True, default=str)
+        self.dir = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "key.json"
+        if not meta.is_file():
+            meta.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, name: str) -> Path:
+        return self.dir / f"{name}.pt"
+
+    def load(self, name: str) -> dict[str, torch.Tensor] | None:
+        path = self.path(name)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged entry is rebuilt, never trusted
+            path.unlink(missing_ok=True)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return data
+
+    def save(self, name: str, data: dict[str, torch.Tensor]) -> None:
+        """Write atomically (a reader never sees half a file)."""
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=name, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({k: v.detach().cpu() for k, v in data.items()}, tmp)
+            os.replace(tmp, self.path(name))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.glob("*.pt"))
+
+
+def tensor_bytes(data: dict[str, torch.Tensor]) -> int:
+    return sum(v.numel() * v.element_size() for v in data.values())
+
+
+def file_identity(path: Path | None) -> dict | None:
+    """What identifies a weights file cheaply: its resolved path, size and modification time."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}

@@ -1,0 +1,121 @@
+"""The default (fast) path against the faithful one: explicit hash-grid votes equal autograd votes,
+pruned samples, the on-disk view cache and SAM's embedding cache."""
+
+import numpy as np
+import pytest
+import torch
+from test_segmenters import disc_scene, tiny_sam
+
+from sa3d_ns.core.cache import ViewCache, file_identity, prune_samples, top_samples
+from sa3d_ns.core.lifting import MaskLifter
+
+
+def mask_field(log2=12):
+    from nerfstudio.field_components.spatial_distortions import SceneContraction
+
+    from sa3d_ns.nerf.mask_field import MaskField
+
+    return MaskField(
+        torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), SceneContraction(order=float("inf")), log2_hashmap_size=log2
+    )
+
+
+def test_corners_reproduce_nerfstudio_hash_encoding():
+    field = mask_field()
+    with torch.no_grad():
+        field.table.normal_()
+    x = torch.randn(2000, 3) * 1.5
+    x[0] = 0.0  # exactly on grid points
+    x[1] = 5.0  # contracted far away
+    idx, w = field.corners(x)
+    assert idx.shape == w.shape == (2000, 8 * 16) and (w >= 0).all()
+    expected = field(x)
+    got = (field.table.detach()[idx, 0] * w).sum(-1)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["vote", "sgd"])
+def test_explicit_votes_equal_autograd_votes(mode):
+    torch.manual_seed(0)
+    pos = torch.randn(300, 6, 3) * 0.6
+    weights = torch.rand(300, 6) * 0.3
+    masks = [torch.rand(300) > 0.5, torch.rand(300) > 0.3]
+    fast_field, slow_field = mask_field(), mask_field()
+    fast = MaskLifter(fast_field, fast_field.table, mode=mode, chunk_rays=128, corners=fast_field.corners)
+    slow = MaskLifter(slow_field, slow_field.table, mode=mode, chunk_rays=128)
+    for m, lam in zip(masks, (5.0, 1.0), strict=True):
+        s_fast, s_slow = fast.score(pos, weights), slow.score(pos, weights)
+        assert torch.allclose(s_fast, s_slow, atol=1e-6)
+        fast.add_view(pos, weights, m, lam)
+        slow.add_view(pos, weights, m, lam)
+        assert torch.allclose(fast_field.table, slow_field.table, atol=1e-6)
+    assert fast_field.table.abs().sum() > 0
+    assert torch.allclose(fast.score(pos, weights), slow.score(pos, weights), atol=1e-6)
+
+
+def test_score_memo_never_serves_another_view():
+    field = mask_field()
+    lifter = MaskLifter(field, field.table, corners=field.corners)
+    pos = torch.randn(50, 4, 3) * 0.5
+    w = torch.rand(50, 4)
+    lifter.add_view(pos, w, torch.ones(50, dtype=torch.bool), 1.0)
+    a = lifter.score(pos, w)
+    other = pos.flip(0).clone()
+    assert torch.allclose(lifter.score(other, w.flip(0)), a.flip(0), atol=1e-6)
+    assert torch.allclose(
+        lifter.score(other, w.flip(0)), MaskLifter(field, field.table).score(other, w.flip(0)), atol=1e-6
+    )
+
+
+def test_top_samples_and_pruning():
+    w = torch.tensor([[0.1, 0.6, 0.05, 0.25]])
+    assert top_samples(w, 2).tolist() == [[1, 3]]
+    pos = torch.arange(12, dtype=torch.float32).view(1, 4, 3)
+    p, wk, kept = prune_samples(pos, w, 2)
+    assert wk[0].tolist() == pytest.approx([0.6, 0.25]) and p[0, :, 0].tolist() == [3.0, 9.0]
+    assert kept == pytest.approx(0.85)
+    assert prune_samples(pos, w, 0)[2] == 1.0 and prune_samples(pos, w, 8)[1] is w
+
+
+def test_view_cache_roundtrip_key_and_damage(tmp_path):
+    cache = ViewCache(tmp_path, {"checkpoint": "a", "samples": 8})
+    assert cache.load("view00000") is None
+    cache.save("view00000", {"weights": torch.ones(3, 2).half(), "size": torch.tensor([4, 5])})
+    again = ViewCache(tmp_path, {"samples": 8, "checkpoint": "a"})  # same key, any order: same folder
+    assert again.dir == cache.dir and again.load("view00000")["size"].tolist() == [4, 5]
+    other = ViewCache(tmp_path, {"checkpoint": "b", "samples": 8})
+    assert other.dir != cache.dir and other.load("view00000") is None  # a new key never reads old data
+    cache.path("view00000").write_bytes(b"garbage")
+    assert cache.load("view00000") is None and not cache.path("view00000").exists()
+    assert not list(cache.dir.glob("*.tmp")) and (cache.dir / "key.json").is_file()
+
+
+def test_file_identity_changes_with_the_file(tmp_path):
+    f = tmp_path / "w.pth"
+    f.write_bytes(b"12")
+    a = file_identity(f)
+    f.write_bytes(b"123")
+    assert file_identity(f) != a and file_identity(None) is None
+
+
+def test_sam_embeddings_are_computed_once_per_view(tmp_path):
+    from sa3d_ns.segmenters.sam import SamSegmenter
+
+    img, depth, _ = disc_scene()
+    model = tiny_sam()
+    calls = []
+    original = model.image_encoder.forward
+    model.image_encoder.forward = lambda x: calls.append(1) or original(x)
+    seg = SamSegmenter(model, identity={"sam": "tiny"})
+    seg.embedding_cache = ViewCache(tmp_path, {"segmenter": seg.identity})
+    pts, labels = np.array([[30.0, 30.0]]), np.array([1])
+    seg.set_image(img, depth, view_id=3)
+    first = seg.predict(pts, labels)
+    seg2 = SamSegmenter(model, identity={"sam": "tiny"})  # e.g. a later run in the same scene
+    seg2.embedding_cache = ViewCache(tmp_path, {"segmenter": seg.identity})
+    seg2.set_image(img, depth, view_id=3)
+    second = seg2.predict(pts, labels)
+    assert len(calls) == 1
+    assert np.array_equal(first.masks, second.masks) and np.allclose(first.scores, second.scores)
+    seg2.set_image(img, depth, view_id=None)  # not a training view: always encoded
+    assert len(calls) == 2
