@@ -90,9 +90,12 @@ def prepare_scene(workdir: Path, num_views: int, size: int, steps: int, device: 
     return scene, done[-1]
 
 
-def object_prompt(scene: Path, train_names: list[str], name: str) -> tuple[dict, int]:
-    """A one-point prompt for the object ``name``: in the training view where it shows the most
-    pixels, at its most interior pixel. Returns (prompt JSON, object id)."""
+def object_prompt(
+    scene: Path, train_names: list[str], name: str, prefer_view: int | None = None
+) -> tuple[dict, int, int]:
+    """A one-point prompt for the object ``name``, at its most interior pixel: in ``prefer_view``
+    when the object shows there at least half as much as in its best view, else in the training
+    view where it shows the most. Returns (prompt JSON, object id, view index)."""
     import cv2
 
     from sa3d_ns.data import instance_mask_paths
@@ -106,10 +109,12 @@ def object_prompt(scene: Path, train_names: list[str], name: str) -> tuple[dict,
     paths = instance_mask_paths(scene, train_names)
     areas = [int((read_instance_mask(p) == obj).sum()) for p in paths]
     view = int(np.argmax(areas))
+    if prefer_view is not None and areas[prefer_view] >= 0.5 * areas[view]:
+        view = prefer_view
     mask = (read_instance_mask(paths[view]) == obj).astype(np.uint8)
     dist = cv2.distanceTransform(np.pad(mask, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return {"view": Path(train_names[view]).name, "points": [[float(x), float(y)]], "labels": [1]}, obj
+    return {"view": Path(train_names[view]).name, "points": [[float(x), float(y)]], "labels": [1]}, obj, view
 
 
 # --------------------------------------------------------------------------- one path in one process
@@ -323,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     train_names = [
         str(p) for p in NerfstudioDataParserConfig(data=scene).setup().get_dataparser_outputs("train").image_filenames
     ]
-    prompts, ids = [], []
+    prompts, ids, first_view = [], [], None
     for name in args.objects:
-        prompt, obj = object_prompt(scene, train_names, name)
+        prompt, obj, view = object_prompt(scene, train_names, name, first_view)
+        first_view = view if first_view is None else first_view
         path = workdir / f"prompt_{name}.json"
         path.write_text(json.dumps(prompt))
         prompts.append(str(path))

@@ -47,13 +47,13 @@ for SEG in $SEGMENTERS; do
   sa3d-eval --load-config "$RUN/config.yml" --split test | tee -a "$SUMMARY"
   python -m sa3d_ns.tools.contact_sheet "$RUN" "$OUT/views_$SEG.png" >/dev/null
   ns-render dataset --load-config "$RUN/config.yml" --output-path "$RUN/renders" --split test \
-    --rendered-output-names rgb_overlay mask --image-format png --colormap-options.colormap gray >/dev/null
+    --rendered-output-names rgb_overlay mask rgb_object rgb_removed --image-format png --colormap-options.colormap gray >/dev/null
 done
 
 echo
 echo "== Done. Look at:"
 echo "   $OUT/views_*.png          every view's 2D mask and prompt points (blue frame: prompt view, green: accepted, red: rejected)"
-echo "   $OUT/outputs/scene/sa3d/demo_*/renders/test/   rendered mask and overlay of held-out views"
+echo "   $OUT/outputs/scene/sa3d/demo_*/renders/test/   held-out views: mask, overlay, the object alone (rgb_object) and the scene without it (rgb_removed)"
 echo "   $OUT/outputs/scene/sa3d/demo_*/sa3d/summary.json  accepted / rejected views with their IoU"
 echo "   $SUMMARY                  held-out IoU per view (also in each run's sa3d/eval_test/eval.json)"
 echo "   ns-viewer --load-config $OUT/outputs/scene/sa3d/demo_weightfree/config.yml   to look around"

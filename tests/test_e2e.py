@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -190,6 +191,28 @@ def test_nerfacto_checkpoint_loads_in_nerfstudio_under_torch_2_6(scene, tmp_path
     assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-2000:]
 
 
+def test_second_run_in_the_scene_reuses_the_caches(scene):
+    """A later object or prompt in the same scene reads every view from the cache (no NeRF render)
+    and, for the same prompt, gives exactly the same mask field."""
+    first = finished_run(scene, "oracle")
+    first_summary = json.loads((first / "sa3d" / "summary.json").read_text())
+    before = set(sa3d_runs(scene))
+    r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", "oracle")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (second,) = set(sa3d_runs(scene)) - before
+    cache = json.loads((second / "sa3d" / "summary.json").read_text())["cache"]
+    assert cache["views_reused"] == 22 and cache["views_built"] == 0, cache
+    assert cache["dir"] == first_summary["cache"]["dir"] and cache["disk_bytes"] > 0
+    assert Path(cache["dir"]).parent == scene["root"] / "outputs" / "scene" / "sa3d_cache"
+    tables = [
+        torch.load(next((d / "nerfstudio_models").glob("*.ckpt")), map_location="cpu", weights_only=True)["pipeline"][
+            "_model.mask_field.encoding.hash_table"
+        ]
+        for d in (first, second)
+    ]
+    assert torch.equal(tables[0], tables[1])
+
+
 def sa3d_eval(run_dir: Path, *extra, cwd: Path):
     return run(["sa3d-eval", "--load-config", run_dir / "config.yml", *extra], cwd)
 
@@ -291,4 +314,82 @@ def test_benchmark_tiny_run(scene, tmp_path):
         for o in x["objects"]:
             assert o["views"] == 3 and o["render_s"] > 0 and o["lift_s"] > 0 and o["seconds"] > o["render_s"]
             assert 0.0 <= o["miou"] <= 1.0 and 0.5 <= o["macc"] <= 1.0
+    ref, default = result["results"]
+    assert not ref["cache"]["enabled"] and default["cache"]["views_built"] + default["cache"]["views_reused"] == 6
+    for a, b in zip(ref["objects"], default["objects"], strict=True):
+        assert abs(a["miou"] - b["miou"]) < 0.05  # the fast path segments like the faithful one
+    assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
+
+
+def test_renders_and_exports_of_the_object(scene, tmp_path):
+    """rgb_object / rgb_removed renders and sa3d-export masks, pointcloud and mesh, checked against
+    the scene's known geometry (the red ball, object 1)."""
+    from sa3d_ns.core.geometry import read_ply
+
+    run_dir = finished_run(scene)
+    cfg = run_dir / "config.yml"
+    ball = next(
+        o for o in json.loads((scene["root"] / "scene" / "objects.json").read_text())["objects"] if o["id"] == 1
+    )
+    lo, hi = np.array(ball["bounds_min"]), np.array(ball["bounds_max"])
+    pad = 0.15 * (hi - lo)
+
+    def inside(points):
+        return ((points > lo - pad) & (points < hi + pad)).all(axis=1)
+
+    # renders: the object alone on white, the scene without it
+    r = run(["ns-render", "dataset", "--load-config", cfg, "--output-path", tmp_path / "r", "--split", "train",
+             "--rendered-output-names", "rgb", "rgb_removed", "rgb_object", "mask", "--image-format", "png",
+             "--colormap-options.colormap", "gray"], scene["root"])  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    kernel = np.ones((5, 5), np.uint8)
+    far, obj_diff, bg = [], [], []
+    for rgb_path in sorted((tmp_path / "r" / "train" / "rgb").glob("*.png")):
+        name = rgb_path.name
+        rgb = np.asarray(Image.open(rgb_path), dtype=np.float32) / 255
+        removed = np.asarray(Image.open(tmp_path / "r" / "train" / "rgb_removed" / name), dtype=np.float32) / 255
+        obj = np.asarray(Image.open(tmp_path / "r" / "train" / "rgb_object" / name), dtype=np.float32) / 255
+        gt = np.asarray(Image.open(scene["root"] / "scene" / "instances" / name)) == 1
+        around = cv2.dilate(gt.astype(np.uint8), kernel).astype(bool)
+        far.append(np.abs(removed - rgb)[~around].mean())
+        if gt.sum() > 20:
+            obj_diff.append(np.abs(removed - rgb)[gt].mean())
+        bg.append(obj[~around].mean())
+    assert np.mean(far) < 0.03  # removing the ball leaves the rest of the scene as it was
+    assert np.mean(obj_diff) > 0.1  # and changes where the ball was
+    assert np.mean(bg) > 0.9  # the object alone is on a white background
+
+    # masks for every training image, named after it, agreeing with the rendered `mask`
+    r = run(["sa3d-export", "masks", "--load-config", cfg, "--output", tmp_path / "masks"], scene["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    exported = sorted((tmp_path / "masks").glob("*.png"))
+    rendered = sorted((tmp_path / "r" / "train" / "mask").glob("*.png"))
+    assert [p.name for p in exported] == [p.name for p in rendered] and len(exported) == 22
+    for a, b in zip(exported, rendered, strict=True):
+        ea, eb = np.asarray(Image.open(a)), np.asarray(Image.open(b))
+        assert ea.shape == (64, 64) and set(np.unique(ea)) <= {0, 255}
+        assert np.mean((ea > 127) == (eb > 127)) > 0.99
+
+    # a coloured point cloud of the ball only, in the dataset's own frame, covering the ball
+    ply = tmp_path / "ball.ply"
+    r = run(["sa3d-export", "pointcloud", "--load-config", cfg, "--output", ply, "--num-points", "5000"], scene["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    points, colors, _ = read_ply(ply)
+    assert 1000 <= len(points) <= 5000 and colors is not None
+    assert inside(points).mean() > 0.8
+    assert ((np.percentile(points, 95, 0) - np.percentile(points, 5, 0)) > 0.5 * (hi - lo)).all()
+    assert colors[:, 0].mean() > colors[:, 2].mean()  # a red and yellow ball, not blue
+
+    # a mesh of the ball
+    mesh = tmp_path / "ball.obj"
+    r = run(["sa3d-export", "mesh", "--load-config", cfg, "--output", mesh, "--resolution", "32"], scene["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    verts = np.array(
+        [[float(v) for v in line.split()[1:]] for line in mesh.read_text().splitlines() if line.startswith("v ")]
+    )
+    assert len(verts) > 50 and inside(verts).mean() > 0.8
+
+    # never overwrite
+    r = run(["sa3d-export", "pointcloud", "--load-config", cfg, "--output", ply], scene["root"])
+    assert r.returncode == 2 and "exists" in r.stderr
     assert tree_digest(scene["nerfacto"].parent) == scene["digest"]

@@ -20,8 +20,9 @@ def mask_field(log2=12):
     )
 
 
-def test_corners_reproduce_nerfstudio_hash_encoding():
-    field = mask_field()
+@pytest.mark.parametrize("log2", [12, 19])
+def test_corners_reproduce_nerfstudio_hash_encoding(log2):
+    field = mask_field(log2)
     with torch.no_grad():
         field.table.normal_()
     x = torch.randn(2000, 3) * 1.5

@@ -14,7 +14,6 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch.nn import Parameter
 
 from sa3d_ns.core.errors import SA3DError
-from sa3d_ns.core.lifting import render_mask_score
 from sa3d_ns.nerf.mask_field import MaskField
 from sa3d_ns.nerf.offline import lpips_disabled
 
@@ -42,6 +41,10 @@ class SA3DModelConfig(NerfactoModelConfig):
     """Colour of the object in the ``rgb_overlay`` output."""
     overlay_alpha: float = 0.5
     """Opacity of the colour in the ``rgb_overlay`` output."""
+    object_background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Background colour of the ``rgb_object`` output (the object alone)."""
+    rgba_object: bool = True
+    """The ``rgba`` render output (ns-render) is the object alone on a transparent background."""
 
 
 class SA3DModel(NerfactoModel):
@@ -101,10 +104,10 @@ class SA3DModel(NerfactoModel):
         return []
 
     @torch.no_grad()
-    def sample_rays(self, ray_bundle: RayBundle, rgb: bool = True) -> dict[str, torch.Tensor]:
+    def sample_rays(self, ray_bundle: RayBundle, rgb: bool = True, per_sample: bool = False) -> dict:
         """The frozen NeRF on a flat bundle: sample positions R x S x 3, volume weights R x S,
         median depth, accumulation and (unless ``rgb`` is False: geometry only, no colour
-        network) rgb."""
+        network) rgb. ``per_sample`` adds the samples, their densities and colours."""
         if self.collider is not None and ray_bundle.nears is None:
             ray_bundle = self.collider(ray_bundle)
         ray_samples, _, _ = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
@@ -122,16 +125,31 @@ class SA3DModel(NerfactoModel):
         }
         if rgb:
             out["rgb"] = self.renderer_rgb(rgb=field_outputs[FieldHeadNames.RGB], weights=weights)
+        if per_sample:
+            out["ray_samples"], out["density"] = ray_samples, density
+            if rgb:
+                out["sample_rgb"] = field_outputs[FieldHeadNames.RGB]
         return out
 
     def get_outputs(self, ray_bundle: RayBundle) -> dict[str, torch.Tensor]:
-        s = self.sample_rays(ray_bundle)
+        s = self.sample_rays(ray_bundle, per_sample=True)
+        cfg = self.config
         with torch.no_grad():
-            score = render_mask_score(self.mask_field, s["positions"], s["weights"])[:, None]
-            mask = (score > self.config.mask_threshold).float()
-            color = torch.tensor(self.config.overlay_color, device=score.device, dtype=s["rgb"].dtype)
-            alpha = self.config.overlay_alpha * mask
+            r, n = s["weights"].shape
+            values = self.mask_field(s["positions"].reshape(-1, 3)).reshape(r, n)
+            score = (s["weights"] * values).sum(-1, keepdim=True)
+            mask = (score > cfg.mask_threshold).float()
+            color = torch.tensor(cfg.overlay_color, device=score.device, dtype=s["rgb"].dtype)
+            alpha = cfg.overlay_alpha * mask
             overlay = s["rgb"] * (1 - alpha) + color * alpha
+            # the object's own density (samples inside the 3D mask) and the rest of the scene's
+            inside = (values > cfg.mask_threshold)[..., None]
+            samples, density, sample_rgb = s["ray_samples"], s["density"], s["sample_rgb"]
+            w_obj = samples.get_weights(density * inside)
+            acc_obj = w_obj.sum(dim=-2)
+            rgb_obj = (w_obj * sample_rgb).sum(dim=-2)
+            background = torch.tensor(cfg.object_background, device=score.device, dtype=rgb_obj.dtype)
+            w_rest = samples.get_weights(density * ~inside)
         return {
             "rgb": s["rgb"],
             "accumulation": s["accumulation"],
@@ -139,7 +157,20 @@ class SA3DModel(NerfactoModel):
             "mask": mask,
             "mask_score": score,
             "rgb_overlay": overlay,
+            "rgb_object": rgb_obj + (1 - acc_obj) * background,
+            "accumulation_object": acc_obj,
+            "rgb_object_premultiplied": rgb_obj,
+            "rgb_removed": self.renderer_rgb(rgb=sample_rgb, weights=w_rest),
         }
+
+    def get_rgba_image(self, outputs: dict[str, torch.Tensor], output_name: str = "rgb") -> torch.Tensor:
+        """``ns-render --rendered-output-names rgba`` of an sa3d run: the object alone on a
+        transparent background (``model.rgba-object False``: the whole scene, as nerfstudio does)."""
+        if output_name == "rgb" and self.config.rgba_object and "accumulation_object" in outputs:
+            acc = outputs["accumulation_object"]
+            rgb = outputs["rgb_object_premultiplied"] / acc.clamp(min=1e-6)
+            return torch.cat((rgb.clamp(0, 1), acc), dim=-1)
+        return super().get_rgba_image(outputs, output_name)
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, torch.Tensor]:
         return {}
@@ -148,4 +179,4 @@ class SA3DModel(NerfactoModel):
         return {}
 
     def get_image_metrics_and_images(self, outputs, batch):
-        return {}, {"mask": outputs["mask"], "rgb_overlay": outputs["rgb_overlay"]}
+        return {}, {"mask": outputs["mask"], "rgb_overlay": outputs["rgb_overlay"], "rgb_object": outputs["rgb_object"]}

@@ -254,6 +254,14 @@ class SA3DPipeline(VanillaPipeline):
             if "rgb" in r:
                 data["rgb"] = (r["rgb"].view(h, w, 3).clamp(0, 1) * 255).round().to(torch.uint8)
             if cfg.cache:
+                if self.cache_stats["views_built"] == 0 and self.view_cache is not None:
+                    n = len(self.datamanager.train_dataset)
+                    size = tensor_bytes(data) / 2**20
+                    CONSOLE.log(
+                        f"sa3d: caching each view's NeRF samples ({cfg.cache_samples or 'all'} per ray, {h}x{w} rays): "
+                        f"~{size:.1f} MB per view, ~{size * n / 1024:.2f} GB for {n} views in {self.view_cache.dir} "
+                        "(lower with --pipeline.render-downscale or --pipeline.cache-samples)"
+                    )
                 self.cache_stats["views_built"] += 1
                 self.cache_stats["bytes"] += tensor_bytes(data)
             if self.view_cache is not None:
