@@ -366,7 +366,7 @@ def test_renders_and_exports_of_the_object(scene, tmp_path):
     rendered = sorted((tmp_path / "r" / "train" / "mask").glob("*.png"))
     assert [p.name for p in exported] == [p.name for p in rendered] and len(exported) == 22
     for a, b in zip(exported, rendered, strict=True):
-        ea, eb = np.asarray(Image.open(a)), np.asarray(Image.open(b))
+        ea, eb = np.asarray(Image.open(a)), np.asarray(Image.open(b).convert("L"))
         assert ea.shape == (64, 64) and set(np.unique(ea)) <= {0, 255}
         assert np.mean((ea > 127) == (eb > 127)) > 0.99
 
