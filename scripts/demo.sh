@@ -48,11 +48,18 @@ for SEG in $SEGMENTERS; do
   python -m sa3d_ns.tools.contact_sheet "$RUN" "$OUT/views_$SEG.png" >/dev/null
   ns-render dataset --load-config "$RUN/config.yml" --output-path "$RUN/renders" --split test \
     --rendered-output-names rgb_overlay mask rgb_object rgb_removed --image-format png --colormap-options.colormap gray >/dev/null
+  if [ "$SEG" = weightfree ]; then
+    sa3d-export pointcloud --load-config "$RUN/config.yml" --num-points 20000 >/dev/null
+  fi
+  rm -rf "$OUT/figures_$SEG"
+  python -m sa3d_ns.tools.figures "$RUN" "$OUT/figures_$SEG" >/dev/null
 done
 
 echo
 echo "== Done. Look at:"
 echo "   $OUT/views_*.png          every view's 2D mask and prompt points (blue frame: prompt view, green: accepted, red: rejected)"
+echo "   $OUT/figures_*/           held-out renders (overlay | object alone | object removed | mask), the point cloud from 3 sides"
+echo "   $OUT/outputs/scene/sa3d/demo_weightfree/sa3d/export/object_points.ply   the object as a coloured point cloud"
 echo "   $OUT/outputs/scene/sa3d/demo_*/renders/test/   held-out views: mask, overlay, the object alone (rgb_object) and the scene without it (rgb_removed)"
 echo "   $OUT/outputs/scene/sa3d/demo_*/sa3d/summary.json  accepted / rejected views with their IoU"
 echo "   $SUMMARY                  held-out IoU per view (also in each run's sa3d/eval_test/eval.json)"

@@ -82,6 +82,8 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """Where the caches live (default: <output-dir>/<experiment>/sa3d_cache, next to the runs)."""
     cache_samples: int = 16
     """With the cache: keep each ray's this many heaviest NeRF samples (0 = all). The fraction of volume weight kept is reported."""
+    sample_scale: float = 0.5
+    """With the cache: scale nerfacto's proposal and NeRF sample counts for the segmentation renders (e.g. 0.5 halves them; the NeRF's cost is mostly its samples)."""
     segment_image: Literal["render", "train"] = "render"
     """Image the 2D segmenter sees: the NeRF's render, or the training image itself (then the NeRF renders geometry only)."""
     save_view_images: bool = True
@@ -169,6 +171,12 @@ class SA3DPipeline(VanillaPipeline):
             cam.rescale_output_resolution(1.0 / self.config.render_downscale)
         bundle = cam.generate_rays(camera_indices=0, keep_shape=True)
         h, w = bundle.shape[:2]
+        sampler = self.model.proposal_sampler
+        counts = (sampler.num_proposal_samples_per_ray, sampler.num_nerf_samples_per_ray)
+        if self.config.cache and self.config.sample_scale != 1.0:
+            scale = self.config.sample_scale
+            sampler.num_proposal_samples_per_ray = tuple(max(4, round(n * scale)) for n in counts[0])
+            sampler.num_nerf_samples_per_ray = max(4, round(counts[1] * scale))
         chunk = self.model.config.eval_num_rays_per_chunk
         was_training = self.model.training
         self.model.eval()
@@ -180,6 +188,7 @@ class SA3DPipeline(VanillaPipeline):
                     parts.setdefault(k, []).append(v)
         finally:
             self.model.train(was_training)
+            sampler.num_proposal_samples_per_ray, sampler.num_nerf_samples_per_ray = counts
         out = {k: torch.cat(v) for k, v in parts.items()}
         out["height"], out["width"] = h, w
         return out
@@ -209,6 +218,7 @@ class SA3DPipeline(VanillaPipeline):
             "cameras": h.hexdigest(),
             "render_downscale": cfg.render_downscale,
             "cache_samples": cfg.cache_samples,
+            "sample_scale": cfg.sample_scale,
             "rgb": self._needs_rgb(),
             "nerf": {
                 "implementation": m.implementation,

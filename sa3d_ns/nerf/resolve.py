@@ -42,6 +42,10 @@ def resolve_config(config) -> None:
         raise SA3DError(f"--pipeline.num-passes must be >= 1, got {pipe.num_passes}.")
     if pipe.render_downscale < 1:
         raise SA3DError(f"--pipeline.render-downscale must be >= 1, got {pipe.render_downscale}.")
+    if pipe.sample_scale <= 0:
+        raise SA3DError(f"--pipeline.sample-scale must be > 0, got {pipe.sample_scale}.")
+    if pipe.cache_samples < 0:
+        raise SA3DError(f"--pipeline.cache-samples must be >= 0 (0 keeps all samples), got {pipe.cache_samples}.")
     config.max_num_iterations = len(names) * pipe.num_passes
 
     if pipe.segmenter == "oracle":
