@@ -174,7 +174,11 @@ def run_path(spec: dict) -> dict:
         if i > 0:
             pipeline.start_object(load_prompt(Path(prompt_file)))
         if spec.get("max_views"):
-            pipeline.order = pipeline.order[: spec["max_views"]]
+            # every object visits the same views (its own prompt view first), as a full pass would
+            if i == 0:
+                subset = set(pipeline.order[: spec["max_views"]])
+            start = pipeline.order[0]
+            pipeline.order = ([start] + [v for v in pipeline.order if v in subset and v != start])[: spec["max_views"]]
         records = pipeline.segment_all()
         if cuda:
             torch.cuda.synchronize()
