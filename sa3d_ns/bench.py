@@ -158,7 +158,7 @@ def run_path(spec: dict) -> dict:
     """Segment every object of ``spec`` along one path; return the figures."""
     import torch
 
-    from sa3d_ns.core.prompts import load_prompt
+    from sa3d_ns.core.prompts import load_prompt, resolve_view
     from sa3d_ns.evaluate import evaluate_views, instance_ground_truth
 
     cuda = spec["device"] == "cuda"
@@ -174,9 +174,13 @@ def run_path(spec: dict) -> dict:
         if i > 0:
             pipeline.start_object(load_prompt(Path(prompt_file)))
         if spec.get("max_views"):
-            # every object visits the same views (its own prompt view first), as a full pass would
+            # every object visits the same views (every object's prompt view among them, its own
+            # first), as full passes would
             if i == 0:
-                subset = set(pipeline.order[: spec["max_views"]])
+                starts = [resolve_view(load_prompt(Path(f)).view, pipeline.image_names) for f in spec["prompts"]]
+                starts = list(dict.fromkeys(starts))
+                rest = [v for v in pipeline.order if v not in starts]
+                subset = set(starts + rest[: max(spec["max_views"] - len(starts), 0)])
             start = pipeline.order[0]
             pipeline.order = ([start] + [v for v in pipeline.order if v in subset and v != start])[: spec["max_views"]]
         records = pipeline.segment_all()

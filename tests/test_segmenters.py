@@ -37,6 +37,17 @@ def test_weightfree_point_prompt_finds_the_object():
     assert iou(mask, gt) > 0.9
 
 
+@pytest.mark.parametrize("depth_kind", ["noise", "none"])
+def test_weightfree_point_prompt_without_usable_depth(depth_kind):
+    """Noisy depth (no region grows from the point) or no depth: colour alone still finds the disc."""
+    img, _, gt = disc_scene(seed=3)
+    depth = np.random.default_rng(0).uniform(1, 9, gt.shape).astype(np.float32) if depth_kind == "noise" else None
+    seg = WeightFreeSegmenter()
+    seg.set_image(img, depth)
+    mask, _ = seg.predict(np.array([[30.0, 30.0]]), np.array([1])).best()
+    assert iou(mask, gt) > 0.8
+
+
 def test_weightfree_without_depth_and_with_negative_point_and_box():
     img, _, gt = disc_scene(seed=1)
     seg = WeightFreeSegmenter()

@@ -9,7 +9,9 @@ How a prompt becomes a mask:
    positive score are probable foreground. Without a prior, the pixels connected to a positive
    point through depth-continuous regions are probable foreground: the region is grown with
    increasing relative depth tolerances and taken where its area is most stable (the object's
-   silhouette, before it leaks into what touches it). Everything else is probable background.
+   silhouette, before it leaks into what touches it); where depth gives no region (noisy or
+   semi-transparent geometry) or is missing, a disc around each positive point. Everything else is
+   probable background.
 3. GrabCut (colour Gaussian mixtures + graph cut, OpenCV) refines the labelling.
 4. Only connected components that contain a positive point are kept (with a box and no points:
    components inside the box).
@@ -28,6 +30,8 @@ from sa3d_ns.segmenters.base import Segmentation, Segmenter, check_image, defaul
 
 # Relative depth steps tried when growing a region from a point (see stable_depth_region).
 DEPTH_TOLERANCES = (0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.16)
+# Without a usable depth region, probable foreground is a disc of this radius (fraction of min(H, W)).
+FALLBACK_RADIUS = 0.12
 
 
 def _disc(mask: np.ndarray, x: float, y: float, radius: int, value: int) -> None:
@@ -55,6 +59,18 @@ def depth_region(depth: np.ndarray, seeds: np.ndarray, tolerance: float) -> np.n
     return region
 
 
+def min_region(h: int, w: int) -> float:
+    """Fewer pixels than this is noise around a point, not a region."""
+    return max(16.0, 0.003 * h * w)
+
+
+def point_discs(h: int, w: int, points: np.ndarray, radius: float) -> np.ndarray:
+    out = np.zeros((h, w), np.uint8)
+    for x, y in points:
+        _disc(out, x, y, max(1, int(round(radius))), 1)
+    return out.astype(bool)
+
+
 def stable_depth_region(
     depth: np.ndarray, seeds: np.ndarray, tolerances: tuple[float, ...] = DEPTH_TOLERANCES
 ) -> np.ndarray:
@@ -68,7 +84,7 @@ def stable_depth_region(
     areas = np.array([max(int(r.sum()), 1) for r in regions], dtype=np.float64)
     growth = areas[1:] / areas[:-1]
     # a region of a few pixels is noise around the seed, not a plateau
-    growth[areas[:-1] < max(16.0, 0.003 * depth.size)] = np.inf
+    growth[areas[:-1] < min_region(*depth.shape)] = np.inf
     if not np.isfinite(growth).any():
         return regions[len(regions) // 2]
     return regions[int(np.argmin(growth))]
@@ -146,6 +162,10 @@ class WeightFreeSegmenter(Segmenter):
             hint = np.asarray(prior, dtype=np.float32).reshape(h, w) > 0
         elif self.depth is not None and len(pos):
             hint = stable_depth_region(self.depth, pos, self.depth_tolerances)
+            if hint.sum() < min_region(h, w):  # no usable depth there (noisy, semi-transparent): a disc
+                hint = point_discs(h, w, pos, FALLBACK_RADIUS * min(h, w))
+        elif len(pos):
+            hint = point_discs(h, w, pos, FALLBACK_RADIUS * min(h, w))
         elif box is not None:
             hint = inside.copy()
         else:
