@@ -28,8 +28,12 @@ import numpy as np
 
 from sa3d_ns.segmenters.base import Segmentation, Segmenter, check_image, default_labels
 
-# Relative depth steps tried when growing a region from a point (see stable_depth_region).
+# Relative depth steps tried when growing a region from a point (see depth_hints).
 DEPTH_TOLERANCES = (0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.16)
+# An area growing this much from one tolerance to the next has leaked into what touches the object.
+LEAK_GROWTH = 2.0
+# ... and a region over this fraction of the image after such a jump is taken for the support or background.
+LEAK_AREA = 0.3
 # Without a usable depth region, probable foreground is a disc of this radius (fraction of min(H, W)).
 FALLBACK_RADIUS = 0.12
 
@@ -71,23 +75,33 @@ def point_discs(h: int, w: int, points: np.ndarray, radius: float) -> np.ndarray
     return out.astype(bool)
 
 
-def stable_depth_region(
+def depth_hints(
     depth: np.ndarray, seeds: np.ndarray, tolerances: tuple[float, ...] = DEPTH_TOLERANCES
-) -> np.ndarray:
-    """The depth region around the seeds at the tolerance where its area is most stable.
+) -> list[np.ndarray]:
+    """Candidate depth regions around the seeds: the object's surface before it leaks.
 
     Growing the tolerance first fills the object's surface, then stalls at its silhouette (the
-    object stands out from what is behind it), then leaks into whatever touches it. The region
-    kept is the one whose area changes least (relatively) to the next tolerance: the plateau.
+    object stands out from what is behind it), then leaks into whatever touches it. Candidates:
+    the region whose area changes least to the next tolerance (the plateau) and, when the area
+    jumps (at least ``LEAK_GROWTH`` times) somewhere, the region just before the largest jump.
+    Regions of a few pixels are noise around the seed and never offered. The segmenter refines
+    each and keeps the one with the strongest boundary.
     """
     regions = [depth_region(depth, seeds, t) for t in tolerances]
     areas = np.array([max(int(r.sum()), 1) for r in regions], dtype=np.float64)
     growth = areas[1:] / areas[:-1]
-    # a region of a few pixels is noise around the seed, not a plateau
-    growth[areas[:-1] < min_region(*depth.shape)] = np.inf
-    if not np.isfinite(growth).any():
-        return regions[len(regions) // 2]
-    return regions[int(np.argmin(growth))]
+    valid = areas[:-1] >= min_region(*depth.shape)
+    if not valid.any():
+        return []
+    picks = [int(np.argmin(np.where(valid, growth, np.inf)))]
+    jumps = np.where(valid, growth, 0.0)
+    if jumps.max() >= LEAK_GROWTH and int(np.argmax(jumps)) not in picks:
+        picks.append(int(np.argmax(jumps)))
+        # a plateau reached after the leak, spreading over much of the image, is the support or
+        # the background, not the object
+        if areas[picks[0]] > LEAK_AREA * depth.size and picks[0] > picks[1]:
+            picks = picks[1:]
+    return [regions[k] for k in picks]
 
 
 def edge_strength(image: np.ndarray, depth: np.ndarray | None) -> np.ndarray:
@@ -159,19 +173,33 @@ class WeightFreeSegmenter(Segmenter):
             inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
 
         if prior is not None and float(np.max(prior)) > 0:
-            hint = np.asarray(prior, dtype=np.float32).reshape(h, w) > 0
+            hints = [np.asarray(prior, dtype=np.float32).reshape(h, w) > 0]
         elif self.depth is not None and len(pos):
-            hint = stable_depth_region(self.depth, pos, self.depth_tolerances)
-            if hint.sum() < min_region(h, w):  # no usable depth there (noisy, semi-transparent): a disc
-                hint = point_discs(h, w, pos, FALLBACK_RADIUS * min(h, w))
+            hints = depth_hints(self.depth, pos, self.depth_tolerances)
+            if not hints:  # no usable depth there (noisy, semi-transparent): a disc
+                hints = [point_discs(h, w, pos, FALLBACK_RADIUS * min(h, w))]
         elif len(pos):
-            hint = point_discs(h, w, pos, FALLBACK_RADIUS * min(h, w))
+            hints = [point_discs(h, w, pos, FALLBACK_RADIUS * min(h, w))]
         elif box is not None:
-            hint = inside.copy()
+            hints = [inside.copy()]
         else:
-            hint = np.zeros((h, w), dtype=bool)
-        hint &= inside
+            hints = [np.zeros((h, w), dtype=bool)]
 
+        edges = edge_strength(img, self.depth)
+        candidates = []
+        for hint in hints:
+            hint = hint & inside
+            final, raw, init = self._grabcut(hint, inside, pos, neg, radius)
+            candidates += [final, raw, hint | init] if multimask else [final]
+        scores = np.array([boundary_score(m, edges) for m in candidates], dtype=np.float32)
+        if not multimask and len(candidates) > 1:
+            best = int(np.argmax(scores))
+            candidates, scores = [candidates[best]], scores[best : best + 1]
+        return Segmentation(masks=np.stack(candidates).astype(bool), scores=scores)
+
+    def _grabcut(self, hint, inside, pos, neg, radius):
+        """GrabCut from a hint: (final mask, GrabCut result before the component filter, seeds)."""
+        h, w = hint.shape
         gc = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
         gc[hint] = cv2.GC_PR_FGD
         gc[~inside] = cv2.GC_BGD
@@ -181,19 +209,12 @@ class WeightFreeSegmenter(Segmenter):
             _disc(gc, x, y, radius, cv2.GC_BGD)
         init = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD))
         raw = init
-        has_fg, has_bg = init.any(), (~init).any()
-        if has_fg and has_bg:
+        if init.any() and (~init).any():
             try:
                 bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-                cv2.grabCut(img, gc, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
+                cv2.grabCut(self.image, gc, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
                 raw = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD))
             except cv2.error:
                 raw = init
-        if len(pos):
-            final = components_with(raw, pos)
-        else:
-            final = raw & inside
-        edges = edge_strength(img, self.depth)
-        candidates = [final, raw, hint | init] if multimask else [final]
-        scores = np.array([boundary_score(m, edges) for m in candidates], dtype=np.float32)
-        return Segmentation(masks=np.stack(candidates).astype(bool), scores=scores)
+        final = components_with(raw, pos) if len(pos) else raw & inside
+        return final, raw, init
