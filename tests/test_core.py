@@ -215,3 +215,14 @@ def test_resolve_view_and_inside():
     with pytest.raises(SA3DError, match="box"):
         check_inside(parse_prompt({"view": 0, "box": [0, 0, 65, 10]}), 64, 48)
     assert math.isfinite(float(p.points[0, 0]))
+
+
+def test_vote_prior_shrinks_rarely_seen_entries():
+    field = LinearField()
+    lifter = MaskLifter(field, field.table, mode="vote", vote_prior=1.0)
+    # cell 0 seen with weight 3 (inside), cell 1 with weight 1 (inside): mean touch 2 -> prior 2
+    pos = torch.tensor([[[0.5, 0, 0]], [[1.5, 0, 0]]])
+    lifter.add_view(pos, torch.tensor([[3.0], [1.0]]), torch.tensor([True, True]), neg_weight=1.0)
+    assert field.table[0].item() == pytest.approx(3 / (3 + 2))
+    assert field.table[1].item() == pytest.approx(1 / (1 + 2))
+    assert field.table[2].item() == 0.0  # never seen

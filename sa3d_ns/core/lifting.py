@@ -72,6 +72,9 @@ class MaskLifter:
             (indices N x J, weights N x J, m(x) = sum_j w_j param[i_j]). With it, scores are
             gathers and votes are scatter-adds (no autograd); without it, votes are two autograd
             passes.
+        vote_prior: ``vote`` mode only: a pseudo-count (in units of the mean touch weight of the
+            touched entries) of zero votes every entry starts with, so rarely seen entries lean
+            towards 0 (0 = the plain running average).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class MaskLifter:
         lr: float = 0.1,
         chunk_rays: int = 16384,
         corners: Corners | None = None,
+        vote_prior: float = 0.0,
     ) -> None:
         if mode not in ("vote", "sgd"):
             raise ValueError(f"lifting mode must be 'vote' or 'sgd', got {mode!r}")
@@ -91,6 +95,7 @@ class MaskLifter:
         self.lr = lr
         self.chunk_rays = chunk_rays
         self.corners = corners
+        self.vote_prior = vote_prior
         self.numerator = torch.zeros_like(param, dtype=torch.float32)
         self.denominator = torch.zeros_like(param, dtype=torch.float32)
         self._memo: tuple[torch.Tensor, list] | None = None
@@ -164,8 +169,9 @@ class MaskLifter:
             self.numerator += signed
             self.denominator += touch
             touched = self.denominator > 0
+            prior = self.vote_prior * self.denominator[touched].mean() if self.vote_prior > 0 and touched.any() else 0.0
             value = torch.where(
-                touched, self.numerator / self.denominator.clamp_min(1e-12), torch.zeros_like(self.numerator)
+                touched, self.numerator / (self.denominator + prior).clamp_min(1e-12), torch.zeros_like(self.numerator)
             )
             self.param.copy_(value.to(self.param.dtype))
         else:

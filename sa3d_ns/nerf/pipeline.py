@@ -66,8 +66,10 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """lambda: weight of pixels outside the 2D mask in later views (authors: 1.0)."""
     neg_weight_first: float = 1.0
     """lambda for the user-prompted first view (authors' voxel version: 5.0)."""
-    lifting: Literal["vote", "sgd"] = "sgd"
-    """sgd: one SGD step per view on the mask loss (the authors' hash-grid rule; on the default path the step is scattered straight into the table, exactly); vote: per-entry running average of the targets (the authors' voxel rule)."""
+    lifting: Literal["vote", "sgd"] = "vote"
+    """vote: per table entry, the weighted average of the targets of the samples that touched it (the authors' voxel rule), with vote-prior; sgd: one SGD step per view (the authors' hash-grid rule). Both are exact scatters on the default path."""
+    vote_prior: float = 1.0
+    """vote lifting: pseudo-count of zero votes per table entry (in units of the mean touch weight), so rarely seen entries lean to 0 (0 = plain average)."""
     sgd_lr: float = 0.1
     """Step size of the sgd lifting (loss averaged over the view's pixels)."""
     view_order: Literal["dataset", "nearest"] = "nearest"
@@ -103,7 +105,9 @@ class SA3DPipeline(VanillaPipeline):
         field = self.model.mask_field
         # the default path scatters votes straight into the table; the faithful path (no cache) uses autograd
         corners = field.corners if field.explicit and config.cache else None
-        self.lifter = MaskLifter(field, field.table, mode=config.lifting, lr=config.sgd_lr, corners=corners)
+        self.lifter = MaskLifter(
+            field, field.table, mode=config.lifting, lr=config.sgd_lr, corners=corners, vote_prior=config.vote_prior
+        )
         self.view_cache: ViewCache | None = None
         self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0}
         self.order: list[int] = []
