@@ -68,7 +68,7 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """lambda for the user-prompted first view (authors' voxel version: 5.0)."""
     lifting: Literal["vote", "sgd"] = "vote"
     """vote: per table entry, the weighted average of the targets of the samples that touched it (the authors' voxel rule), with vote-prior; sgd: one SGD step per view (the authors' hash-grid rule). Both are exact scatters on the default path."""
-    vote_prior: float = 1.0
+    vote_prior: float = 16.0
     """vote lifting: pseudo-count of zero votes per table entry (in units of the mean touch weight), so rarely seen entries lean to 0 (0 = plain average)."""
     sgd_lr: float = 0.1
     """Step size of the sgd lifting (loss averaged over the view's pixels)."""
