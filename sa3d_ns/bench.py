@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sa3d_ns.tools.train_nerfacto import CPU_NERFACTO_FLAGS
+
 # Settings of each path; anything not named here keeps the pipeline's default.
 PATHS: dict[str, dict] = {
     "reference": {
@@ -43,15 +45,6 @@ PATHS: dict[str, dict] = {
     },
     "default": {},
 }
-
-TINY_NERFACTO = [
-    "--pipeline.model.implementation", "torch",
-    "--pipeline.model.num-nerf-samples-per-ray", "24",
-    "--pipeline.model.num-proposal-samples-per-ray", "48", "24",
-    "--pipeline.model.log2-hashmap-size", "15",
-    "--pipeline.model.camera-optimizer.mode", "off",
-    "--pipeline.datamanager.train-num-rays-per-batch", "1024",
-]  # fmt: skip
 
 
 def log(msg: str) -> None:
@@ -78,7 +71,7 @@ def prepare_scene(workdir: Path, num_views: int, size: int, steps: int, device: 
     done = [c for c in configs if list((c.parent / "nerfstudio_models").glob("*.ckpt"))]
     if not done:
         log(f"training nerfacto for {steps} steps on {device}")
-        flags = TINY_NERFACTO if device == "cpu" else []
+        flags = CPU_NERFACTO_FLAGS if device == "cpu" else []
         subprocess.run(
             [bin_path("sa3d-train-nerfacto"), "nerfacto", "--data", str(scene), "--output-dir", str(outputs),
              "--max-num-iterations", str(steps), "--machine.device-type", device, "--vis", "tensorboard",

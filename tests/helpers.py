@@ -5,17 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sa3d_ns.tools.train_nerfacto import CPU_NERFACTO_FLAGS
+
 BIN = Path(sys.executable).parent
 
 TINY_NERFACTO = [
     "--machine.device-type", "cpu",
     "--vis", "tensorboard",
-    "--pipeline.model.implementation", "torch",
-    "--pipeline.model.num-nerf-samples-per-ray", "24",
-    "--pipeline.model.num-proposal-samples-per-ray", "48", "24",
-    "--pipeline.model.log2-hashmap-size", "15",
-    "--pipeline.model.camera-optimizer.mode", "off",
-    "--pipeline.datamanager.train-num-rays-per-batch", "1024",
+    *CPU_NERFACTO_FLAGS,
     "--steps-per-save", "100000",
 ]  # fmt: skip
 
