@@ -33,14 +33,20 @@ from sa3d_ns.core.geometry import (
 )
 
 
-def load_run(load_config: Path):
-    from nerfstudio.utils.eval_utils import eval_setup
-
+def check_run(load_config: Path) -> Path:
+    """The run folder of a finished sa3d run's config.yml, or a clear error."""
     load_config = Path(load_config)
     if not load_config.is_file():
         raise SA3DError(f"--load-config {load_config}: file not found. Give the config.yml of an sa3d run.")
     if not (load_config.parent / "sa3d" / "summary.json").is_file():
         raise SA3DError(f"{load_config.parent} is not a finished sa3d run (no sa3d/summary.json).")
+    return load_config.parent
+
+
+def load_run(load_config: Path):
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    check_run(load_config)
     _, pipeline, _, _ = eval_setup(load_config, test_mode="test")
     pipeline.model.eval()
     return pipeline
@@ -104,11 +110,24 @@ def object_points(pipeline, min_accumulation: float = 0.5, every: int = 1) -> tu
             continue
         o = out["origins"][sel].cpu().numpy()
         d = out["directions"][sel].cpu().numpy()
-        pts.append(backproject(o, d, out["depth"][sel][..., 0].cpu().numpy()))
-        cols.append((out["rgb"][sel].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
-    if not pts:
+        p = backproject(o, d, out["depth"][sel][..., 0].cpu().numpy())
+        # a surface point belongs to the object only where the 3D mask is on: drops the pixels on the
+        # mask's rim whose expected depth falls behind the object (on the background or in mid-air)
+        on = in_mask(pipeline, p)
+        pts.append(p[on])
+        cols.append((out["rgb"][sel][torch.from_numpy(on)].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
+    if not pts or sum(len(p) for p in pts) == 0:
         raise SA3DError("The object's mask is empty in every training view: nothing to export.")
     return np.concatenate(pts), np.concatenate(cols)
+
+
+@torch.no_grad()
+def in_mask(pipeline, points: np.ndarray) -> np.ndarray:
+    """Whether the 3D mask is on at each point (nerfstudio frame)."""
+    model = pipeline.model
+    x = torch.as_tensor(points, dtype=torch.float32, device=pipeline.device)
+    values = torch.cat([model.mask_field(c).reshape(-1) for c in x.split(1 << 16)]) if len(x) else x[:, 0]
+    return (values > model.config.mask_threshold).cpu().numpy()
 
 
 def original_frame(pipeline, points: np.ndarray) -> np.ndarray:
@@ -124,9 +143,16 @@ def export_pointcloud(pipeline, out: Path, num_points: int, seed: int = 0) -> in
 
 
 @torch.no_grad()
+def density_at(pipeline, points: np.ndarray) -> np.ndarray:
+    x = torch.as_tensor(points, dtype=torch.float32, device=pipeline.device)
+    return torch.cat([pipeline.model.field.density_fn(c)[..., 0] for c in x.split(1 << 16)]).cpu().numpy()
+
+
+@torch.no_grad()
 def object_density_grid(pipeline, resolution: int, margin: float = 0.1):
-    """The NeRF's density inside the 3D mask on a grid over the object's box (from its surface
-    points, grown by ``margin`` of its size): (grid, lo, hi) in the nerfstudio frame."""
+    """The NeRF's density inside the 3D mask on a grid over the object's box, and the density at
+    the object's rendered surface points: (grid, lo, hi, surface densities), nerfstudio frame.
+    The box comes from the surface points (grown by ``margin`` of its size)."""
     from rich.progress import track
 
     model = pipeline.model
@@ -143,26 +169,35 @@ def object_density_grid(pipeline, resolution: int, margin: float = 0.1):
         density = model.field.density_fn(x)[..., 0]
         inside = model.mask_field(x) > model.config.mask_threshold
         grid[ix] = (density * inside).view(resolution, resolution).cpu().numpy()
-    return grid, lo, hi
+    return grid, lo, hi, density_at(pipeline, pts)
 
 
-def export_mesh(pipeline, out: Path, resolution: int, clean: bool = True) -> tuple[int, int]:
-    grid, lo, hi = object_density_grid(pipeline, resolution)
-    # the iso-level where a voxel would be half opaque: 1 - exp(-sigma * voxel) = 0.5
-    voxel = float((hi - lo).max()) / (resolution - 1)
-    level = float(np.log(2.0) / voxel)
+def export_mesh(
+    pipeline, out: Path, resolution: int, clean: bool = True, level: float | None = None
+) -> tuple[int, int]:
+    grid, lo, hi, surface = object_density_grid(pipeline, resolution)
+    if level is None:
+        # the iso-level from the NeRF itself: the density most of the rendered surface exceeds
+        # (independent of the grid resolution, and of how sharp this NeRF's density is)
+        level = float(np.percentile(surface, SURFACE_PERCENTILE))
     if clean:
         occupied = keep_large_components(grid > level)
         grid = np.where(occupied, grid, np.minimum(grid, 0.5 * level))
     verts, faces = marching_cubes(grid, level, lo, hi)
     if len(faces) == 0:
-        raise SA3DError(f"No surface found in the masked density at {resolution}^3; try a larger --resolution.")
+        raise SA3DError(
+            f"No surface found in the masked density at level {level:.3g} on a {resolution}^3 grid; "
+            "try a larger --resolution or a lower --level."
+        )
     verts = original_frame(pipeline, verts)
     if out.suffix.lower() == ".obj":
         write_obj(out, verts, faces)
     else:
         write_ply(out, verts, faces=faces)
     return len(verts), len(faces)
+
+
+SURFACE_PERCENTILE = 20.0
 
 
 @dataclass
@@ -196,10 +231,13 @@ class Mesh:
     """Grid cells per side of the box around the object."""
     remove_floaters: bool = True
     """Drop small disconnected blobs of the 3D mask before meshing."""
+    level: float | None = None
+    """Density iso-level of the surface (default: the density that 80 % of the object's rendered
+    surface points exceed). Lower it for a fuller, blobbier mesh; raise it for a tighter one."""
 
 
 def run_export(args) -> str:
-    run = Path(args.load_config).parent
+    run = check_run(args.load_config)  # before any output folder is made
     if isinstance(args, Masks):
         out = fresh_output(args.output, run / "sa3d" / "export" / "masks", is_dir=True)
         pipeline = load_run(args.load_config)
@@ -214,10 +252,12 @@ def run_export(args) -> str:
         return f"Wrote {n} points to {out}"
     if args.resolution < 8:
         raise SA3DError(f"--resolution must be >= 8, got {args.resolution}.")
+    if args.level is not None and not args.level > 0:
+        raise SA3DError(f"--level must be a positive density, got {args.level}.")
     out = fresh_output(args.output, run / "sa3d" / "export" / "object_mesh.ply", is_dir=False)
     if out.suffix.lower() not in (".ply", ".obj"):
         raise SA3DError(f"--output {out}: meshes are written as .ply or .obj.")
-    nv, nf = export_mesh(load_run(args.load_config), out, args.resolution, args.remove_floaters)
+    nv, nf = export_mesh(load_run(args.load_config), out, args.resolution, args.remove_floaters, args.level)
     return f"Wrote a mesh of {nv} vertices and {nf} faces to {out}"
 
 

@@ -389,7 +389,8 @@ def test_renders_and_exports_of_the_object(scene, tmp_path):
     verts = np.array(
         [[float(v) for v in line.split()[1:]] for line in mesh.read_text().splitlines() if line.startswith("v ")]
     )
-    assert len(verts) > 50 and inside(verts).mean() > 0.8
+    assert len(verts) > 500 and inside(verts).mean() > 0.8
+    assert ((verts.max(0) - verts.min(0)) > 0.6 * (hi - lo)).all()  # the ball, not a fragment of it
 
     # never overwrite
     r = run(["sa3d-export", "pointcloud", "--load-config", cfg, "--output", ply], scene["root"])

@@ -1,0 +1,43 @@
+"""sa3d-export's answers to bad flags: a clear message, exit code 2, nothing written."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def export(args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "sa3d_ns.export", *map(str, args)], cwd=cwd, capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pointcloud", "--num-points", "0"], "--num-points must be >= 1"),
+        (["pointcloud", "--output", "object.obj"], "written as .ply"),
+        (["mesh", "--resolution", "4"], "--resolution must be >= 8"),
+        (["mesh", "--level", "-1"], "--level must be a positive density"),
+        (["mesh", "--output", "object.stl"], "written as .ply or .obj"),
+        (["masks", "--load-config", "missing/config.yml"], "file not found"),
+    ],
+)
+def test_export_bad_flags(tmp_path, args, message):
+    run = tmp_path / "run"
+    (run / "sa3d").mkdir(parents=True)
+    (run / "config.yml").write_text("not a real config\n")
+    (run / "sa3d" / "summary.json").write_text("{}")
+    if "--load-config" not in args:
+        args = [args[0], "--load-config", run / "config.yml", *args[1:]]
+    r = export(args, tmp_path)
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+    assert sorted(p.name for p in run.rglob("*")) == ["config.yml", "sa3d", "summary.json"]  # nothing written
+    assert not (tmp_path / "object.obj").exists() and not (tmp_path / "object.stl").exists()
+
+
+def test_export_refuses_a_run_that_is_not_finished(tmp_path):
+    (tmp_path / "config.yml").write_text("not a real config\n")
+    r = export(["mesh", "--load-config", tmp_path / "config.yml"], tmp_path)
+    assert r.returncode == 2 and "not a finished sa3d run" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yml"]
