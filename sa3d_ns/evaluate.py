@@ -156,8 +156,8 @@ def nvos_ground_truth(dm, root: Path, task: str | None) -> list[GroundTruth]:
     return [GroundTruth(name, ds, idx, read_binary_mask(targets[0]), targets[0])]
 
 
-def evaluate_views(pipeline, truths: list[GroundTruth]) -> list[dict]:
-    """Render the object mask of every ground-truth view at the ground truth's resolution and
+def evaluate_views(pipeline, truths: list[GroundTruth], k: int = 0) -> list[dict]:
+    """Render object ``k``'s mask in every ground-truth view at the ground truth's resolution and
     compare. Rows carry the image name, IoU, accuracy and (under ``_`` keys) the prediction,
     ground truth and render."""
     from rich.progress import track
@@ -178,7 +178,7 @@ def evaluate_views(pipeline, truths: list[GroundTruth]) -> list[dict]:
                 )
             cam.rescale_output_resolution(gw / w)
         out = pipeline.model.get_outputs_for_camera(cam)
-        pred = out["mask"][..., 0].cpu().numpy() > 0.5
+        pred = out[pipeline.model.output_name("mask", k)][..., 0].cpu().numpy() > 0.5
         rgb = out["rgb"].cpu().numpy()
         if pred.shape != gt.mask.shape:  # rounding of the rescaled size: at most a pixel or two
             import cv2
@@ -206,11 +206,11 @@ def evaluate_run(
     gt: str = "instances",
     gt_path: Path | None = None,
     nvos_task: str | None = None,
+    object_name: str | None = None,
 ) -> dict:
+    """Evaluate one object of the run (``object_name``), or with the dataset's instance masks
+    every object (each against the instance under its prompt)."""
     from nerfstudio.utils.eval_utils import eval_setup
-
-    from sa3d_ns.data import instance_mask_paths
-    from sa3d_ns.segmenters.oracle import read_instance_mask
 
     load_config = Path(load_config)
     if not load_config.is_file():
@@ -220,39 +220,71 @@ def evaluate_run(
         raise SA3DError(f"{summary_path} is missing: --load-config must name a finished sa3d run.")
     if gt != "instances" and gt_path is None:
         raise SA3DError(f"--gt {gt} needs --gt-path: the folder the benchmark's masks were unpacked to.")
-    summary = json.loads(summary_path.read_text())
-    if not summary.get("views"):
+    if gt not in ("instances", "spinnerf", "nvos"):
+        raise SA3DError(f"Unknown --gt {gt!r}; choose instances, spinnerf or nvos.")
+    objects = json.loads(summary_path.read_text()).get("objects") or []
+    if not objects or not all(o.get("views") for o in objects):
         raise SA3DError(f"{summary_path} lists no processed views: the run did not finish its first view.")
+    names = [o["name"] for o in objects]
+    if object_name is not None and object_name not in names:
+        raise SA3DError(f"--object {object_name}: the run's objects are {names}.")
+    if object_name is None and gt != "instances" and len(names) > 1:
+        raise SA3DError(f"The run has several objects {names}: say which one the {gt} masks show with --object NAME.")
+    chosen = [o for o in objects if object_name in (None, o["name"])]
     config, pipeline, _, _ = eval_setup(load_config, test_mode="test")
     dm = pipeline.datamanager
     data = Path(config.pipeline.datamanager.data)
-    obj = None
-    if gt == "instances":
-        prompt_view = summary["views"][0]
-        train_names = [str(p) for p in dm.train_dataset.image_filenames]
-        prompt_image = next(n for n in train_names if Path(n).name == prompt_view["image"])
-        inst = read_instance_mask(instance_mask_paths(data, [prompt_image])[0])
-        obj = prompted_object_id(inst, summary["prompt"])
-        truths = instance_ground_truth(dm, data, split, obj)
-    elif gt == "spinnerf":
-        truths = spinnerf_ground_truth(dm, gt_path)
-    elif gt == "nvos":
-        truths = nvos_ground_truth(dm, gt_path, nvos_task)
-    else:
-        raise SA3DError(f"Unknown --gt {gt!r}; choose instances, spinnerf or nvos.")
-    rows = evaluate_views(pipeline, truths)
+    results = []
+    for o in chosen:
+        obj = None
+        if gt == "instances":
+            obj = prompted_instance(dm, data, o)
+            truths = instance_ground_truth(dm, data, split, obj)
+        elif gt == "spinnerf":
+            truths = spinnerf_ground_truth(dm, gt_path)
+        else:
+            truths = nvos_ground_truth(dm, gt_path, nvos_task)
+        rows = evaluate_views(pipeline, truths, pipeline.model.object_index(o["name"]))
+        results.append(
+            {
+                "object": o["name"],
+                "object_id": obj,
+                "miou": float(np.mean([r["iou"] for r in rows])),
+                "macc": float(np.mean([r["accuracy"] for r in rows])),
+                "views": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+                "_rows": rows,
+            }
+        )
     result = {
         "run": str(load_config),
         "ground_truth": gt if gt == "instances" else f"{gt}: {gt_path}",
         "split": split if gt == "instances" else "annotated views",
-        "object_id": obj,
-        "miou": float(np.mean([r["iou"] for r in rows])),
-        "macc": float(np.mean([r["accuracy"] for r in rows])),
-        "views": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+        "miou": float(np.mean([r["miou"] for r in results])),
+        "macc": float(np.mean([r["macc"] for r in results])),
+        "objects": [{k: v for k, v in r.items() if k != "_rows"} for r in results],
     }
+    if len(results) == 1:  # one object: its views at the top level too
+        result.update(object=results[0]["object"], object_id=results[0]["object_id"], views=results[0]["views"])
     if output is not None:
-        write_outputs(Path(output), result, sorted(rows, key=lambda r: r["iou"])[:worst])
+        worst_rows = [
+            {**row, "image": f"{r['object']}_{row['image']}" if len(results) > 1 else row["image"]}
+            for r in results
+            for row in sorted(r["_rows"], key=lambda x: x["iou"])[:worst]
+        ]
+        write_outputs(Path(output), result, worst_rows)
     return result
+
+
+def prompted_instance(dm, data: Path, obj: dict) -> int:
+    """The instance id under an object's prompt, in its prompt view's instance mask."""
+    from sa3d_ns.data import instance_mask_paths
+    from sa3d_ns.segmenters.oracle import read_instance_mask
+
+    prompt_view = obj["views"][0]
+    train_names = [str(p) for p in dm.train_dataset.image_filenames]
+    prompt_image = next(n for n in train_names if Path(n).name == prompt_view["image"])
+    inst = read_instance_mask(instance_mask_paths(data, [prompt_image])[0])
+    return prompted_object_id(inst, obj["prompt"])
 
 
 def write_outputs(out: Path, result: dict, worst_rows: list[dict]) -> None:
@@ -283,6 +315,8 @@ class EvalArgs:
     """spinnerf: the scene's folder of <image>.png masks; nvos: the NVOS root (masks/, scribbles/, reference_image/)."""
     nvos_task: str | None = None
     """NVOS scene name (fern, flower, fortress, horns_center, horns_left, leaves, orchids, trex)."""
+    object: str | None = None
+    """The object to evaluate (default: every object with --gt instances; needed with other --gt when the run has several)."""
 
 
 def entrypoint() -> None:
@@ -296,20 +330,31 @@ def entrypoint() -> None:
         tag = args.split if args.gt == "instances" else args.gt
         output = args.output or args.load_config.parent / "sa3d" / f"eval_{tag}"
         result = evaluate_run(
-            args.load_config, args.split, output, gt=args.gt, gt_path=args.gt_path, nvos_task=args.nvos_task
+            args.load_config,
+            args.split,
+            output,
+            gt=args.gt,
+            gt_path=args.gt_path,
+            nvos_task=args.nvos_task,
+            object_name=args.object,
         )
     except SA3DError as err:
         console.print(f"[bold red]sa3d-eval error:[/bold red] {err}")
         sys.exit(2)
-    what = f"object {result['object_id']}, {args.split} views" if args.gt == "instances" else result["ground_truth"]
-    table = Table(title=f"sa3d-eval: {what}")
-    table.add_column("view")
-    table.add_column("IoU", justify="right")
-    table.add_column("accuracy", justify="right")
-    for v in result["views"]:
-        table.add_row(v["image"], f"{v['iou']:.4f}", f"{v['accuracy']:.4f}")
-    table.add_row("[bold]mean", f"[bold]{result['miou']:.4f}", f"[bold]{result['macc']:.4f}")
-    console.print(table)
+    for r in result["objects"]:
+        inst = f" (instance {r['object_id']}), {args.split} views" if args.gt == "instances" else ""
+        table = Table(title=f"sa3d-eval: {r['object']}{inst}" + ("" if inst else f", {result['ground_truth']}"))
+        table.add_column("view")
+        table.add_column("IoU", justify="right")
+        table.add_column("accuracy", justify="right")
+        for v in r["views"]:
+            table.add_row(v["image"], f"{v['iou']:.4f}", f"{v['accuracy']:.4f}")
+        table.add_row("[bold]mean", f"[bold]{r['miou']:.4f}", f"[bold]{r['macc']:.4f}")
+        console.print(table)
+    if len(result["objects"]) > 1:
+        console.print(
+            f"mean over {len(result['objects'])} objects: mIoU {result['miou']:.4f}, accuracy {result['macc']:.4f}"
+        )
     console.print(f"Wrote {output / 'eval.json'} and images of the worst views.")
 
 

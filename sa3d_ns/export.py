@@ -1,18 +1,20 @@
 """``sa3d-export``: take the segmented object out of an sa3d run.
 
-    sa3d-export masks      --load-config <run>/config.yml [--output DIR]
-    sa3d-export pointcloud --load-config <run>/config.yml [--num-points 100000] [--output object.ply]
-    sa3d-export mesh       --load-config <run>/config.yml [--resolution 128] [--output object.ply|.obj]
+    sa3d-export masks      --load-config <run>/config.yml [--output DIR] [--object NAME|all]
+    sa3d-export pointcloud --load-config <run>/config.yml [--num-points 100000] [--output object.ply] [--object NAME|all]
+    sa3d-export mesh       --load-config <run>/config.yml [--resolution 128] [--output object.ply|.obj] [--object NAME|all]
 
 ``masks``: a binary PNG (0/255) per training image, at the image file's own resolution, named after
 it. ``pointcloud``: coloured points on the object's surface (each training view's rendered depth
 where the rendered mask is on), in the dataset's original world frame. ``mesh``: marching cubes of
 the NeRF's density restricted to the 3D mask, in a box around the object, in the same frame.
-Outputs default to ``<run>/sa3d/export/``; an existing output is never overwritten.
+Outputs default to ``<run>/sa3d/export/``; an existing output is never overwritten. A run with
+several objects writes one output per object (``--object all``, the default) or the one named.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +54,6 @@ def load_run(load_config: Path):
     return pipeline
 
 
-def fresh_output(path: Path, default: Path, is_dir: bool) -> Path:
-    out = Path(path) if path is not None else default
-    if out.exists() and (not is_dir or any(out.iterdir())):
-        raise SA3DError(f"{out} exists; choose another --output (nothing was overwritten).")
-    (out if is_dir else out.parent).mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def training_views(pipeline):
     """(dataset, index, image path) for every training image."""
     ds = pipeline.datamanager.train_dataset
@@ -77,56 +71,75 @@ def render_camera(pipeline, dataset, index: int, size: tuple[int, int] | None = 
     return out
 
 
-def export_masks(pipeline, out_dir: Path) -> list[Path]:
-    """A 0/255 PNG per training image at the image file's resolution, named after the image."""
+def export_masks(pipeline, targets: dict[int, Path]) -> list[Path]:
+    """For each object k -> folder: a 0/255 PNG per training image at the image file's
+    resolution, named after the image (one render per view for all objects)."""
     from PIL import Image
     from rich.progress import track
 
+    model = pipeline.model
     written = []
     for ds, i, path in track(training_views(pipeline), description="Rendering masks"):
         size = Image.open(path).size if path.is_file() else None
         out = render_camera(pipeline, ds, i, size)
-        mask = out["mask"][..., 0].cpu().numpy() > 0.5
-        if size is not None and mask.shape[::-1] != tuple(size):
-            import cv2
+        for k, out_dir in targets.items():
+            mask = out[model.output_name("mask", k)][..., 0].cpu().numpy() > 0.5
+            if size is not None and mask.shape[::-1] != tuple(size):
+                import cv2
 
-            mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-        target = out_dir / f"{path.stem}.png"
-        Image.fromarray(mask.astype(np.uint8) * 255).save(target)
-        written.append(target)
+                mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+            target = out_dir / f"{path.stem}.png"
+            Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+            written.append(target)
     return written
 
 
-def object_points(pipeline, min_accumulation: float = 0.5, every: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Surface points of the object (nerfstudio frame) with colours, from every ``every``-th
-    training view."""
+def object_points(
+    pipeline, objects: list[int], min_accumulation: float = 0.5, every: int = 1
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Surface points (nerfstudio frame) with colours of each object k in ``objects``, from every
+    ``every``-th training view: where the view's rendered mask of k is on, at the rendered depth,
+    kept where k owns the point in 3D."""
     from rich.progress import track
 
-    pts, cols = [], []
+    model = pipeline.model
+    pts: dict[int, list] = {k: [] for k in objects}
+    cols: dict[int, list] = {k: [] for k in objects}
     for ds, i, _ in track(training_views(pipeline)[::every], description="Back-projecting views"):
         out = render_camera(pipeline, ds, i)
-        sel = (out["mask"][..., 0] > 0.5) & (out["accumulation"][..., 0] > min_accumulation)
-        if not sel.any():
-            continue
-        o = out["origins"][sel].cpu().numpy()
-        d = out["directions"][sel].cpu().numpy()
-        p = backproject(o, d, out["depth"][sel][..., 0].cpu().numpy())
-        # a surface point belongs to the object only where the 3D mask is on: drops the pixels on the
-        # mask's rim whose expected depth falls behind the object (on the background or in mid-air)
-        on = in_mask(pipeline, p)
-        pts.append(p[on])
-        cols.append((out["rgb"][sel][torch.from_numpy(on)].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
-    if not pts or sum(len(p) for p in pts) == 0:
-        raise SA3DError("The object's mask is empty in every training view: nothing to export.")
-    return np.concatenate(pts), np.concatenate(cols)
+        for k in objects:
+            sel = (out[model.output_name("mask", k)][..., 0] > 0.5) & (out["accumulation"][..., 0] > min_accumulation)
+            if not sel.any():
+                continue
+            o = out["origins"][sel].cpu().numpy()
+            d = out["directions"][sel].cpu().numpy()
+            p = backproject(o, d, out["depth"][sel][..., 0].cpu().numpy())
+            # a surface point belongs to the object only where its 3D mask is on: drops the pixels on
+            # the mask's rim whose expected depth falls behind the object (background, mid-air)
+            on = in_mask(pipeline, p, k)
+            pts[k].append(p[on])
+            cols[k].append(
+                (out["rgb"][sel][torch.from_numpy(on)].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            )
+    result = {}
+    for k in objects:
+        if sum(len(p) for p in pts[k]) == 0:
+            raise SA3DError(
+                f"The mask of object {model.object_names[k]!r} is empty in every training view: nothing to export."
+            )
+        result[k] = (np.concatenate(pts[k]), np.concatenate(cols[k]))
+    return result
 
 
 @torch.no_grad()
-def in_mask(pipeline, points: np.ndarray) -> np.ndarray:
-    """Whether the 3D mask is on at each point (nerfstudio frame)."""
+def in_mask(pipeline, points: np.ndarray, k: int) -> np.ndarray:
+    """Whether object k owns each point (nerfstudio frame): its 3D mask is on there, and is the
+    largest of the objects' masks."""
     model = pipeline.model
     x = torch.as_tensor(points, dtype=torch.float32, device=pipeline.device)
-    values = torch.cat([model.mask_field(c).reshape(-1) for c in x.split(1 << 16)]) if len(x) else x[:, 0]
+    if len(x) == 0:
+        return np.zeros(0, dtype=bool)
+    values = torch.cat([model.object_values(c)[:, k] for c in x.split(1 << 16)])
     return (values > model.config.mask_threshold).cpu().numpy()
 
 
@@ -135,11 +148,14 @@ def original_frame(pipeline, points: np.ndarray) -> np.ndarray:
     return to_original_frame(points, dpo.dataparser_transform.cpu().numpy(), float(dpo.dataparser_scale))
 
 
-def export_pointcloud(pipeline, out: Path, num_points: int, seed: int = 0) -> int:
-    pts, cols = object_points(pipeline)
-    keep = subsample(len(pts), num_points, seed)
-    write_ply(out, original_frame(pipeline, pts[keep]), cols[keep])
-    return len(keep)
+def export_pointclouds(pipeline, targets: dict[int, Path], num_points: int, seed: int = 0) -> dict[int, int]:
+    """For each object k -> .ply file: at most ``num_points`` coloured surface points."""
+    counts = {}
+    for k, (pts, cols) in object_points(pipeline, list(targets)).items():
+        keep = subsample(len(pts), num_points, seed)
+        write_ply(targets[k], original_frame(pipeline, pts[keep]), cols[keep])
+        counts[k] = len(keep)
+    return counts
 
 
 @torch.no_grad()
@@ -149,14 +165,15 @@ def density_at(pipeline, points: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def object_density_grid(pipeline, resolution: int, margin: float = 0.1):
-    """The NeRF's density inside the 3D mask on a grid over the object's box, and the density at
-    the object's rendered surface points: (grid, lo, hi, surface densities), nerfstudio frame.
-    The box comes from the surface points (grown by ``margin`` of its size)."""
+def object_density_grid(pipeline, k: int, resolution: int, margin: float = 0.1):
+    """The NeRF's density inside object k's 3D mask on a grid over its box, and the density at
+    its rendered surface points: (grid, lo, hi, surface densities), nerfstudio frame. The box
+    comes from the surface points (grown by ``margin`` of its size)."""
     from rich.progress import track
 
     model = pipeline.model
-    pts, _ = object_points(pipeline, every=max(1, len(training_views(pipeline)) // 8))  # a box needs a few views
+    every = max(1, len(training_views(pipeline)) // 8)  # a box needs a few views
+    pts, _ = object_points(pipeline, [k], every=every)[k]
     lo, hi = np.percentile(pts, 0.5, axis=0), np.percentile(pts, 99.5, axis=0)
     pad = margin * (hi - lo).max()
     lo, hi = lo - pad, hi + pad
@@ -167,7 +184,7 @@ def object_density_grid(pipeline, resolution: int, margin: float = 0.1):
         x = torch.tensor(np.stack([np.full_like(yy, axes[0][ix]), yy, zz], -1).reshape(-1, 3), dtype=torch.float32)
         x = x.to(pipeline.device)
         density = model.field.density_fn(x)[..., 0]
-        inside = model.mask_field(x) > model.config.mask_threshold
+        inside = model.object_values(x)[:, k] > model.config.mask_threshold
         grid[ix] = (density * inside).view(resolution, resolution).cpu().numpy()
     return grid, lo, hi, density_at(pipeline, pts)
 
@@ -206,7 +223,9 @@ class Masks:
 
     load_config: Path
     output: Path | None = None
-    """Folder to create (default <run>/sa3d/export/masks)."""
+    """Folder to create (default <run>/sa3d/export/masks; with several objects one sub-folder per object)."""
+    object: str = "all"
+    """Object name, or all: one folder per object."""
 
 
 @dataclass
@@ -215,9 +234,11 @@ class PointCloud:
 
     load_config: Path
     output: Path | None = None
-    """.ply file to write (default <run>/sa3d/export/object_points.ply)."""
+    """.ply file to write (default <run>/sa3d/export/object_points.ply; with several objects one file per object, <stem>_<name>.ply)."""
     num_points: int = 100_000
-    """At most this many points (uniformly subsampled)."""
+    """At most this many points per object (uniformly subsampled)."""
+    object: str = "all"
+    """Object name, or all: one file per object."""
 
 
 @dataclass
@@ -226,7 +247,7 @@ class Mesh:
 
     load_config: Path
     output: Path | None = None
-    """.ply or .obj file to write (default <run>/sa3d/export/object_mesh.ply)."""
+    """.ply or .obj file to write (default <run>/sa3d/export/object_mesh.ply; with several objects one file per object, <stem>_<name>.ply)."""
     resolution: int = 128
     """Grid cells per side of the box around the object."""
     remove_floaters: bool = True
@@ -234,31 +255,77 @@ class Mesh:
     level: float | None = None
     """Density iso-level of the surface (default: the density that 80 % of the object's rendered
     surface points exceed). Lower it for a fuller, blobbier mesh; raise it for a tighter one."""
+    object: str = "all"
+    """Object name, or all: one file per object."""
+
+
+def chosen_objects(run: Path, name: str) -> tuple[list[str], list[int]]:
+    """The run's object names and the indices ``--object`` selects."""
+    try:
+        names = [o["name"] for o in json.loads((run / "sa3d" / "summary.json").read_text())["objects"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SA3DError(f"{run / 'sa3d' / 'summary.json'} is not an sa3d run summary; is {run} an sa3d run?") from None
+    if name == "all":
+        return names, list(range(len(names)))
+    if name not in names:
+        raise SA3DError(f"--object {name}: the run's objects are {names} (or all).")
+    return names, [names.index(name)]
+
+
+def output_paths(
+    given: Path | None, default: Path, names: list[str], chosen: list[int], is_dir: bool
+) -> dict[int, Path]:
+    """Where each chosen object's output goes; none may exist yet. One object: the path itself
+    (the default named after the object when the run has several); several: a sub-folder or a
+    ``<stem>_<name>`` file per object."""
+    base = Path(given) if given is not None else default
+    several = len(chosen) > 1
+    paths = {}
+    for k in chosen:
+        if is_dir:
+            p = base / names[k] if several or (given is None and len(names) > 1) else base
+        elif several or (given is None and len(names) > 1):
+            p = base.with_name(f"{base.stem}_{names[k]}{base.suffix}")
+        else:
+            p = base
+        paths[k] = p
+    for p in paths.values():
+        if p.exists() and (not is_dir or any(p.iterdir())):
+            raise SA3DError(f"{p} exists; choose another --output (nothing was overwritten).")
+    for p in paths.values():
+        (p if is_dir else p.parent).mkdir(parents=True, exist_ok=True)
+    return paths
 
 
 def run_export(args) -> str:
     run = check_run(args.load_config)  # before any output folder is made
+    names, chosen = chosen_objects(run, args.object)
+    export_dir = run / "sa3d" / "export"
     if isinstance(args, Masks):
-        out = fresh_output(args.output, run / "sa3d" / "export" / "masks", is_dir=True)
-        pipeline = load_run(args.load_config)
-        return f"Wrote {len(export_masks(pipeline, out))} masks to {out}"
+        outs = output_paths(args.output, export_dir / "masks", names, chosen, is_dir=True)
+        written = export_masks(load_run(args.load_config), outs)
+        return f"Wrote {len(written)} masks to " + ", ".join(str(p) for p in outs.values())
     if isinstance(args, PointCloud):
         if args.num_points < 1:
             raise SA3DError(f"--num-points must be >= 1, got {args.num_points}.")
-        out = fresh_output(args.output, run / "sa3d" / "export" / "object_points.ply", is_dir=False)
-        if out.suffix.lower() != ".ply":
-            raise SA3DError(f"--output {out}: point clouds are written as .ply.")
-        n = export_pointcloud(load_run(args.load_config), out, args.num_points)
-        return f"Wrote {n} points to {out}"
+        if args.output is not None and Path(args.output).suffix.lower() != ".ply":
+            raise SA3DError(f"--output {args.output}: point clouds are written as .ply.")
+        outs = output_paths(args.output, export_dir / "object_points.ply", names, chosen, is_dir=False)
+        counts = export_pointclouds(load_run(args.load_config), outs, args.num_points)
+        return "\n".join(f"Wrote {counts[k]} points of {names[k]} to {outs[k]}" for k in chosen)
     if args.resolution < 8:
         raise SA3DError(f"--resolution must be >= 8, got {args.resolution}.")
     if args.level is not None and not args.level > 0:
         raise SA3DError(f"--level must be a positive density, got {args.level}.")
-    out = fresh_output(args.output, run / "sa3d" / "export" / "object_mesh.ply", is_dir=False)
-    if out.suffix.lower() not in (".ply", ".obj"):
-        raise SA3DError(f"--output {out}: meshes are written as .ply or .obj.")
-    nv, nf = export_mesh(load_run(args.load_config), out, args.resolution, args.remove_floaters, args.level)
-    return f"Wrote a mesh of {nv} vertices and {nf} faces to {out}"
+    if args.output is not None and Path(args.output).suffix.lower() not in (".ply", ".obj"):
+        raise SA3DError(f"--output {args.output}: meshes are written as .ply or .obj.")
+    outs = output_paths(args.output, export_dir / "object_mesh.ply", names, chosen, is_dir=False)
+    pipeline = load_run(args.load_config)
+    lines = []
+    for k in chosen:
+        nv, nf = export_mesh(pipeline, k, outs[k], args.resolution, args.remove_floaters, args.level)
+        lines.append(f"Wrote a mesh of {names[k]} with {nv} vertices and {nf} faces to {outs[k]}")
+    return "\n".join(lines)
 
 
 def entrypoint() -> None:

@@ -73,15 +73,16 @@ def test_segment_render_and_evaluate(scene, segmenter, min_miou):
     run_dir = finished_run(scene, segmenter)
     assert list((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
     summary = json.loads((run_dir / "sa3d" / "summary.json").read_text())
-    views = [(v["image"], v["status"], v.get("iou")) for v in summary["views"]]
+    (obj,) = summary["objects"]
+    views = [(v["image"], v["status"], v.get("iou")) for v in obj["views"]]
     assert summary["complete"] and summary["views_done"] == summary["views_total"] == 22
-    assert summary["counts"]["prompt"] == 1 and summary["counts"]["accepted"] >= 10, views
+    assert obj["name"] == "object" and obj["counts"]["prompt"] == 1 and obj["counts"]["accepted"] >= 10, views
     assert len(list((run_dir / "sa3d" / "views").glob("*.png"))) == 22
     assert list((run_dir / "sa3d" / "masks").glob("*.png"))
 
     # the mask field was trained and saved in the checkpoint
     state = torch.load(next((run_dir / "nerfstudio_models").glob("*.ckpt")), map_location="cpu", weights_only=True)
-    assert state["pipeline"]["_model.mask_field.encoding.hash_table"].abs().sum() > 0
+    assert state["pipeline"]["_model.mask_fields.0.encoding.hash_table"].abs().sum() > 0
 
     # ns-render the binary `mask` output of the held-out views
     r = run(["ns-render", "dataset", "--load-config", run_dir / "config.yml", "--output-path", run_dir / "renders",
@@ -206,7 +207,7 @@ def test_second_run_in_the_scene_reuses_the_caches(scene):
     assert Path(cache["dir"]).parent == scene["root"] / "outputs" / "scene" / "sa3d_cache"
     tables = [
         torch.load(next((d / "nerfstudio_models").glob("*.ckpt")), map_location="cpu", weights_only=True)["pipeline"][
-            "_model.mask_field.encoding.hash_table"
+            "_model.mask_fields.0.encoding.hash_table"
         ]
         for d in (first, second)
     ]
@@ -279,7 +280,7 @@ def test_eval_error_paths(scene, tmp_path):
     no_obj = tmp_path / "no_obj"
     shutil.copytree(run_dir, no_obj)
     summary = json.loads((no_obj / "sa3d" / "summary.json").read_text())
-    summary["prompt"]["points"] = [[1.0, 1.0]]  # sky in the prompt view: no ground-truth object there
+    summary["objects"][0]["prompt"]["points"] = [[1.0, 1.0]]  # sky in the prompt view: no ground-truth object there
     (no_obj / "sa3d" / "summary.json").write_text(json.dumps(summary))
     cases = [
         ((tmp_path / "nope" / "config.yml", []), "file not found"),

@@ -1,5 +1,6 @@
 """sa3d-export's answers to bad flags: a clear message, exit code 2, nothing written."""
 
+import json
 import subprocess
 import sys
 
@@ -27,7 +28,7 @@ def test_export_bad_flags(tmp_path, args, message):
     run = tmp_path / "run"
     (run / "sa3d").mkdir(parents=True)
     (run / "config.yml").write_text("not a real config\n")
-    (run / "sa3d" / "summary.json").write_text("{}")
+    (run / "sa3d" / "summary.json").write_text(json.dumps({"objects": [{"name": "object"}]}))
     if "--load-config" not in args:
         args = [args[0], "--load-config", run / "config.yml", *args[1:]]
     r = export(args, tmp_path)

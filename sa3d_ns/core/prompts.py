@@ -12,6 +12,11 @@ File format (JSON)::
 * ``box``: optional [x0, y0, x1, y1] in the same pixel coordinates, x0 < x1, y0 < y1.
 * ``mask_choice``: which of the segmenter's candidate masks to use (0, 1 or 2 for SAM's three
   candidates); null picks the highest-scoring one.
+* ``name``: optional object name (letters, digits, ``_``, ``-``), used in render output names and
+  export file names. Default ``object`` (``object1``, ``object2``, ... for several objects).
+
+Several objects in one run: ``{"objects": [{"name": "ball", "view": 0, "points": ...}, ...]}``,
+each entry a prompt as above (each in its own view if wanted).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.objects import check_name, check_unique
 
-ALLOWED_KEYS = ("view", "points", "labels", "box", "mask_choice")
+ALLOWED_KEYS = ("view", "points", "labels", "box", "mask_choice", "name")
 EXAMPLE = '{"view": 0, "points": [[120, 80]], "labels": [1]}'
 
 
@@ -39,6 +45,7 @@ class Prompt:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
     box: np.ndarray | None = None
     mask_choice: int | None = None
+    name: str = "object"
 
     def scaled(self, sx: float, sy: float) -> Prompt:
         """The same prompt in an image resized by (sx, sy) (pixel centres are preserved)."""
@@ -52,6 +59,7 @@ class Prompt:
             labels=self.labels.copy(),
             box=box,
             mask_choice=self.mask_choice,
+            name=self.name,
         )
 
     def to_json(self) -> dict:
@@ -61,6 +69,7 @@ class Prompt:
             "labels": self.labels.tolist(),
             "box": None if self.box is None else self.box.tolist(),
             "mask_choice": self.mask_choice,
+            "name": self.name,
         }
 
 
@@ -123,21 +132,52 @@ def parse_prompt(data, source: str = "prompt") -> Prompt:
     choice = data.get("mask_choice")
     if choice is not None and (isinstance(choice, bool) or not isinstance(choice, int) or choice < 0):
         raise _fail(source, f'"mask_choice" must be null or a candidate index >= 0, got {choice!r}')
-    return Prompt(view=view, points=points, labels=labels, box=box, mask_choice=choice)
+    name = check_name(data["name"], source) if "name" in data else "object"
+    return Prompt(view=view, points=points, labels=labels, box=box, mask_choice=choice, name=name)
+
+
+def parse_prompts(data, source: str = "prompt") -> list[Prompt]:
+    """One prompt, or ``{"objects": [prompt, ...]}``: a list of prompts with unique names."""
+    if not (isinstance(data, dict) and "objects" in data):
+        return [parse_prompt(data, source)]
+    extra = sorted(set(data) - {"objects"})
+    if extra:
+        raise _fail(source, f'a file with "objects" has no other top-level keys, found {extra}')
+    items = data["objects"]
+    if not isinstance(items, list) or not items:
+        raise _fail(source, '"objects" must be a non-empty list of prompts')
+    prompts = []
+    for k, item in enumerate(items):
+        p = parse_prompt(item, f"{source} (objects[{k}])")
+        if not (isinstance(item, dict) and "name" in item) and len(items) > 1:
+            p.name = f"object{k + 1}"
+        prompts.append(p)
+    check_unique([p.name for p in prompts], source)
+    return prompts
+
+
+def load_prompts(path: Path | str) -> list[Prompt]:
+    """Read and validate a prompt JSON file: one prompt per object."""
+    path = Path(path)
+    return parse_prompts(_read_json(path), source=str(path))
 
 
 def load_prompt(path: Path | str) -> Prompt:
-    """Read and validate a prompt JSON file."""
+    """Read and validate a prompt JSON file of one object."""
+    path = Path(path)
+    return parse_prompt(_read_json(path), source=str(path))
+
+
+def _read_json(path: Path):
     path = Path(path)
     if not path.is_file():
         raise SA3DError(
             f"Prompt file not found: {path}. Pass an existing JSON file with --pipeline.prompt (example: {EXAMPLE})."
         )
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise _fail(str(path), f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
-    return parse_prompt(data, source=str(path))
 
 
 def resolve_view(view: int | str, image_names: Sequence[str]) -> int:

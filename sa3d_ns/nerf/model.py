@@ -11,13 +11,15 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+from torch import nn
 from torch.nn import Parameter
 
 from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.objects import exclusive, palette
 from sa3d_ns.nerf.mask_field import MaskField
 from sa3d_ns.nerf.offline import lpips_disabled
 
-MASK_PREFIX = "mask_field."
+MASK_PREFIX = "mask_fields."
 
 
 @dataclass
@@ -35,10 +37,12 @@ class SA3DModelConfig(NerfactoModelConfig):
     """log2 of the hash table size per level of the mask field (authors: 19)."""
     mask_implementation: Literal["auto", "tcnn", "torch"] = "auto"
     """Hash encoding of the mask field: tcnn when installed and on CUDA ('auto'), else torch."""
+    objects: list[str] = field(default_factory=lambda: ["object"])
+    """Names of the segmented objects, one mask field each (filled from the prompt file)."""
     mask_threshold: float = 0.0
     """A pixel belongs to the object where the rendered mask score exceeds this."""
     overlay_color: tuple[float, float, float] = (1.0, 0.2, 0.2)
-    """Colour of the object in the ``rgb_overlay`` output."""
+    """Colour of the (first) object in the ``rgb_overlay`` output; further objects get distinct colours."""
     overlay_alpha: float = 0.5
     """Opacity of the colour in the ``rgb_overlay`` output."""
     object_background: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -58,17 +62,50 @@ class SA3DModel(NerfactoModel):
         impl = self.config.mask_implementation
         if impl == "auto":
             impl = "tcnn" if self.config.implementation == "tcnn" and torch.cuda.is_available() else "torch"
-        self.mask_field = MaskField(
-            self.scene_box.aabb,
-            self.field.spatial_distortion,
-            num_levels=self.config.mask_num_levels,
-            min_res=self.config.mask_min_res,
-            max_res=self.config.mask_max_res,
-            log2_hashmap_size=self.config.mask_log2_hashmap_size,
-            implementation=impl,
+        self.mask_fields = nn.ModuleList(
+            MaskField(
+                self.scene_box.aabb,
+                self.field.spatial_distortion,
+                num_levels=self.config.mask_num_levels,
+                min_res=self.config.mask_min_res,
+                max_res=self.config.mask_max_res,
+                log2_hashmap_size=self.config.mask_log2_hashmap_size,
+                implementation=impl,
+            )
+            for _ in self.config.objects
         )
         for name, p in self.named_parameters():
             p.requires_grad_(name.startswith(MASK_PREFIX))
+
+    @property
+    def mask_field(self) -> MaskField:
+        """The first object's mask field."""
+        return self.mask_fields[0]
+
+    @property
+    def object_names(self) -> list[str]:
+        return list(self.config.objects)
+
+    @property
+    def object_colors(self) -> list[tuple[float, float, float]]:
+        return [tuple(self.config.overlay_color), *palette(len(self.config.objects))[1:]]
+
+    def object_index(self, name: str) -> int:
+        if name not in self.config.objects:
+            raise SA3DError(f"No object named {name!r} in this run; its objects are {self.object_names}.")
+        return self.config.objects.index(name)
+
+    def output_name(self, base: str, k: int) -> str:
+        """The render output of object ``k`` (``mask``, ``rgb_object``...): the plain name when the
+        run has one object, ``<base>_<name>`` when it has several."""
+        return base if len(self.config.objects) == 1 else f"{base}_{self.config.objects[k]}"
+
+    @torch.no_grad()
+    def object_values(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions N x 3 -> mask values N x K, one column per object, exclusive: at most one
+        object is on (> mask-threshold) at any point."""
+        values = torch.stack([f(positions) for f in self.mask_fields], dim=-1)
+        return exclusive(values, self.config.mask_threshold)
 
     # ----------------------------------------------------------------- frozen nerfacto weights
     def load_nerfacto_state(self, pipeline_state: dict, source: Path) -> None:
@@ -96,7 +133,7 @@ class SA3DModel(NerfactoModel):
 
     # ----------------------------------------------------------------- nerfstudio hooks
     def get_param_groups(self) -> dict[str, list[Parameter]]:
-        return {"mask_field": [self.mask_field.table]}
+        return {"mask_field": [f.table for f in self.mask_fields]}
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
@@ -134,39 +171,47 @@ class SA3DModel(NerfactoModel):
     def get_outputs(self, ray_bundle: RayBundle) -> dict[str, torch.Tensor]:
         s = self.sample_rays(ray_bundle, per_sample=True)
         cfg = self.config
+        out = {"rgb": s["rgb"], "accumulation": s["accumulation"], "depth": s["depth"]}
         with torch.no_grad():
             r, n = s["weights"].shape
-            values = self.mask_field(s["positions"].reshape(-1, 3)).reshape(r, n)
-            score = (s["weights"] * values).sum(-1, keepdim=True)
-            mask = (score > cfg.mask_threshold).float()
-            color = torch.tensor(cfg.overlay_color, device=score.device, dtype=s["rgb"].dtype)
-            alpha = cfg.overlay_alpha * mask
-            overlay = s["rgb"] * (1 - alpha) + color * alpha
-            # the object's own density (samples inside the 3D mask) and the rest of the scene's
-            inside = (values > cfg.mask_threshold)[..., None]
+            values = self.object_values(s["positions"].reshape(-1, 3)).reshape(r, n, -1)
+            scores = (s["weights"][..., None] * values).sum(1)  # R x K
+            on = scores > cfg.mask_threshold
             samples, density, sample_rgb = s["ray_samples"], s["density"], s["sample_rgb"]
-            w_obj = samples.get_weights(density * inside)
-            acc_obj = w_obj.sum(dim=-2)
-            rgb_obj = (w_obj * sample_rgb).sum(dim=-2)
-            background = torch.tensor(cfg.object_background, device=score.device, dtype=rgb_obj.dtype)
-            w_rest = samples.get_weights(density * ~inside)
-        return {
-            "rgb": s["rgb"],
-            "accumulation": s["accumulation"],
-            "depth": s["depth"],
-            "mask": mask,
-            "mask_score": score,
-            "rgb_overlay": overlay,
-            "rgb_object": rgb_obj + (1 - acc_obj) * background,
-            "accumulation_object": acc_obj,
-            "rgb_object_premultiplied": rgb_obj,
-            "rgb_removed": self.renderer_rgb(rgb=sample_rgb, weights=w_rest),
-        }
+            background = torch.tensor(cfg.object_background, device=scores.device, dtype=sample_rgb.dtype)
+
+            def alone_and_removed(inside: torch.Tensor, suffix: str) -> None:
+                # the object's own density (samples inside its 3D mask), and the rest of the scene's
+                w_obj = samples.get_weights(density * inside)
+                acc_obj = w_obj.sum(dim=-2)
+                rgb_obj = (w_obj * sample_rgb).sum(dim=-2)
+                out["rgb_object" + suffix] = rgb_obj + (1 - acc_obj) * background
+                out["accumulation_object" + suffix] = acc_obj
+                out["rgb_object_premultiplied" + suffix] = rgb_obj
+                w_rest = samples.get_weights(density * ~inside)
+                out["rgb_removed" + suffix] = self.renderer_rgb(rgb=sample_rgb, weights=w_rest)
+
+            # all objects together (the only ones with a single object)
+            out["mask"] = on.any(-1, keepdim=True).float()
+            out["mask_score"] = scores.max(-1, keepdim=True).values
+            colors = torch.tensor(self.object_colors, device=scores.device, dtype=s["rgb"].dtype)
+            best = torch.where(on, scores, torch.full_like(scores, -torch.inf)).argmax(-1)
+            alpha = cfg.overlay_alpha * out["mask"]
+            out["rgb_overlay"] = s["rgb"] * (1 - alpha) + colors[best] * alpha
+            inside = values > cfg.mask_threshold  # R x S x K
+            alone_and_removed(inside.any(-1, keepdim=True), "")
+            if len(cfg.objects) > 1:  # and each object on its own
+                for k, name in enumerate(cfg.objects):
+                    out[f"mask_{name}"] = on[:, k : k + 1].float()
+                    out[f"mask_score_{name}"] = scores[:, k : k + 1]
+                    alone_and_removed(inside[..., k : k + 1], f"_{name}")
+        return out
 
     def get_rgba_image(self, outputs: dict[str, torch.Tensor], output_name: str = "rgb") -> torch.Tensor:
         """``ns-render --rendered-output-names rgba`` of an sa3d run: the object alone on a
         transparent background (``model.rgba-object False``: the whole scene, as nerfstudio does)."""
         if output_name == "rgb" and self.config.rgba_object and "accumulation_object" in outputs:
+            # all objects together; one object of several: --rendered-output-names rgb_object_<name>
             acc = outputs["accumulation_object"]
             rgb = outputs["rgb_object_premultiplied"] / acc.clamp(min=1e-6)
             return torch.cat((rgb.clamp(0, 1), acc), dim=-1)

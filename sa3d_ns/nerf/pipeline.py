@@ -26,11 +26,11 @@ from sa3d_ns.core.cache import ViewCache, file_identity, prune_samples, tensor_b
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import MaskLifter
 from sa3d_ns.core.metrics import binarize_score, iou
-from sa3d_ns.core.prompts import Prompt, check_inside, load_prompt, resolve_view
+from sa3d_ns.core.prompts import Prompt, check_inside, load_prompts, resolve_view
 from sa3d_ns.core.self_prompt import select_self_prompts
 from sa3d_ns.core.views import view_order
 from sa3d_ns.nerf.checkpoints import load_checkpoint
-from sa3d_ns.nerf.model import SA3DModelConfig
+from sa3d_ns.nerf.model import MASK_PREFIX, SA3DModelConfig
 
 CACHE_VERSION = 1
 
@@ -47,7 +47,11 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     nerfacto_checkpoint: Path | None = None
     """Filled from --pipeline.nerfacto-config: the nerfacto checkpoint the frozen NeRF was loaded from."""
     prompt: Path | None = None
-    """Prompt JSON: {"view": 0, "points": [[x, y], ...], "labels": [1, 0, ...], "box": [x0, y0, x1, y1], "mask_choice": null}."""
+    """Prompt JSON: {"view": 0, "points": [[x, y], ...], "labels": [1, 0, ...], "box": [x0, y0, x1, y1], "mask_choice": null, "name": "object"}, or several objects: {"objects": [prompt, ...]}."""
+    add_to: Path | None = None
+    """config.yml of a finished sa3d run of the same nerfacto: its objects are kept as they are (not segmented again) and the prompt's objects are added, in a new run."""
+    add_to_checkpoint: Path | None = None
+    """Filled from --pipeline.add-to: the checkpoint the kept objects' mask fields are loaded from."""
     segmenter: Literal["sam", "weightfree", "oracle"] = "sam"
     """2D segmenter: sam (segment-anything), weightfree (GrabCut + depth, no learned weights) or oracle (the dataset's instance masks)."""
     sam_variant: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
@@ -102,16 +106,26 @@ class SA3DPipeline(VanillaPipeline):
         self.output_dir: Path | None = None
         self._segmenter = None
         self.records: list[dict] = []
-        field = self.model.mask_field
-        # the default path scatters votes straight into the table; the faithful path (no cache) uses autograd
-        corners = field.corners if field.explicit and config.cache else None
-        self.lifter = MaskLifter(
-            field, field.table, mode=config.lifting, lr=config.sgd_lr, corners=corners, vote_prior=config.vote_prior
-        )
+        # one lifter per object; the default path scatters votes straight into the table, the
+        # faithful path (no cache) uses autograd
+        self.lifters = [
+            MaskLifter(
+                f,
+                f.table,
+                mode=config.lifting,
+                lr=config.sgd_lr,
+                corners=f.corners if f.explicit and config.cache else None,
+                vote_prior=config.vote_prior,
+            )
+            for f in self.model.mask_fields
+        ]
         self.view_cache: ViewCache | None = None
         self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0}
-        self.order: list[int] = []
-        self.prompt: Prompt | None = None
+        n = len(self.model.mask_fields)
+        self.prompts: list[Prompt | None] = [None] * n
+        self.orders: list[list[int]] = [[] for _ in range(n)]
+        self.active: list[int] = []  # the objects segmented by this run, in turn
+        self.kept: list[dict] = []  # the summaries of objects kept from --pipeline.add-to
         if test_mode == "val":
             self._setup_segmentation()
 
@@ -130,24 +144,51 @@ class SA3DPipeline(VanillaPipeline):
         self.model.load_nerfacto_state(state, cfg.nerfacto_checkpoint)
         if cfg.prompt is None:
             raise SA3DError("No prompt given: pass --pipeline.prompt prompt.json (see configs/prompt_example.json).")
-        self.start_object(load_prompt(cfg.prompt))
+        prompts = load_prompts(cfg.prompt)
+        first = len(self.model.mask_fields) - len(prompts)
+        if cfg.add_to is not None:
+            self.kept = load_kept_objects(self.model, cfg.add_to, cfg.add_to_checkpoint, first)
+        for i, prompt in enumerate(prompts):
+            prompt.name = self.model.object_names[first + i]  # as resolved (renamed when added to a run)
+        self.start_objects(prompts, first)
+
+    def start_objects(self, prompts: list[Prompt], first: int = 0) -> None:
+        """Plan the segmentation of objects ``first``, ``first + 1``, ... from their prompts: clear
+        their mask fields and plan each visit order from its prompt's view (an index or file name
+        of a training view)."""
+        cams = self.datamanager.train_dataset.cameras
+        c2w = cams.camera_to_worlds.cpu().numpy()
+        self.active, self.records = [], []
+        for k, prompt in enumerate(prompts, start=first):
+            start = resolve_view(prompt.view, self.image_names)
+            check_inside(prompt, int(cams.width[start]), int(cams.height[start]))
+            order = view_order(c2w[:, :3, 3], start, self.config.view_order, directions=-c2w[:, :3, 2])
+            self.orders[k] = order * max(self.config.num_passes, 1)
+            self.prompts[k] = prompt
+            self.lifters[k].reset()
+            self.active.append(k)
 
     def start_object(self, prompt: Prompt) -> None:
-        """Begin segmenting a new object: clear the mask field and plan the visit order from the
-        prompt's view (its index or file name must be a training view)."""
-        cams = self.datamanager.train_dataset.cameras
-        start = resolve_view(prompt.view, self.image_names)
-        check_inside(prompt, int(cams.width[start]), int(cams.height[start]))
-        c2w = cams.camera_to_worlds.cpu().numpy()
-        order = view_order(c2w[:, :3, 3], start, self.config.view_order, directions=-c2w[:, :3, 2])
-        self.order = order * max(self.config.num_passes, 1)
-        self.prompt = prompt
-        self.records = []
-        self.lifter.reset()
+        """Segment (again) the first object from a new prompt (benchmark, scripts)."""
+        self.start_objects([prompt], 0)
+
+    @property
+    def order(self) -> list[int]:
+        """The visit order of the first object being segmented."""
+        return self.orders[self.active[0]]
+
+    @order.setter
+    def order(self, views: list[int]) -> None:
+        self.orders[self.active[0]] = list(views)
+
+    @property
+    def plan(self) -> list[tuple[int, int]]:
+        """(object, step of that object's visit order) for every step of this run."""
+        return [(k, j) for k in self.active for j in range(len(self.orders[k]))]
 
     def segment_all(self) -> list[dict]:
         """Run every remaining view of the visit order (outside the trainer: benchmark, scripts)."""
-        for step in range(len(self.records), len(self.order)):
+        for step in range(len(self.records), len(self.plan)):
             self.sa3d_step(step)
         return self.records
 
@@ -163,7 +204,7 @@ class SA3DPipeline(VanillaPipeline):
         return self._segmenter
 
     def num_steps(self) -> int:
-        return len(self.order)
+        return len(self.plan)
 
     # ------------------------------------------------------------------ rendering
     @torch.no_grad()
@@ -301,22 +342,27 @@ class SA3DPipeline(VanillaPipeline):
     def sa3d_step(self, step: int) -> dict:
         """Process the ``step``-th view of the visit order; returns numbers for the log."""
         cfg = self.config
-        view = self.order[step]
-        first = step == 0
+        k, local = self.plan[step]
+        view, lifter, first = self.orders[k][local], self.lifters[k], local == 0
         t0 = time.perf_counter()
         data = self.view_data(view)
         h, w = (int(x) for x in data["size"])
-        score = self.lifter.score(data["positions"], data["weights"]).view(h, w).cpu()
+        score = lifter.score(data["positions"], data["weights"]).view(h, w).cpu()
         depth = data["depth"].view(h, w).cpu().float()
         image = self.segment_input(view, data)
         t_render = time.perf_counter() - t0
         t_seg = time.perf_counter()
         seg = self.get_segmenter()
         seg.set_image(image, depth.numpy(), view_id=view)
-        rec = {"step": step, "view": view, "image": Path(self.image_names[view]).name}
+        rec = {
+            "step": step,
+            "object": self.model.object_names[k],
+            "view": view,
+            "image": Path(self.image_names[view]).name,
+        }
         if first:
             cams = self.datamanager.train_dataset.cameras
-            p = self.prompt.scaled(w / int(cams.width[view]), h / int(cams.height[view]))
+            p = self.prompts[k].scaled(w / int(cams.width[view]), h / int(cams.height[view]))
             result = seg.predict(p.points, p.labels, p.box, prior=None, multimask=True)
             rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
             mask, choice = result.best(p.mask_choice)
@@ -345,7 +391,7 @@ class SA3DPipeline(VanillaPipeline):
             neg = cfg.neg_weight
         t1 = time.perf_counter()
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
-        self.lifter.add_view(data["positions"], data["weights"], mask_t, neg)
+        lifter.add_view(data["positions"], data["weights"], mask_t, neg)
         rec["lift_s"] = round(time.perf_counter() - t1, 4)
         return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
 
@@ -359,11 +405,13 @@ class SA3DPipeline(VanillaPipeline):
         self.records.append(rec)
         if self.output_dir is not None and self.config.save_view_images:
             save_view_images(self.output_dir, rec, image, mask, points, labels)
+        total = len(self.plan)
         if self.output_dir is not None:
-            self.write_summary(complete=len(self.records) == len(self.order))
+            self.write_summary(complete=len(self.records) == total)
         iou_txt = f" IoU {rec['iou']:.3f}" if "iou" in rec else ""
+        what = f"{rec['object']}: " if len(self.model.mask_fields) > 1 else ""
         CONSOLE.log(
-            f"sa3d: view {len(self.records)}/{len(self.order)} (#{rec['view']} {rec['image']}): {rec['status']}{iou_txt}"
+            f"sa3d: {what}view {len(self.records)}/{total} (#{rec['view']} {rec['image']}): {rec['status']}{iou_txt}"
         )
         return rec
 
@@ -382,19 +430,32 @@ class SA3DPipeline(VanillaPipeline):
             out["disk_bytes"] = self.view_cache.disk_bytes()
         return out
 
+    def object_summary(self, k: int) -> dict:
+        records = [r for r in self.records if r["object"] == self.model.object_names[k]]
+        counts = {s: sum(r["status"] == s for r in records) for s in ("prompt", "accepted", "rejected", "skipped")}
+        return {
+            "name": self.model.object_names[k],
+            "color": list(self.model.object_colors[k]),
+            "prompt": self.prompts[k].to_json() if self.prompts[k] else None,
+            "views_total": len(self.orders[k]),
+            "views_done": len(records),
+            "counts": counts,
+            "views": records,
+        }
+
     def write_summary(self, complete: bool) -> None:
-        counts = {s: sum(r["status"] == s for r in self.records) for s in ("prompt", "accepted", "rejected", "skipped")}
+        """sa3d/summary.json: per object its prompt, counts and every view's status (objects kept
+        from --pipeline.add-to as they were, with the run they come from)."""
         summary = {
             "complete": complete,
-            "prompt": self.prompt.to_json() if self.prompt else None,
             "prompt_file": str(self.config.prompt),
+            "add_to": str(self.config.add_to) if self.config.add_to else None,
             "segmenter": self.config.segmenter,
             "nerfacto_config": str(self.config.nerfacto_config),
-            "views_total": len(self.order),
+            "views_total": len(self.plan),
             "views_done": len(self.records),
-            "counts": counts,
             "cache": self.cache_summary(),
-            "views": self.records,
+            "objects": self.kept + [self.object_summary(k) for k in self.active],
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.output_dir / "summary.json.tmp"
@@ -424,9 +485,27 @@ STATUS_COLORS = {
 }
 
 
+def load_kept_objects(model, add_to: Path, checkpoint: Path, count: int) -> list[dict]:
+    """Load the mask fields of the first ``count`` objects from the sa3d run ``add_to`` (its
+    config.yml) and return their summaries, marked with the run they come from."""
+    state = load_checkpoint(checkpoint)["pipeline"]
+    for k in range(count):
+        prefix = f"_model.{MASK_PREFIX}{k}."
+        part = {key[len(prefix) :]: v for key, v in state.items() if key.startswith(prefix)}
+        result = model.mask_fields[k].load_state_dict(part, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise SA3DError(
+                f"The mask field of object {k} in {checkpoint} does not fit this run (missing {result.missing_keys[:3]}, "
+                f"unexpected {result.unexpected_keys[:3]}): add objects with the same --pipeline.model.mask-* settings "
+                "and hash-grid implementation as the run in --pipeline.add-to."
+            )
+    summary = json.loads((Path(add_to).parent / "sa3d" / "summary.json").read_text())
+    return [{"from_run": str(Path(add_to).parent), **o} for o in summary["objects"][:count]]
+
+
 def save_view_images(out_dir: Path, rec: dict, image: np.ndarray, mask: np.ndarray | None, points, labels) -> None:
     """Write the view's 2D mask (PNG, 0/255) and an overlay with its prompt points."""
-    stem = f"{rec['step']:04d}_view{rec['view']:04d}_{Path(rec['image']).stem}"
+    stem = f"{rec['step']:04d}_{rec['object']}_view{rec['view']:04d}_{Path(rec['image']).stem}"
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     (out_dir / "views").mkdir(parents=True, exist_ok=True)
     vis = image.astype(np.float32)

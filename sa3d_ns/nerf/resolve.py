@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 from pathlib import Path
 
+import yaml
+
 from sa3d_ns.core.errors import SA3DError
-from sa3d_ns.core.prompts import check_inside, load_prompt, resolve_view
+from sa3d_ns.core.objects import check_unique
+from sa3d_ns.core.prompts import check_inside, load_prompts, resolve_view
+from sa3d_ns.nerf.checkpoints import latest_checkpoint
 from sa3d_ns.nerf.source_run import copy_nerfacto_settings, load_source_run
+
+MASK_SETTINGS = ("mask_num_levels", "mask_min_res", "mask_max_res", "mask_log2_hashmap_size", "mask_implementation")
+DEFAULT_NAME = re.compile(r"^object\d*$")
 
 
 def resolve_config(config) -> None:
@@ -33,11 +42,14 @@ def resolve_config(config) -> None:
 
     if pipe.prompt is None:
         raise SA3DError("No prompt given: pass --pipeline.prompt prompt.json (see configs/prompt_example.json).")
-    prompt = load_prompt(pipe.prompt)
+    prompts = load_prompts(pipe.prompt)
     outputs = dm.dataparser.setup().get_dataparser_outputs(split="train")
     names = [str(p) for p in outputs.image_filenames]
-    view = resolve_view(prompt.view, names)
-    check_inside(prompt, int(outputs.cameras.width[view]), int(outputs.cameras.height[view]))
+    for prompt in prompts:
+        view = resolve_view(prompt.view, names)
+        check_inside(prompt, int(outputs.cameras.width[view]), int(outputs.cameras.height[view]))
+    kept = resolve_add_to(pipe, src.checkpoint) if pipe.add_to is not None else []
+    pipe.model.objects = kept + new_object_names(kept, [p.name for p in prompts], str(pipe.prompt))
     if pipe.num_passes < 1:
         raise SA3DError(f"--pipeline.num-passes must be >= 1, got {pipe.num_passes}.")
     if pipe.render_downscale < 1:
@@ -46,7 +58,7 @@ def resolve_config(config) -> None:
         raise SA3DError(f"--pipeline.sample-scale must be > 0, got {pipe.sample_scale}.")
     if pipe.cache_samples < 0:
         raise SA3DError(f"--pipeline.cache-samples must be >= 0 (0 keeps all samples), got {pipe.cache_samples}.")
-    config.max_num_iterations = len(names) * pipe.num_passes
+    config.max_num_iterations = len(names) * pipe.num_passes * len(prompts)
 
     if pipe.segmenter == "oracle":
         from sa3d_ns.data import instance_mask_paths
@@ -85,3 +97,59 @@ def checkpoint_implementation(checkpoint: Path) -> str:
             "with --pipeline.model.implementation torch."
         )
     return "tcnn"
+
+
+def resolve_add_to(pipe, nerfacto_checkpoint: Path) -> list[str]:
+    """Check the sa3d run of --pipeline.add-to (finished, same nerfacto checkpoint), take its mask
+    field settings and latest checkpoint; return its object names."""
+    flag = f"--pipeline.add-to {pipe.add_to}"
+    path = Path(pipe.add_to)
+    if path.is_dir():
+        path = path / "config.yml"
+    if not path.is_file():
+        raise SA3DError(f"{flag}: file not found. Give the config.yml of a finished sa3d run.")
+    try:
+        old = yaml.load(path.read_text(), Loader=yaml.Loader)
+        old_pipe, old_model = old.pipeline, old.pipeline.model
+        old_objects, old_ckpt = list(old_model.objects), old_pipe.nerfacto_checkpoint
+    except Exception as err:  # noqa: BLE001
+        raise SA3DError(
+            f"{flag}: not the config.yml of an sa3d run ({type(err).__name__}: {str(err)[:200]})."
+        ) from None
+    summary = path.parent / "sa3d" / "summary.json"
+    try:
+        complete = json.loads(summary.read_text()).get("complete", False)
+    except (OSError, ValueError):
+        complete = False
+    if not complete:
+        raise SA3DError(f"{flag}: that run did not finish (no complete {summary}); add objects to a finished run.")
+    if old_ckpt is None or Path(old_ckpt).resolve() != Path(nerfacto_checkpoint).resolve():
+        raise SA3DError(
+            f"{flag}: that run segmented another NeRF ({old_ckpt}), not {nerfacto_checkpoint}. "
+            "Objects can only be added to a run of the same nerfacto checkpoint."
+        )
+    for key in MASK_SETTINGS:
+        setattr(pipe.model, key, getattr(old_model, key))
+    pipe.add_to = path.resolve()
+    pipe.add_to_checkpoint = latest_checkpoint(path.parent / old.relative_model_dir).resolve()
+    return old_objects
+
+
+def new_object_names(kept: list[str], names: list[str], source: str) -> list[str]:
+    """The prompt's object names after the kept ones: default names (object, object2, ...) that
+    are taken move on to the next free objectN; a chosen name that is taken is an error."""
+    out = []
+    for name in names:
+        if name in kept + out:
+            if not DEFAULT_NAME.match(name):
+                raise SA3DError(
+                    f'Object name "{name}" in {source} is already an object of the run in --pipeline.add-to '
+                    f'({kept}); give the new object another "name".'
+                )
+            n = len(kept) + len(out) + 1  # the object's number in the run
+            while f"object{n}" in kept + out + names:
+                n += 1
+            name = f"object{n}"
+        out.append(name)
+    check_unique(kept + out, source)
+    return out

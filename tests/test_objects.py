@@ -1,0 +1,74 @@
+"""Several objects per run: prompt files, names, colours and exclusive ownership of points."""
+
+import pytest
+import torch
+
+from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.objects import exclusive, owner, palette
+from sa3d_ns.core.prompts import parse_prompt, parse_prompts
+
+
+def test_one_prompt_is_one_object_named_object():
+    (p,) = parse_prompts({"view": 0, "points": [[1, 2]]})
+    assert p.name == "object" and p.to_json()["name"] == "object"
+    assert parse_prompt({"view": 0, "points": [[1, 2]], "name": "red_ball"}).name == "red_ball"
+
+
+def test_several_objects_named_or_numbered():
+    ps = parse_prompts({"objects": [{"view": 0, "points": [[1, 2]]}, {"view": "b.png", "box": [0, 0, 4, 4]}]})
+    assert [p.name for p in ps] == ["object1", "object2"] and ps[1].view == "b.png" and ps[1].box is not None
+    ps = parse_prompts({"objects": [{"view": 0, "points": [[1, 2]], "name": "ball"}]})
+    assert [p.name for p in ps] == ["ball"]
+    assert parse_prompts({"objects": [{"view": 0, "points": [[1, 2]]}]})[0].name == "object"
+    assert ps[0].scaled(2, 2).name == "ball"
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"objects": []}, "non-empty list"),
+        ({"objects": {"view": 0}}, "non-empty list"),
+        ({"objects": [{"view": 0, "points": [[1, 2]]}], "view": 0}, "no other top-level keys"),
+        ({"objects": [{"view": 0, "points": [[1, 2]]}, {"points": [[1, 2]]}]}, r"objects\[1\].*missing \"view\""),
+        (
+            {"objects": [{"view": 0, "points": [[1, 2]], "name": "a"}, {"view": 1, "box": [0, 0, 1, 1], "name": "a"}]},
+            "used twice",
+        ),
+        ({"view": 0, "points": [[1, 2]], "name": "my ball"}, "Invalid object name"),
+        ({"view": 0, "points": [[1, 2]], "name": "all"}, "reserved"),
+        ({"view": 0, "points": [[1, 2]], "name": 3}, "Invalid object name"),
+    ],
+)
+def test_prompt_file_errors_name_the_problem(data, match):
+    with pytest.raises(SA3DError, match=match):
+        parse_prompts(data)
+
+
+def test_names_of_objects_added_to_a_run():
+    from sa3d_ns.nerf.resolve import new_object_names
+
+    assert new_object_names(["object"], ["object"], "p.json") == ["object2"]
+    assert new_object_names(["ball"], ["crate", "object"], "p.json") == ["crate", "object"]
+    assert new_object_names(["object1", "object2"], ["object1", "object2"], "p.json") == ["object3", "object4"]
+    with pytest.raises(SA3DError, match="already an object"):
+        new_object_names(["ball"], ["ball"], "p.json")
+
+
+def test_palette_is_distinct_and_starts_with_the_overlay_red():
+    colors = palette(8)
+    assert colors[0] == (1.0, 0.2, 0.2) and len(set(colors)) == 8
+    assert (
+        min(sum((a - b) ** 2 for a, b in zip(c1, c2, strict=True)) for i, c1 in enumerate(colors) for c2 in colors[:i])
+        > 0.01
+    )
+
+
+def test_exclusive_values_leave_at_most_one_object_on():
+    values = torch.tensor([[0.8, 0.3, -1.0], [0.2, 0.5, 0.4], [-0.5, -0.1, -0.2], [0.6, 0.6, 0.0]])
+    ex = exclusive(values, 0.0)
+    assert ((ex > 0).sum(-1) <= 1).all()
+    assert ex[0].tolist() == pytest.approx([0.8, 0.0, -1.0]) and ex[1].tolist() == pytest.approx([0.0, 0.5, 0.0])
+    assert torch.equal(ex[2], values[2])  # nothing on: unchanged
+    assert owner(values, 0.0).tolist() == [0, 1, -1, 0]
+    one = torch.randn(5, 1)
+    assert torch.equal(exclusive(one, 0.0), one)  # a single object is never changed
