@@ -26,6 +26,8 @@ import torch
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.geometry import (
     backproject,
+    box_corners,
+    from_original_frame,
     keep_large_components,
     marching_cubes,
     subsample,
@@ -49,7 +51,7 @@ def load_run(load_config: Path):
     from nerfstudio.utils.eval_utils import eval_setup
 
     check_run(load_config)
-    _, pipeline, _, _ = eval_setup(load_config, test_mode="test")
+    _, pipeline, _, _ = eval_setup(Path(load_config), test_mode="test")
     pipeline.model.eval()
     return pipeline
 
@@ -148,12 +150,34 @@ def original_frame(pipeline, points: np.ndarray) -> np.ndarray:
     return to_original_frame(points, dpo.dataparser_transform.cpu().numpy(), float(dpo.dataparser_scale))
 
 
-def export_pointclouds(pipeline, targets: dict[int, Path], num_points: int, seed: int = 0) -> dict[int, int]:
-    """For each object k -> .ply file: at most ``num_points`` coloured surface points."""
+def in_box(points: np.ndarray, box) -> np.ndarray:
+    """Which points (original frame) lie in ``box`` = (min xyz, max xyz); all when box is None."""
+    if box is None:
+        return np.ones(len(points), dtype=bool)
+    return ((points >= np.asarray(box[0])) & (points <= np.asarray(box[1]))).all(axis=1)
+
+
+def box_in_nerfstudio_frame(pipeline, box) -> tuple[np.ndarray, np.ndarray]:
+    """The axis-aligned box (nerfstudio frame) around a box of the dataset's original frame."""
+    dpo = pipeline.datamanager.train_dataparser_outputs
+    corners = from_original_frame(
+        box_corners(*box), dpo.dataparser_transform.cpu().numpy(), float(dpo.dataparser_scale)
+    )
+    return corners.min(0), corners.max(0)
+
+
+def export_pointclouds(pipeline, targets: dict[int, Path], num_points: int, seed: int = 0, box=None) -> dict[int, int]:
+    """For each object k -> .ply file: at most ``num_points`` coloured surface points (those in
+    ``box``, original frame, when given)."""
     counts = {}
     for k, (pts, cols) in object_points(pipeline, list(targets)).items():
+        pts = original_frame(pipeline, pts)
+        inside = in_box(pts, box)
+        if not inside.any():
+            raise SA3DError(f"No point of {pipeline.model.object_names[k]!r} lies in the box {box}: widen the box.")
+        pts, cols = pts[inside], cols[inside]
         keep = subsample(len(pts), num_points, seed)
-        write_ply(targets[k], original_frame(pipeline, pts[keep]), cols[keep])
+        write_ply(targets[k], pts[keep], cols[keep])
         counts[k] = len(keep)
     return counts
 
@@ -165,19 +189,26 @@ def density_at(pipeline, points: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def object_density_grid(pipeline, k: int, resolution: int, margin: float = 0.1):
+def object_density_grid(pipeline, k: int, resolution: int, margin: float = 0.1, box=None):
     """The NeRF's density inside object k's 3D mask on a grid over its box, and the density at
     its rendered surface points: (grid, lo, hi, surface densities), nerfstudio frame. The box
-    comes from the surface points (grown by ``margin`` of its size)."""
+    comes from the surface points (grown by ``margin`` of its size), or is ``box`` (original
+    frame) when given."""
     from rich.progress import track
 
     model = pipeline.model
     every = max(1, len(training_views(pipeline)) // 8)  # a box needs a few views
     pts, _ = object_points(pipeline, [k], every=every)[k]
-    lo, hi = np.percentile(pts, 0.5, axis=0), np.percentile(pts, 99.5, axis=0)
-    pad = margin * (hi - lo).max()
-    lo, hi = lo - pad, hi + pad
-    axes = [np.linspace(lo[k], hi[k], resolution) for k in range(3)]
+    if box is None:
+        lo, hi = np.percentile(pts, 0.5, axis=0), np.percentile(pts, 99.5, axis=0)
+        pad = margin * (hi - lo).max()
+        lo, hi = lo - pad, hi + pad
+    else:
+        lo, hi = box_in_nerfstudio_frame(pipeline, box)
+        pts = pts[in_box(original_frame(pipeline, pts), box)]
+        if len(pts) == 0:
+            raise SA3DError(f"No surface point of {model.object_names[k]!r} lies in the box {box}: widen the box.")
+    axes = [np.linspace(lo[a], hi[a], resolution) for a in range(3)]
     grid = np.zeros((resolution,) * 3, np.float32)
     for ix in track(range(resolution), description="Sampling density"):
         yy, zz = np.meshgrid(axes[1], axes[2], indexing="ij")
@@ -190,9 +221,10 @@ def object_density_grid(pipeline, k: int, resolution: int, margin: float = 0.1):
 
 
 def export_mesh(
-    pipeline, out: Path, resolution: int, clean: bool = True, level: float | None = None
+    pipeline, k: int, out: Path, resolution: int, clean: bool = True, level: float | None = None, box=None
 ) -> tuple[int, int]:
-    grid, lo, hi, surface = object_density_grid(pipeline, resolution)
+    """Object k's mesh (.ply or .obj): (vertices, faces)."""
+    grid, lo, hi, surface = object_density_grid(pipeline, k, resolution, box=box)
     if level is None:
         # the iso-level from the NeRF itself: the density most of the rendered surface exceeds
         # (independent of the grid resolution, and of how sharp this NeRF's density is)
@@ -239,6 +271,10 @@ class PointCloud:
     """At most this many points per object (uniformly subsampled)."""
     object: str = "all"
     """Object name, or all: one file per object."""
+    bbox_min: tuple[float, float, float] | None = None
+    """Keep only points inside [bbox-min, bbox-max] (x y z in the dataset's original world frame)."""
+    bbox_max: tuple[float, float, float] | None = None
+    """Upper corner of that box."""
 
 
 @dataclass
@@ -257,6 +293,22 @@ class Mesh:
     surface points exceed). Lower it for a fuller, blobbier mesh; raise it for a tighter one."""
     object: str = "all"
     """Object name, or all: one file per object."""
+    bbox_min: tuple[float, float, float] | None = None
+    """Mesh only inside [bbox-min, bbox-max] (x y z in the dataset's original world frame) instead of the box around the object's surface points."""
+    bbox_max: tuple[float, float, float] | None = None
+    """Upper corner of that box."""
+
+
+def check_box(args):
+    """(min, max) of --bbox-min/--bbox-max, None when neither is given."""
+    lo, hi = args.bbox_min, args.bbox_max
+    if lo is None and hi is None:
+        return None
+    if lo is None or hi is None:
+        raise SA3DError("Give both --bbox-min X Y Z and --bbox-max X Y Z (or neither).")
+    if not all(a < b for a, b in zip(lo, hi, strict=True)):
+        raise SA3DError(f"--bbox-min {list(lo)} must be below --bbox-max {list(hi)} on every axis.")
+    return tuple(lo), tuple(hi)
 
 
 def chosen_objects(run: Path, name: str) -> tuple[list[str], list[int]]:
@@ -310,8 +362,9 @@ def run_export(args) -> str:
             raise SA3DError(f"--num-points must be >= 1, got {args.num_points}.")
         if args.output is not None and Path(args.output).suffix.lower() != ".ply":
             raise SA3DError(f"--output {args.output}: point clouds are written as .ply.")
+        box = check_box(args)
         outs = output_paths(args.output, export_dir / "object_points.ply", names, chosen, is_dir=False)
-        counts = export_pointclouds(load_run(args.load_config), outs, args.num_points)
+        counts = export_pointclouds(load_run(args.load_config), outs, args.num_points, box=box)
         return "\n".join(f"Wrote {counts[k]} points of {names[k]} to {outs[k]}" for k in chosen)
     if args.resolution < 8:
         raise SA3DError(f"--resolution must be >= 8, got {args.resolution}.")
@@ -319,11 +372,12 @@ def run_export(args) -> str:
         raise SA3DError(f"--level must be a positive density, got {args.level}.")
     if args.output is not None and Path(args.output).suffix.lower() not in (".ply", ".obj"):
         raise SA3DError(f"--output {args.output}: meshes are written as .ply or .obj.")
+    box = check_box(args)
     outs = output_paths(args.output, export_dir / "object_mesh.ply", names, chosen, is_dir=False)
     pipeline = load_run(args.load_config)
     lines = []
     for k in chosen:
-        nv, nf = export_mesh(pipeline, k, outs[k], args.resolution, args.remove_floaters, args.level)
+        nv, nf = export_mesh(pipeline, k, outs[k], args.resolution, args.remove_floaters, args.level, box)
         lines.append(f"Wrote a mesh of {names[k]} with {nv} vertices and {nf} faces to {outs[k]}")
     return "\n".join(lines)
 

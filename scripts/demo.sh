@@ -50,15 +50,29 @@ for SEG in $SEGMENTERS; do
     --rendered-output-names rgb_overlay mask rgb_object rgb_removed --image-format png --colormap-options.colormap gray >/dev/null
   if [ "$SEG" = weightfree ]; then
     sa3d-export pointcloud --load-config "$RUN/config.yml" --num-points 20000 >/dev/null
+    sa3d-export mesh --load-config "$RUN/config.yml" --resolution 96 >/dev/null
   fi
   rm -rf "$OUT/figures_$SEG"
   python -m sa3d_ns.tools.figures "$RUN" "$OUT/figures_$SEG" >/dev/null
 done
 
+# two more objects added to the weight-free run (the ball is kept, not segmented again)
+rm -rf "$OUT/outputs/scene/sa3d/demo_objects"
+ns-train sa3d --pipeline.nerfacto-config "${NERFACTO}config.yml" --pipeline.prompt "configs/demo_more_objects_${SIZE}.json" \
+  --pipeline.add-to "$OUT/outputs/scene/sa3d/demo_weightfree/config.yml" --pipeline.segmenter weightfree \
+  --machine.device-type "$DEVICE" --vis tensorboard --output-dir "$OUT/outputs" --timestamp demo_objects
+RUN="$OUT/outputs/scene/sa3d/demo_objects"
+sa3d-eval --load-config "$RUN/config.yml" --split test | tee -a "$SUMMARY"
+ns-render dataset --load-config "$RUN/config.yml" --output-path "$RUN/renders" --split test \
+  --rendered-output-names rgb_overlay rgb_removed_crate rgb_object_can --image-format png >/dev/null
+rm -rf "$OUT/figures_objects"
+python -m sa3d_ns.tools.figures "$RUN" "$OUT/figures_objects" >/dev/null
+
 echo
 echo "== Done. Look at:"
 echo "   $OUT/views_*.png          every view's 2D mask and prompt points (blue frame: prompt view, green: accepted, red: rejected)"
-echo "   $OUT/figures_*/           held-out renders (overlay | object alone | object removed | mask), the point cloud from 3 sides"
+echo "   $OUT/figures_*/           held-out renders (overlay | object alone | object removed | mask), the point cloud and mesh from 3 sides"
+echo "   $OUT/figures_objects/     three objects in one run: instance overlay | the crate removed | the can alone"
 echo "   $OUT/outputs/scene/sa3d/demo_weightfree/sa3d/export/object_points.ply   the object as a coloured point cloud"
 echo "   $OUT/outputs/scene/sa3d/demo_*/renders/test/   held-out views: mask, overlay, the object alone (rgb_object) and the scene without it (rgb_removed)"
 echo "   $OUT/outputs/scene/sa3d/demo_*/sa3d/summary.json  accepted / rejected views with their IoU"

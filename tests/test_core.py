@@ -226,3 +226,15 @@ def test_vote_prior_shrinks_rarely_seen_entries():
     assert field.table[0].item() == pytest.approx(3 / (3 + 2))
     assert field.table[1].item() == pytest.approx(1 / (1 + 2))
     assert field.table[2].item() == 0.0  # never seen
+
+
+def test_original_frame_roundtrip_and_box_corners():
+    from sa3d_ns.core.geometry import box_corners, from_original_frame, to_original_frame
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    transform = np.concatenate([q, rng.normal(size=(3, 1))], 1)
+    p = rng.normal(size=(50, 3))
+    assert np.allclose(to_original_frame(from_original_frame(p, transform, 0.3), transform, 0.3), p)
+    c = box_corners([0, 1, 2], [3, 4, 5])
+    assert c.shape == (8, 3) and {tuple(x) for x in c} == {(x, y, z) for x in (0, 3) for y in (1, 4) for z in (2, 5)}

@@ -383,6 +383,14 @@ def test_renders_and_exports_of_the_object(scene, tmp_path):
     assert ((np.percentile(points, 95, 0) - np.percentile(points, 5, 0)) > 0.5 * (hi - lo)).all()
     assert colors[:, 0].mean() > colors[:, 2].mean()  # a red and yellow ball, not blue
 
+    # only the points in a box (the top half of the ball), in the same frame
+    top = [lo[0] - 1, lo[1] - 1, (lo[2] + hi[2]) / 2]
+    r = run(["sa3d-export", "pointcloud", "--load-config", cfg, "--output", tmp_path / "top.ply", "--num-points", "5000",
+             "--bbox-min", *top, "--bbox-max", *(hi + 1)], scene["root"])  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    top_points = read_ply(tmp_path / "top.ply")[0]
+    assert (top_points[:, 2] >= top[2] - 1e-5).all() and len(top_points) > 0.2 * len(points)
+
     # a mesh of the ball
     mesh = tmp_path / "ball.obj"
     r = run(["sa3d-export", "mesh", "--load-config", cfg, "--output", mesh, "--resolution", "32"], scene["root"])
@@ -396,4 +404,117 @@ def test_renders_and_exports_of_the_object(scene, tmp_path):
     # never overwrite
     r = run(["sa3d-export", "pointcloud", "--load-config", cfg, "--output", ply], scene["root"])
     assert r.returncode == 2 and "exists" in r.stderr
+    assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
+
+
+def test_objects_added_to_a_run_are_exclusive_and_exported_each(scene, tmp_path):
+    """Two more objects (a prompt file of several) added to a finished one-object run: the first
+    object is kept as it was, each object is segmented, rendered, evaluated and exported on its
+    own, and no point belongs to two objects."""
+    base = finished_run(scene)
+    base_digest = tree_digest(base)
+    objects = {o["id"]: o for o in json.loads((scene["root"] / "scene" / "objects.json").read_text())["objects"]}
+    inst0 = np.asarray(Image.open(scene["root"] / "scene" / "instances" / "frame_00000.png"))
+
+    def centre(i):
+        ys, xs = np.nonzero(inst0 == i)
+        return [float(np.median(xs)), float(np.median(ys))]
+
+    prompts = tmp_path / "more.json"
+    prompts.write_text(json.dumps({"objects": [
+        {"name": "crate", "view": 0, "points": [centre(2)]},
+        {"name": "can", "view": "frame_00000.png", "points": [centre(3)]},
+    ]}))  # fmt: skip
+
+    # bad input first: a taken name, a run that is not an sa3d run
+    taken = tmp_path / "taken.json"
+    taken.write_text(json.dumps({"view": 0, "points": [centre(2)], "name": "object"}))
+    for args, match in [
+        (["--pipeline.prompt", taken, "--pipeline.add-to", base / "config.yml"], "already an object"),
+        (["--pipeline.prompt", prompts, "--pipeline.add-to", scene["nerfacto"]], "not the config.yml of an sa3d run"),
+        (["--pipeline.prompt", prompts, "--pipeline.add-to", tmp_path / "none.yml"], "file not found"),
+    ]:
+        before = set(sa3d_runs(scene))
+        r = sa3d(scene, *args, "--pipeline.segmenter", "oracle")
+        out = " ".join((r.stdout + r.stderr).split())
+        assert r.returncode == 2 and match in out, (match, out[-2000:])
+        assert set(sa3d_runs(scene)) == before
+
+    before = set(sa3d_runs(scene))
+    r = sa3d(
+        scene, "--pipeline.prompt", prompts, "--pipeline.add-to", base / "config.yml", "--pipeline.segmenter", "oracle"
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (run_dir,) = set(sa3d_runs(scene)) - before
+    assert tree_digest(base) == base_digest  # the run added to is only read
+    summary = json.loads((run_dir / "sa3d" / "summary.json").read_text())
+    assert [o["name"] for o in summary["objects"]] == ["object", "crate", "can"]
+    assert summary["objects"][0]["from_run"] == str(base) and summary["views_done"] == summary["views_total"] == 44
+    assert summary["cache"]["views_built"] == 0  # every view came from the scene's cache
+
+    def tables(d):
+        state = torch.load(next((d / "nerfstudio_models").glob("*.ckpt")), map_location="cpu", weights_only=True)
+        return [
+            state["pipeline"][f"_model.mask_fields.{k}.encoding.hash_table"] for k in range(3 if d == run_dir else 1)
+        ]
+
+    new_tables = tables(run_dir)
+    assert torch.equal(new_tables[0], tables(base)[0])  # the first object is not redone
+    assert new_tables[1].abs().sum() > 0 and new_tables[2].abs().sum() > 0
+
+    # every object evaluated against the instance under its own prompt
+    r = run(["sa3d-eval", "--load-config", run_dir / "config.yml", "--output", tmp_path / "eval"], scene["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    got = {o["object"]: (o["object_id"], o["miou"]) for o in result["objects"]}
+    assert [got[n][0] for n in ("object", "crate", "can")] == [1, 2, 3]
+    assert got["object"][1] > 0.75 and got["crate"][1] > 0.4 and got["can"][1] > 0.6, got
+
+    # per-object render outputs; the instance masks of two objects never overlap
+    r = run(["ns-render", "dataset", "--load-config", run_dir / "config.yml", "--output-path", tmp_path / "r",
+             "--split", "test", "--rendered-output-names", "mask_object", "mask_crate", "rgb_overlay", "rgb_object_can",
+             "--image-format", "png", "--colormap-options.colormap", "gray"], scene["root"])  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "r" / "test" / "mask_crate").glob("*.png"))
+    assert len(names) == 2 and all((tmp_path / "r" / "test" / "rgb_object_can" / n).is_file() for n in names)
+    for n in names:
+        ball, crate = (np.asarray(Image.open(tmp_path / "r" / "test" / f"mask_{o}" / n).convert("L")) > 127
+                       for o in ("object", "crate"))  # fmt: skip
+        assert crate.sum() > 20 and (ball & crate).sum() <= 0.05 * crate.sum()
+
+    # one point cloud per object, each inside its own object and not in the others'
+    r = run(["sa3d-export", "pointcloud", "--load-config", run_dir / "config.yml", "--output", tmp_path / "pc.ply",
+             "--num-points", "3000"], scene["root"])  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    from sa3d_ns.core.geometry import read_ply
+
+    def inside(points, obj):
+        lo, hi = np.array(obj["bounds_min"]), np.array(obj["bounds_max"])
+        pad = 0.15 * (hi - lo)
+        return ((points > lo - pad) & (points < hi + pad)).all(axis=1)
+
+    clouds = {n: read_ply(tmp_path / f"pc_{n}.ply")[0] for n in ("object", "crate", "can")}
+    for name, i in (("object", 1), ("crate", 2), ("can", 3)):
+        assert len(clouds[name]) > 300 and inside(clouds[name], objects[i]).mean() > 0.8, name
+    assert inside(clouds["object"], objects[2]).mean() < 0.05 and inside(clouds["crate"], objects[1]).mean() < 0.05
+
+    # an unknown object name is refused
+    r = run(["sa3d-export", "masks", "--load-config", run_dir / "config.yml", "--object", "lamp"], scene["root"])
+    assert r.returncode == 2 and "the run's objects are ['object', 'crate', 'can']" in r.stderr
+
+    # no point belongs to two objects (the raw mask fields do overlap somewhere; ownership does not)
+    code = (
+        "import sys, json, torch, numpy as np\n"
+        "from sa3d_ns.export import load_run, in_mask\n"
+        "p = load_run(sys.argv[1])\n"
+        "x = torch.rand(200000, 3) * 2 - 1\n"
+        "raw = torch.stack([f(x) for f in p.model.mask_fields], -1) > 0\n"
+        "own = np.stack([in_mask(p, x.numpy(), k) for k in range(3)], -1)\n"
+        "print(json.dumps({'raw_shared': int((raw.sum(-1) > 1).sum()), 'owned_shared': int((own.sum(-1) > 1).sum()),"
+        " 'owned': int(own.any(-1).sum()), 'raw': int(raw.any(-1).sum())}))\n"
+    )
+    r = run(["python", "-c", code, run_dir / "config.yml"], scene["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = json.loads(r.stdout.strip().splitlines()[-1])
+    assert counts["owned_shared"] == 0 and counts["owned"] == counts["raw"] > 0, counts
     assert tree_digest(scene["nerfacto"].parent) == scene["digest"]

@@ -22,6 +22,9 @@ def export(args, cwd):
         (["mesh", "--level", "-1"], "--level must be a positive density"),
         (["mesh", "--output", "object.stl"], "written as .ply or .obj"),
         (["masks", "--load-config", "missing/config.yml"], "file not found"),
+        (["mesh", "--bbox-min", "0", "0", "0"], "Give both --bbox-min"),
+        (["pointcloud", "--bbox-min", "1", "0", "0", "--bbox-max", "0", "1", "1"], "must be below --bbox-max"),
+        (["pointcloud", "--object", "lamp"], "the run's objects are ['object']"),
     ],
 )
 def test_export_bad_flags(tmp_path, args, message):

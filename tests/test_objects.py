@@ -47,11 +47,17 @@ def test_prompt_file_errors_name_the_problem(data, match):
 def test_names_of_objects_added_to_a_run():
     from sa3d_ns.nerf.resolve import new_object_names
 
-    assert new_object_names(["object"], ["object"], "p.json") == ["object2"]
-    assert new_object_names(["ball"], ["crate", "object"], "p.json") == ["crate", "object"]
-    assert new_object_names(["object1", "object2"], ["object1", "object2"], "p.json") == ["object3", "object4"]
+    def names(kept, data):
+        return new_object_names(kept, parse_prompts(data), "p.json")
+
+    one = {"view": 0, "points": [[1, 2]]}
+    assert names(["object"], one) == ["object2"]
+    assert names(["ball"], {"objects": [{**one, "name": "crate"}, one]}) == ["crate", "object2"]
+    assert names(["object1", "object2"], {"objects": [one, one]}) == ["object3", "object4"]
     with pytest.raises(SA3DError, match="already an object"):
-        new_object_names(["ball"], ["ball"], "p.json")
+        names(["ball"], {**one, "name": "ball"})
+    with pytest.raises(SA3DError, match="already an object"):
+        names(["object"], {**one, "name": "object"})  # chosen, not a default
 
 
 def test_palette_is_distinct_and_starts_with_the_overlay_red():

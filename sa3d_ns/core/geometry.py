@@ -22,6 +22,18 @@ def to_original_frame(points: np.ndarray, transform: np.ndarray, scale: float) -
     return (points / scale - trans) @ rot
 
 
+def from_original_frame(points: np.ndarray, transform: np.ndarray, scale: float) -> np.ndarray:
+    """The dataparser's normalisation p' = scale * (R p + t): the inverse of :func:`to_original_frame`."""
+    rot, trans = transform[:3, :3], transform[:3, 3]
+    return scale * (points @ rot.T + trans)
+
+
+def box_corners(lo, hi) -> np.ndarray:
+    """The 8 corners of the axis-aligned box [lo, hi] (8 x 3)."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    return np.array([[(hi if (c >> k) & 1 else lo)[k] for k in range(3)] for c in range(8)])
+
+
 def subsample(n: int, k: int, seed: int = 0) -> np.ndarray:
     """Indices of ``k`` of ``n`` items, spread uniformly at random (all when k >= n)."""
     if k >= n:

@@ -46,6 +46,7 @@ class Prompt:
     box: np.ndarray | None = None
     mask_choice: int | None = None
     name: str = "object"
+    named: bool = False  # the name was given in the file (not a default)
 
     def scaled(self, sx: float, sy: float) -> Prompt:
         """The same prompt in an image resized by (sx, sy) (pixel centres are preserved)."""
@@ -60,6 +61,7 @@ class Prompt:
             box=box,
             mask_choice=self.mask_choice,
             name=self.name,
+            named=self.named,
         )
 
     def to_json(self) -> dict:
@@ -133,7 +135,7 @@ def parse_prompt(data, source: str = "prompt") -> Prompt:
     if choice is not None and (isinstance(choice, bool) or not isinstance(choice, int) or choice < 0):
         raise _fail(source, f'"mask_choice" must be null or a candidate index >= 0, got {choice!r}')
     name = check_name(data["name"], source) if "name" in data else "object"
-    return Prompt(view=view, points=points, labels=labels, box=box, mask_choice=choice, name=name)
+    return Prompt(view=view, points=points, labels=labels, box=box, mask_choice=choice, name=name, named="name" in data)
 
 
 def parse_prompts(data, source: str = "prompt") -> list[Prompt]:
@@ -149,7 +151,7 @@ def parse_prompts(data, source: str = "prompt") -> list[Prompt]:
     prompts = []
     for k, item in enumerate(items):
         p = parse_prompt(item, f"{source} (objects[{k}])")
-        if not (isinstance(item, dict) and "name" in item) and len(items) > 1:
+        if not p.named and len(items) > 1:
             p.name = f"object{k + 1}"
         prompts.append(p)
     check_unique([p.name for p in prompts], source)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 
 import yaml
@@ -16,7 +15,6 @@ from sa3d_ns.nerf.checkpoints import latest_checkpoint
 from sa3d_ns.nerf.source_run import copy_nerfacto_settings, load_source_run
 
 MASK_SETTINGS = ("mask_num_levels", "mask_min_res", "mask_max_res", "mask_log2_hashmap_size", "mask_implementation")
-DEFAULT_NAME = re.compile(r"^object\d*$")
 
 
 def resolve_config(config) -> None:
@@ -49,7 +47,7 @@ def resolve_config(config) -> None:
         view = resolve_view(prompt.view, names)
         check_inside(prompt, int(outputs.cameras.width[view]), int(outputs.cameras.height[view]))
     kept = resolve_add_to(pipe, src.checkpoint) if pipe.add_to is not None else []
-    pipe.model.objects = kept + new_object_names(kept, [p.name for p in prompts], str(pipe.prompt))
+    pipe.model.objects = kept + new_object_names(kept, prompts, str(pipe.prompt))
     if pipe.num_passes < 1:
         raise SA3DError(f"--pipeline.num-passes must be >= 1, got {pipe.num_passes}.")
     if pipe.render_downscale < 1:
@@ -135,19 +133,21 @@ def resolve_add_to(pipe, nerfacto_checkpoint: Path) -> list[str]:
     return old_objects
 
 
-def new_object_names(kept: list[str], names: list[str], source: str) -> list[str]:
-    """The prompt's object names after the kept ones: default names (object, object2, ...) that
-    are taken move on to the next free objectN; a chosen name that is taken is an error."""
+def new_object_names(kept: list[str], prompts: list, source: str) -> list[str]:
+    """The prompts' object names after the kept ones: an unnamed object whose default name
+    (object, object2, ...) is taken gets the next free objectN; a chosen name that is taken is an
+    error."""
     out = []
-    for name in names:
+    for p in prompts:
+        name = p.name
         if name in kept + out:
-            if not DEFAULT_NAME.match(name):
+            if p.named:
                 raise SA3DError(
                     f'Object name "{name}" in {source} is already an object of the run in --pipeline.add-to '
                     f'({kept}); give the new object another "name".'
                 )
             n = len(kept) + len(out) + 1  # the object's number in the run
-            while f"object{n}" in kept + out + names:
+            while f"object{n}" in kept + out + [q.name for q in prompts]:
                 n += 1
             name = f"object{n}"
         out.append(name)

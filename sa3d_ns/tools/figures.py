@@ -1,10 +1,10 @@
 """``python -m sa3d_ns.tools.figures RUN_DIR OUT_DIR``: pictures of an sa3d run's results.
 
-Writes to OUT_DIR (which must not exist): ``renders.png`` (held-out views: render | overlay |
-object alone | object removed | mask, one row per view, from ``RUN_DIR/renders/test``, as the
-demo's ``ns-render`` writes them), ``views.png`` (every view's 2D mask and prompt points) and, when
-``RUN_DIR/sa3d/export/object_points.ply`` exists, ``pointcloud.png`` (the exported points seen
-from three sides).
+Writes to OUT_DIR (which must not exist): ``renders.png`` (held-out views, one row per view: the
+outputs ``ns-render`` wrote to ``RUN_DIR/renders/test``, overlay | object alone | object removed |
+mask first), ``views.png`` (every view's 2D mask and prompt points) and, when they exist in
+``RUN_DIR/sa3d/export/``, ``pointcloud.png`` (``object_points.ply`` seen from three sides) and
+``mesh.png`` (``object_mesh.ply``, shaded, from three sides).
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ COLUMNS = ("rgb_overlay", "rgb_object", "rgb_removed", "mask")
 
 def renders_strip(run_dir: Path, out: Path, tile: int = 160) -> Path | None:
     root = Path(run_dir) / "renders" / "test"
-    names = sorted(p.name for p in (root / COLUMNS[0]).glob("*.png")) if (root / COLUMNS[0]).is_dir() else []
+    present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    columns = [c for c in COLUMNS if c in present] + [c for c in present if c not in COLUMNS]
+    names = sorted(p.name for p in (root / columns[0]).glob("*.png")) if columns else []
     if not names:
         return None
     rows = []
     for name in names:
         row = [
             np.asarray(Image.open(root / col / name).convert("RGB").resize((tile, tile), Image.NEAREST))
-            for col in COLUMNS
+            for col in columns
             if (root / col / name).is_file()
         ]
         rows.append(np.concatenate(row, 1))
@@ -62,6 +64,26 @@ def pointcloud_views(ply: Path, out: Path) -> Path:
     return out
 
 
+def mesh_views(ply: Path, out: Path) -> Path:
+    """The mesh's vertices, grey, shaded by their normals (a light from the viewer), from three sides."""
+    points, _, faces = read_ply(ply)
+    normals = np.zeros_like(points)
+    if faces is not None and len(faces):
+        tri = points[faces]
+        n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        for c in range(3):
+            np.add.at(normals, faces[:, c], n)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True).clip(1e-12)
+    views = []
+    for axes in ((0, 1), (0, 2), (1, 2)):
+        depth_axis = ({0, 1, 2} - set(axes)).pop()
+        shade = 0.25 + 0.75 * np.abs(normals[:, depth_axis])
+        colors = (np.array([200, 200, 210]) * shade[:, None]).astype(np.uint8)
+        views.append(splat(points, colors, axes))
+    Image.fromarray(np.concatenate(views, 1)).save(out)
+    return out
+
+
 def main(run_dir: Path, out_dir: Path) -> list[Path]:
     if out_dir.exists():
         raise SystemExit(f"{out_dir} exists; choose a new folder (nothing was overwritten).")
@@ -70,9 +92,11 @@ def main(run_dir: Path, out_dir: Path) -> list[Path]:
     strip = renders_strip(run_dir, out_dir / "renders.png")
     if strip:
         written.append(strip)
-    ply = Path(run_dir) / "sa3d" / "export" / "object_points.ply"
-    if ply.is_file():
-        written.append(pointcloud_views(ply, out_dir / "pointcloud.png"))
+    export = Path(run_dir) / "sa3d" / "export"
+    if (export / "object_points.ply").is_file():
+        written.append(pointcloud_views(export / "object_points.ply", out_dir / "pointcloud.png"))
+    if (export / "object_mesh.ply").is_file():
+        written.append(mesh_views(export / "object_mesh.ply", out_dir / "mesh.png"))
     return written
 
 
