@@ -30,6 +30,7 @@ from sa3d_ns.core.geometry import (
     from_original_frame,
     keep_large_components,
     marching_cubes,
+    near_the_bulk,
     subsample,
     to_original_frame,
     write_obj,
@@ -100,8 +101,9 @@ def object_points(
     pipeline, objects: list[int], min_accumulation: float = 0.5, every: int = 1
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Surface points (nerfstudio frame) with colours of each object k in ``objects``, from every
-    ``every``-th training view: where the view's rendered mask of k is on, at the rendered depth,
-    kept where k owns the point in 3D."""
+    ``every``-th training view: where the view's rendered mask of k is on and k's own density is
+    mostly opaque, at the expected depth of k's own density (so a pixel on the mask's rim gives a
+    point on the object, not on the background behind it or in mid-air); far-off stragglers dropped."""
     from rich.progress import track
 
     model = pipeline.model
@@ -110,26 +112,24 @@ def object_points(
     for ds, i, _ in track(training_views(pipeline)[::every], description="Back-projecting views"):
         out = render_camera(pipeline, ds, i)
         for k in objects:
-            sel = (out[model.output_name("mask", k)][..., 0] > 0.5) & (out["accumulation"][..., 0] > min_accumulation)
+            acc = out[model.output_name("accumulation_object", k)][..., 0]
+            sel = (out[model.output_name("mask", k)][..., 0] > 0.5) & (acc > min_accumulation)
             if not sel.any():
                 continue
             o = out["origins"][sel].cpu().numpy()
             d = out["directions"][sel].cpu().numpy()
-            p = backproject(o, d, out["depth"][sel][..., 0].cpu().numpy())
-            # a surface point belongs to the object only where its 3D mask is on: drops the pixels on
-            # the mask's rim whose expected depth falls behind the object (background, mid-air)
-            on = in_mask(pipeline, p, k)
-            pts[k].append(p[on])
-            cols[k].append(
-                (out["rgb"][sel][torch.from_numpy(on)].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-            )
+            pts[k].append(backproject(o, d, out[model.output_name("depth_object", k)][sel][..., 0].cpu().numpy()))
+            rgb = out[model.output_name("rgb_object_premultiplied", k)][sel] / acc[sel][:, None]
+            cols[k].append((rgb.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
     result = {}
     for k in objects:
         if sum(len(p) for p in pts[k]) == 0:
             raise SA3DError(
                 f"The mask of object {model.object_names[k]!r} is empty in every training view: nothing to export."
             )
-        result[k] = (np.concatenate(pts[k]), np.concatenate(cols[k]))
+        p, c = np.concatenate(pts[k]), np.concatenate(cols[k])
+        keep = near_the_bulk(p)
+        result[k] = (p[keep], c[keep])
     return result
 
 

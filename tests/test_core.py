@@ -238,3 +238,13 @@ def test_original_frame_roundtrip_and_box_corners():
     assert np.allclose(to_original_frame(from_original_frame(p, transform, 0.3), transform, 0.3), p)
     c = box_corners([0, 1, 2], [3, 4, 5])
     assert c.shape == (8, 3) and {tuple(x) for x in c} == {(x, y, z) for x in (0, 3) for y in (1, 4) for z in (2, 5)}
+
+
+def test_near_the_bulk_drops_only_far_stragglers():
+    from sa3d_ns.core.geometry import near_the_bulk
+
+    rng = np.random.default_rng(0)
+    rod = np.stack([rng.uniform(0, 10, 2000), rng.normal(0, 0.1, 2000), rng.normal(0, 0.1, 2000)], 1)  # elongated
+    far = np.array([[200.0, 0, 0], [0, -150.0, 40.0]])
+    keep = near_the_bulk(np.concatenate([rod, far]))
+    assert keep[:2000].all() and not keep[2000:].any()

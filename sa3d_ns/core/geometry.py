@@ -34,6 +34,16 @@ def box_corners(lo, hi) -> np.ndarray:
     return np.array([[(hi if (c >> k) & 1 else lo)[k] for k in range(3)] for c in range(8)])
 
 
+def near_the_bulk(points: np.ndarray, factor: float = 3.0, quantile: float = 90.0) -> np.ndarray:
+    """Which points lie within ``factor`` times the ``quantile``-th percentile distance from the
+    points' median: drops far-off stragglers (hash collisions of the 3D mask in the distant
+    background), keeps every part of a compact or elongated object."""
+    if len(points) == 0:
+        return np.zeros(0, dtype=bool)
+    dist = np.linalg.norm(points - np.median(points, axis=0), axis=1)
+    return dist <= factor * max(float(np.percentile(dist, quantile)), 1e-12)
+
+
 def subsample(n: int, k: int, seed: int = 0) -> np.ndarray:
     """Indices of ``k`` of ``n`` items, spread uniformly at random (all when k >= n)."""
     if k >= n:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 MEMO_BYTES = 1 << 30  # corner lists kept between a view's score and its vote up to this size
@@ -99,6 +100,7 @@ class MaskLifter:
         self.numerator = torch.zeros_like(param, dtype=torch.float32)
         self.denominator = torch.zeros_like(param, dtype=torch.float32)
         self._memo: tuple[torch.Tensor, list] | None = None
+        self._touch_sum = 0.0  # the denominator's total (its mean over touched entries sets the prior)
 
     def _corner_chunks(self, positions: torch.Tensor):
         """(slice, indices, weights) per chunk of rays; kept for the next call on the same tensor
@@ -124,27 +126,20 @@ class MaskLifter:
         """Rendered mask score S of R rays (positions R x S x 3, weights R x S)."""
         if self.corners is None:
             return render_mask_score(self.field, positions, weights)
-        table = self.param.detach().reshape(-1).float()
+        table = self.param.detach().reshape(-1, 1).float()
         out = torch.empty(weights.shape[0], dtype=torch.float32, device=weights.device)
         for sl, idx, w in self._corner_chunks(positions):
-            m = (table[idx] * w).sum(-1).view(weights[sl].shape)
+            # m(x) per sample: a fused gather-multiply-sum over its corner entries
+            m = F.embedding_bag(idx, table, per_sample_weights=w, mode="sum").view(weights[sl].shape)
             out[sl] = (weights[sl].float() * m).sum(-1)
         return out
 
     def _grads(
         self, positions: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (sum_p t(p) dS(p)/dtheta, sum_p dS(p)/dtheta) over the given rays."""
+        """Return (sum_p t(p) dS(p)/dtheta, sum_p dS(p)/dtheta) over the given rays (autograd)."""
         signed = torch.zeros_like(self.param, dtype=torch.float32)
         touch = torch.zeros_like(self.param, dtype=torch.float32)
-        if self.corners is not None:
-            s_flat, t_flat = signed.view(-1), touch.view(-1)
-            for sl, idx, w in self._corner_chunks(positions):
-                ws = weights[sl].float().reshape(-1, 1) * w  # dS/dtheta contributions, N x J
-                t = targets[sl].to(ws).repeat_interleave(weights.shape[1]).view(-1, 1)
-                t_flat.index_add_(0, idx.reshape(-1), ws.reshape(-1))
-                s_flat.index_add_(0, idx.reshape(-1), (ws * t).reshape(-1))
-            return signed, touch
         for start in range(0, weights.shape[0], self.chunk_rays):
             sl = slice(start, start + self.chunk_rays)
             with torch.enable_grad():
@@ -155,6 +150,22 @@ class MaskLifter:
             touch += g_touch.float()
         return signed, touch
 
+    def _scatter(
+        self, positions: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor, signed: torch.Tensor, touch=None
+    ) -> float:
+        """The same sums as :meth:`_grads`, scattered straight into ``signed`` (and ``touch``);
+        returns the total touch weight added."""
+        total = 0.0
+        s_flat = signed.view(-1)
+        for sl, idx, w in self._corner_chunks(positions):
+            ws = weights[sl].float().reshape(-1, 1) * w  # dS/dtheta contributions, N x J
+            t = targets[sl].to(ws).repeat_interleave(weights.shape[1]).view(-1, 1)
+            if touch is not None:
+                touch.view(-1).index_add_(0, idx.reshape(-1), ws.reshape(-1))
+                total += float(ws.sum())
+            s_flat.index_add_(0, idx.reshape(-1), (ws * t).reshape(-1))
+        return total
+
     @torch.no_grad()
     def add_view(self, positions: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor, neg_weight: float) -> None:
         """Lift one view: positions R x S x 3, weights R x S, 2D mask R (bool) for the same rays."""
@@ -163,24 +174,36 @@ class MaskLifter:
                 f"inconsistent shapes: positions {tuple(positions.shape)}, weights {tuple(weights.shape)}, mask {tuple(mask.shape)}"
             )
         targets = vote_targets(mask.reshape(-1), neg_weight)
-        signed, touch = self._grads(positions, weights, targets)
-        self._memo = None
-        if self.mode == "vote":
+        if self.corners is not None and self.mode == "sgd" and self.param.dtype == torch.float32:
+            # L = -mean_p t(p) S(p): the step -lr dL/dtheta scattered straight into the table
+            self._scatter(positions, weights, targets * (self.lr / max(weights.shape[0], 1)), self.param.data)
+            self._memo = None
+            return
+        if self.corners is not None:
+            self._touch_sum += self._scatter(positions, weights, targets, self.numerator, self.denominator)
+        else:
+            signed, touch = self._grads(positions, weights, targets)
+            if self.mode == "sgd":
+                self.param.add_(signed.to(self.param.dtype), alpha=self.lr / max(weights.shape[0], 1))
+                self._memo = None
+                return
             self.numerator += signed
             self.denominator += touch
-            touched = self.denominator > 0
-            prior = self.vote_prior * self.denominator[touched].mean() if self.vote_prior > 0 and touched.any() else 0.0
-            value = torch.where(
-                touched, self.numerator / (self.denominator + prior).clamp_min(1e-12), torch.zeros_like(self.numerator)
-            )
-            self.param.copy_(value.to(self.param.dtype))
-        else:
-            # L = -mean_p t(p) S(p); dL/dtheta = -signed / R.
-            self.param.add_(signed.to(self.param.dtype), alpha=self.lr / max(weights.shape[0], 1))
+            self._touch_sum += float(touch.sum())
+        self._memo = None
+        # value = numerator / (denominator + prior); untouched entries (0 / prior) stay 0
+        prior = 0.0
+        if self.vote_prior > 0:
+            touched = int(torch.count_nonzero(self.denominator))
+            prior = self.vote_prior * self._touch_sum / max(touched, 1)
+        value = torch.add(self.denominator, prior).clamp_min_(1e-12)
+        torch.div(self.numerator, value, out=value)
+        self.param.copy_(value.to(self.param.dtype))
 
     def reset(self) -> None:
         self.numerator.zero_()
         self.denominator.zero_()
+        self._touch_sum = 0.0
         self._memo = None
         with torch.no_grad():
             self.param.zero_()

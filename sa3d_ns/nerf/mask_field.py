@@ -87,16 +87,24 @@ class MaskField(nn.Module):
         primes = torch.tensor([(q + 2**31) % 2**32 - 2**31 for q in HASH_PRIMES], dtype=torch.int32, device=p.device)
         lo, hi = floor.int() * primes, torch.ceil(scaled).int() * primes
         level_offset = enc.hash_offset.to(device=p.device, dtype=torch.int32).view(1, -1)
-        idx, wts = [], []
+        # per-axis interpolation weights (1 - t for the low corner, t for the high one); the level
+        # weights and the outside-the-cube zero are folded into the x axis once
+        scale_x = self.level_weights.view(1, -1) * inside.view(-1, 1).to(off)
+        wx = ((1 - off[..., 0]) * scale_x, off[..., 0] * scale_x)
+        wy = (1 - off[..., 1], off[..., 1])
+        wz = (1 - off[..., 2], off[..., 2])
+        wxy = [[wx[a] * wy[b] for b in (0, 1)] for a in (0, 1)]
+        hxy = [[(hi if a else lo)[..., 0] ^ (hi if b else lo)[..., 1] for b in (0, 1)] for a in (0, 1)]
+        # N x 8 x L: the order of a position's entries does not matter (they are summed)
+        n, levels = p.shape[0], scaled.shape[1]
+        idx = torch.empty((n, 8, levels), dtype=torch.int32, device=p.device)
+        wts = torch.empty((n, 8, levels), dtype=torch.float32, device=p.device)
         for c in range(8):
-            b = [(c >> k) & 1 for k in range(3)]
-            h = (hi if b[0] else lo)[..., 0] ^ (hi if b[1] else lo)[..., 1] ^ (hi if b[2] else lo)[..., 2]
-            idx.append((h & (size - 1)) + level_offset)
-            w = off[..., 0] if b[0] else 1 - off[..., 0]
-            w = w * (off[..., 1] if b[1] else 1 - off[..., 1])
-            wts.append(w * (off[..., 2] if b[2] else 1 - off[..., 2]))
-        w = torch.stack(wts, -1) * self.level_weights.view(1, -1, 1) * inside.view(-1, 1, 1)
-        return torch.stack(idx, -1).reshape(len(p), -1), w.reshape(len(p), -1).float()
+            a, b, z = c & 1, (c >> 1) & 1, (c >> 2) & 1
+            h = hxy[a][b] ^ (hi if z else lo)[..., 2]
+            torch.add(h & (size - 1), level_offset, out=idx[:, c])
+            torch.mul(wxy[a][b], wz[z], out=wts[:, c])
+        return idx.view(n, -1), wts.view(n, -1)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions N x 3 (world) -> mask values N."""

@@ -188,6 +188,9 @@ class SA3DModel(NerfactoModel):
                 out["rgb_object" + suffix] = rgb_obj + (1 - acc_obj) * background
                 out["accumulation_object" + suffix] = acc_obj
                 out["rgb_object_premultiplied" + suffix] = rgb_obj
+                # where the object's own density is along the ray (its expected depth)
+                steps = (samples.frustums.starts + samples.frustums.ends) / 2
+                out["depth_object" + suffix] = (w_obj * steps).sum(dim=-2) / acc_obj.clamp(min=1e-6)
                 w_rest = samples.get_weights(density * ~inside)
                 out["rgb_removed" + suffix] = self.renderer_rgb(rgb=sample_rgb, weights=w_rest)
 
