@@ -78,3 +78,29 @@ def test_exclusive_values_leave_at_most_one_object_on():
     assert owner(values, 0.0).tolist() == [0, 1, -1, 0]
     one = torch.randn(5, 1)
     assert torch.equal(exclusive(one, 0.0), one)  # a single object is never changed
+
+
+def test_bounds_from_what_the_masks_saw_and_the_crop():
+    from sa3d_ns.core.objects import crop, robust_bounds, surface_samples
+
+    positions = torch.zeros(4, 3, 3)
+    positions[:, :, 0] = torch.arange(3.0)  # sample s of every ray at x = s
+    positions[:, :, 1] = torch.arange(4.0)[:, None]  # ray r at y = r
+    weights = torch.tensor([[0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+    mask = torch.tensor([True, True, False, True])
+    pts = surface_samples(positions, weights, mask)
+    assert pts.tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [2.0, 3.0, 0.0]]
+    assert surface_samples(positions, weights, torch.zeros(4, dtype=torch.bool)).shape == (0, 3)
+
+    cloud = torch.rand(1000, 3)
+    cloud[:300] = torch.rand(300, 3) * 100 - 50  # 30 % strays all over a large space
+    lo, hi = robust_bounds(cloud, quantile=0.5, pad=0.15)
+    assert (lo < 0.02).all() and (lo > -0.2).all() and (hi > 0.98).all() and (hi < 1.2).all(), (lo, hi)
+    rod = torch.stack([torch.linspace(0, 10, 500), torch.zeros(500), torch.zeros(500)], -1)
+    lo, hi = robust_bounds(rod)
+    assert lo[0] <= 0.05 and hi[0] >= 9.95  # the whole length of a rod
+
+    bounds = torch.stack([torch.stack([lo, hi]), torch.tensor([[-torch.inf] * 3, [torch.inf] * 3])])
+    values = torch.ones(2, 2)
+    where = torch.tensor([[0.5, 0.5, 0.5], [5.0, 5.0, 5.0]])
+    assert crop(values, where, bounds, 0.0).tolist() == [[1.0, 1.0], [0.0, 1.0]]  # outside box 0: off; no box: kept

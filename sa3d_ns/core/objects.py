@@ -62,3 +62,34 @@ def owner(values: torch.Tensor, threshold: float) -> torch.Tensor:
     """values ... x K -> the index of the object that owns each point, -1 where none is on."""
     best, idx = values.max(dim=-1)
     return torch.where(best > threshold, idx, torch.full_like(idx, -1))
+
+
+def surface_samples(positions: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor, limit: int = 4096):
+    """The heaviest sample of every ray inside a view's 2D mask (positions R x S x 3, weights
+    R x S, mask R): where the view saw the object's surface; at most ``limit``, evenly strided."""
+    rays = mask.reshape(-1).nonzero().squeeze(-1)
+    if len(rays) == 0:
+        return positions.new_zeros((0, 3))
+    rays = rays[:: max(1, -(-len(rays) // limit))]
+    best = weights[rays].argmax(dim=-1)
+    return positions[rays, best].float()
+
+
+def robust_bounds(points: torch.Tensor, quantile: float = 0.5, pad: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+    """A box around the bulk of points (N x 3): points farther from their median than 4x the
+    median distance are left out (robust to up to half of them being strays, and still covers a
+    whole sphere or rod), then the [quantile, 100 - quantile] percentiles on each axis, grown on
+    every side by ``pad`` of the box's largest side."""
+    dist = (points - points.median(dim=0).values).norm(dim=-1)
+    points = points[dist <= 4 * dist.median().clamp_min(1e-12)]
+    q = torch.tensor([quantile / 100, 1 - quantile / 100], dtype=points.dtype, device=points.device)
+    lo, hi = torch.quantile(points, q, dim=0)
+    margin = pad * (hi - lo).max()
+    return lo - margin, hi + margin
+
+
+def crop(values: torch.Tensor, positions: torch.Tensor, bounds: torch.Tensor, threshold: float) -> torch.Tensor:
+    """values N x K, positions N x 3, bounds K x 2 x 3 (min, max): each object's values capped at
+    ``threshold`` outside its box."""
+    outside = ((positions[:, None, :] < bounds[None, :, 0]) | (positions[:, None, :] > bounds[None, :, 1])).any(-1)
+    return torch.where(outside, values.clamp(max=threshold), values)

@@ -26,6 +26,7 @@ from sa3d_ns.core.cache import ViewCache, file_identity, prune_samples, tensor_b
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import MaskLifter
 from sa3d_ns.core.metrics import binarize_score, iou
+from sa3d_ns.core.objects import robust_bounds, surface_samples
 from sa3d_ns.core.prompts import Prompt, check_inside, load_prompts, resolve_view
 from sa3d_ns.core.self_prompt import select_self_prompts
 from sa3d_ns.core.views import view_order
@@ -126,6 +127,7 @@ class SA3DPipeline(VanillaPipeline):
         self.orders: list[list[int]] = [[] for _ in range(n)]
         self.active: list[int] = []  # the objects segmented by this run, in turn
         self.kept: list[dict] = []  # the summaries of objects kept from --pipeline.add-to
+        self.surface_points: list[list[torch.Tensor]] = [[] for _ in range(n)]  # what each object's masks saw
         if test_mode == "val":
             self._setup_segmentation()
 
@@ -166,6 +168,8 @@ class SA3DPipeline(VanillaPipeline):
             self.orders[k] = order * max(self.config.num_passes, 1)
             self.prompts[k] = prompt
             self.lifters[k].reset()
+            self.surface_points[k] = []
+            self.model.object_bounds[k, 0], self.model.object_bounds[k, 1] = -torch.inf, torch.inf
             self.active.append(k)
 
     def start_object(self, prompt: Prompt) -> None:
@@ -392,10 +396,21 @@ class SA3DPipeline(VanillaPipeline):
         t1 = time.perf_counter()
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
         lifter.add_view(data["positions"], data["weights"], mask_t, neg)
+        self.surface_points[k].append(surface_samples(data["positions"], data["weights"], mask_t).cpu())
         rec["lift_s"] = round(time.perf_counter() - t1, 4)
         return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
 
     def _finish(self, rec, image, mask, points, labels, t_render, t_total) -> dict:
+        k, local = self.plan[rec["step"]]
+        if local == len(self.orders[k]) - 1:  # the object's last view: bound its 3D mask
+            pts = torch.cat(self.surface_points[k]) if self.surface_points[k] else torch.zeros((0, 3))
+            with torch.no_grad():  # only where the finished 3D mask agrees (not the rims' background)
+                on = torch.cat([self.model.mask_fields[k](c.to(self.device)).cpu() for c in pts.split(1 << 16)])
+            pts = pts[on > self.model.config.mask_threshold] if len(pts) else pts
+            if len(pts) >= 8:
+                lo, hi = robust_bounds(pts)
+                self.model.object_bounds[k, 0], self.model.object_bounds[k, 1] = lo, hi
+            self.surface_points[k] = []
         rec.update(
             points=np.round(points, 1).tolist(),
             labels=[int(x) for x in labels],
@@ -499,6 +514,8 @@ def load_kept_objects(model, add_to: Path, checkpoint: Path, count: int) -> list
                 f"unexpected {result.unexpected_keys[:3]}): add objects with the same --pipeline.model.mask-* settings "
                 "and hash-grid implementation as the run in --pipeline.add-to."
             )
+    if "_model.object_bounds" in state:
+        model.object_bounds[:count] = state["_model.object_bounds"][:count]
     summary = json.loads((Path(add_to).parent / "sa3d" / "summary.json").read_text())
     return [{"from_run": str(Path(add_to).parent), **o} for o in summary["objects"][:count]]
 
