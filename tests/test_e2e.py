@@ -502,19 +502,22 @@ def test_objects_added_to_a_run_are_exclusive_and_exported_each(scene, tmp_path)
     r = run(["sa3d-export", "masks", "--load-config", run_dir / "config.yml", "--object", "lamp"], scene["root"])
     assert r.returncode == 2 and "the run's objects are ['object', 'crate', 'can']" in r.stderr
 
-    # no point belongs to two objects (the raw mask fields do overlap somewhere; ownership does not)
+    # no point belongs to two objects: random points around the scene and inside each object's box
     code = (
         "import sys, json, torch, numpy as np\n"
+        "from sa3d_ns.core.objects import crop\n"
         "from sa3d_ns.export import load_run, in_mask\n"
         "p = load_run(sys.argv[1])\n"
-        "x = torch.rand(200000, 3) * 2 - 1\n"
-        "raw = torch.stack([f(x) for f in p.model.mask_fields], -1) > 0\n"
+        "b = p.model.object_bounds\n"
+        "x = torch.cat([torch.rand(100000, 3) * 2 - 1] + [lo + torch.rand(50000, 3) * (hi - lo) for lo, hi in b])\n"
+        "raw = torch.stack([f(x) for f in p.model.mask_fields], -1)\n"
+        "on = crop(raw, x, b, 0.0) > 0\n"
         "own = np.stack([in_mask(p, x.numpy(), k) for k in range(3)], -1)\n"
-        "print(json.dumps({'raw_shared': int((raw.sum(-1) > 1).sum()), 'owned_shared': int((own.sum(-1) > 1).sum()),"
-        " 'owned': int(own.any(-1).sum()), 'raw': int(raw.any(-1).sum())}))\n"
+        "print(json.dumps({'on_shared': int((on.sum(-1) > 1).sum()), 'owned_shared': int((own.sum(-1) > 1).sum()),"
+        " 'owned': int(own.any(-1).sum()), 'on': int(on.any(-1).sum()), 'boxes': b.isfinite().all().item()}))\n"
     )
     r = run(["python", "-c", code, run_dir / "config.yml"], scene["root"])
     assert r.returncode == 0, r.stderr[-3000:]
     counts = json.loads(r.stdout.strip().splitlines()[-1])
-    assert counts["owned_shared"] == 0 and counts["owned"] == counts["raw"] > 0, counts
+    assert counts["boxes"] and counts["owned_shared"] == 0 and counts["owned"] == counts["on"] > 0, counts
     assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
