@@ -164,6 +164,9 @@ def test_parse_prompt_defaults_and_scaling():
     assert half.points.tolist() == [
         [4.5, 9.5]
     ]  # pixel centres: (9.5 + 0.5) * 0.5 - 0.5 and half.box.tolist() == [0, 0, 10, 20]
+    t = parse_prompt({"view": 0, "text": "  a Yellow duck ", "points": [[3, 4]], "labels": [0]})
+    assert t.text == "a Yellow duck" and t.box is None and t.scaled(0.5, 0.5).text == t.text
+    assert t.to_json()["text"] == "a Yellow duck"
 
 
 @pytest.mark.parametrize(
@@ -172,7 +175,9 @@ def test_parse_prompt_defaults_and_scaling():
         ([1, 2], "expected a JSON object"),
         ({"points": [[1, 2]]}, 'missing "view"'),
         ({"view": 0, "points": [[1, 2]], "colour": 1}, "unknown key"),
-        ({"view": 0, "text": "a duck"}, "text prompts are not supported"),
+        ({"view": 0, "text": ""}, '"text" must be a non-empty phrase'),
+        ({"view": 0, "text": ["a duck"]}, '"text" must be a non-empty phrase'),
+        ({"view": 0, "text": "a duck", "box": [0, 0, 5, 5]}, "not both"),
         ({"view": 0, "points": [[1, 2, 3]]}, "list of \\[x, y\\]"),
         ({"view": 0, "points": [[1, 2]], "labels": [1, 0]}, "one label per point"),
         ({"view": 0, "points": [[1, 2]], "labels": [2]}, "1 \\(positive\\) / 0 \\(negative\\)"),

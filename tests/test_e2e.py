@@ -127,6 +127,7 @@ def write(path: Path, text: str) -> Path:
         ("empty_mask", "empty mask"),
         ("missing_sam_weights", "--pipeline.segmenter weightfree"),
         ("no_instance_masks", "instance_mask_path"),
+        ("missing_text_model", "Grounding DINO checkpoint not found"),
     ],
 )
 def test_bad_input(scene, tmp_path, case, match):
@@ -160,6 +161,9 @@ def test_bad_input(scene, tmp_path, case, match):
     elif case == "missing_sam_weights":
         extra[3] = "sam"
         env = {"SA3D_OFFLINE": "1", "SA3D_CACHE": str(tmp_path / "cache")}
+    elif case == "missing_text_model":
+        extra[1] = write(tmp_path / "p.json", json.dumps({"view": 0, "text": "the red ball"}))
+        extra += ["--pipeline.text-checkpoint", tmp_path / "no-such-model"]
     elif case == "no_instance_masks":
         data = tmp_path / "data"
         shutil.copytree(root / "scene", data)
@@ -521,3 +525,49 @@ def test_objects_added_to_a_run_are_exclusive_and_exported_each(scene, tmp_path)
     counts = json.loads(r.stdout.strip().splitlines()[-1])
     assert counts["boxes"] and counts["owned_shared"] == 0 and counts["owned"] == counts["on"] > 0, counts
     assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
+
+
+def test_text_prompt_segments_the_box_grounding_dino_finds(scene, tmp_path):
+    """text -> Grounding DINO (transformers' architecture, tiny, random weights) -> box -> segmenter,
+    through `ns-train sa3d`: the run uses the detector's best box in the prompt view and segments it."""
+    from test_models import make_tiny_grounding_dino
+
+    from sa3d_ns.segmenters.oracle import OracleSegmenter, read_instance_mask
+    from sa3d_ns.segmenters.text import TextDetector, best_box
+
+    gd = make_tiny_grounding_dino(tmp_path / "grounding-dino")
+    detector = TextDetector(gd)
+    meta = json.loads((scene["root"] / "scene" / "transforms.json").read_text())
+    train = {
+        v["image"]
+        for v in json.loads((finished_run(scene) / "sa3d" / "summary.json").read_text())["objects"][0]["views"]
+    }
+    # the random detector's box lands anywhere: prompt in a training view where its box holds an object
+    for frame in sorted(meta["frames"], key=lambda f: f["file_path"]):
+        if Path(frame["file_path"]).name not in train:
+            continue
+        img = np.asarray(Image.open(scene["root"] / "scene" / frame["file_path"]).convert("RGB"))
+        det = best_box(detector.detect(img, "the red ball", 0.25), "the red ball", 0.0, "", img.shape[1], img.shape[0])
+        inst = read_instance_mask(scene["root"] / "scene" / frame["instance_mask_path"])
+        oracle = OracleSegmenter(lambda view, size, inst=inst: inst)
+        oracle.set_image(img, view_id=0)
+        expected = oracle.predict(box=det.box).masks[0]
+        if expected.sum() > 20:
+            break
+    else:
+        pytest.skip("the random detector's box holds no object in any view")
+    prompt = write(tmp_path / "text.json", json.dumps({"view": Path(frame["file_path"]).name, "text": "the red ball"}))
+    before = set(sa3d_runs(scene, "text"))
+    r = sa3d(scene, "--pipeline.prompt", prompt, "--pipeline.segmenter", "oracle", "--pipeline.segment-image", "train",
+             "--pipeline.text-checkpoint", gd, "--pipeline.text-box-threshold", "0", out="text")  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (run_dir,) = set(sa3d_runs(scene, "text")) - before
+    summary = json.loads((run_dir / "sa3d" / "summary.json").read_text())
+    (obj,) = summary["objects"]
+    first = obj["views"][0]
+    assert obj["prompt"]["text"] == "the red ball" and first["status"] == "prompt"
+    assert first["image"] == Path(frame["file_path"]).name
+    assert np.allclose(first["text"]["box"], det.box, atol=0.01) and abs(first["text"]["score"] - det.score) < 1e-3
+    (mask_png,) = (run_dir / "sa3d" / "masks").glob("0000_*.png")
+    assert np.array_equal(np.asarray(Image.open(mask_png)) > 127, expected)
+    assert summary["complete"] and obj["counts"]["accepted"] >= 5

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from sa3d_ns import weights
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.metrics import iou
 from sa3d_ns.segmenters.base import Segmentation
@@ -160,8 +161,8 @@ def test_sam_weights_errors(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(sam.urllib.request, "urlopen", offline)
-    with pytest.raises(SA3DError, match="Could not download SAM weights .*You may be offline.*weightfree"):
+    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
+    with pytest.raises(SA3DError, match="Could not download .*sam_vit_b_01ec64.pth .*You may be offline.*weightfree"):
         sam.resolve_sam_checkpoint("vit_b", None)
     assert not any((tmp_path / "cache").glob("*"))
     # a corrupt cached file is detected by its checksum

@@ -10,6 +10,8 @@ File format (JSON)::
   resolution. Optional when a box is given.
 * ``labels``: N values, 1 = positive (on the object), 0 = negative. Default: all positive.
 * ``box``: optional [x0, y0, x1, y1] in the same pixel coordinates, x0 < x1, y0 < y1.
+* ``text``: optional phrase ("a yellow duck") instead of a box: Grounding DINO finds its best box in
+  the view (above the box threshold) and the segmenter segments that box (with any points given).
 * ``mask_choice``: which of the segmenter's candidate masks to use (0, 1 or 2 for SAM's three
   candidates); null picks the highest-scoring one.
 * ``name``: optional object name (letters, digits, ``_``, ``-``), used in render output names and
@@ -32,7 +34,7 @@ import numpy as np
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.objects import check_name, check_unique
 
-ALLOWED_KEYS = ("view", "points", "labels", "box", "mask_choice", "name")
+ALLOWED_KEYS = ("view", "points", "labels", "box", "text", "mask_choice", "name")
 EXAMPLE = '{"view": 0, "points": [[120, 80]], "labels": [1]}'
 
 
@@ -45,6 +47,7 @@ class Prompt:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
     box: np.ndarray | None = None
     mask_choice: int | None = None
+    text: str | None = None
     name: str = "object"
     named: bool = False  # the name was given in the file (not a default)
 
@@ -60,6 +63,7 @@ class Prompt:
             labels=self.labels.copy(),
             box=box,
             mask_choice=self.mask_choice,
+            text=self.text,
             name=self.name,
             named=self.named,
         )
@@ -70,6 +74,7 @@ class Prompt:
             "points": self.points.tolist(),
             "labels": self.labels.tolist(),
             "box": None if self.box is None else self.box.tolist(),
+            "text": self.text,
             "mask_choice": self.mask_choice,
             "name": self.name,
         }
@@ -89,8 +94,7 @@ def parse_prompt(data, source: str = "prompt") -> Prompt:
         raise _fail(source, f"expected a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - set(ALLOWED_KEYS))
     if unknown:
-        hint = " (text prompts are not supported by this version; give points or a box)" if "text" in unknown else ""
-        raise _fail(source, f"unknown key(s) {unknown}; allowed keys are {list(ALLOWED_KEYS)}{hint}")
+        raise _fail(source, f"unknown key(s) {unknown}; allowed keys are {list(ALLOWED_KEYS)}")
     if "view" not in data:
         raise _fail(source, 'missing "view" (a training image index or file name)')
     view = data["view"]
@@ -128,14 +132,24 @@ def parse_prompt(data, source: str = "prompt") -> Prompt:
             raise _fail(source, f'"box" must have x0 < x1 and y0 < y1, got {b!r}')
         box = np.asarray(b, dtype=np.float32)
 
-    if box is None and not bool((labels == 1).any()):
-        raise _fail(source, "give at least one positive point (label 1) or a box")
+    text = data.get("text")
+    if text is not None:
+        if not isinstance(text, str) or not text.strip() or len(text) > 256:
+            raise _fail(source, f'"text" must be a non-empty phrase of at most 256 characters, got {text!r}')
+        if box is not None:
+            raise _fail(source, 'give a "box" or a "text" (which finds a box), not both')
+        text = text.strip()
+
+    if box is None and text is None and not bool((labels == 1).any()):
+        raise _fail(source, "give at least one positive point (label 1), a box or a text")
 
     choice = data.get("mask_choice")
     if choice is not None and (isinstance(choice, bool) or not isinstance(choice, int) or choice < 0):
         raise _fail(source, f'"mask_choice" must be null or a candidate index >= 0, got {choice!r}')
     name = check_name(data["name"], source) if "name" in data else "object"
-    return Prompt(view=view, points=points, labels=labels, box=box, mask_choice=choice, name=name, named="name" in data)
+    return Prompt(
+        view=view, points=points, labels=labels, box=box, mask_choice=choice, text=text, name=name, named="name" in data
+    )
 
 
 def parse_prompts(data, source: str = "prompt") -> list[Prompt]:

@@ -53,12 +53,28 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """config.yml of a finished sa3d run of the same nerfacto: its objects are kept as they are (not segmented again) and the prompt's objects are added, in a new run."""
     add_to_checkpoint: Path | None = None
     """Filled from --pipeline.add-to: the checkpoint the kept objects' mask fields are loaded from."""
-    segmenter: Literal["sam", "weightfree", "oracle"] = "sam"
-    """2D segmenter: sam (segment-anything), weightfree (GrabCut + depth, no learned weights) or oracle (the dataset's instance masks)."""
+    segmenter: Literal["sam", "sam2", "sam-hq", "weightfree", "oracle"] = "sam"
+    """2D segmenter: sam (segment-anything), sam2 (SAM 2.1, extra [sam2]), sam-hq (HQ-SAM, its vit_tiny is light; extra [hq]), weightfree (GrabCut + depth, no learned weights) or oracle (the dataset's instance masks)."""
     sam_variant: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
     """SAM image encoder size."""
     sam_checkpoint: Path | None = None
     """SAM weights; without it the official checkpoint is downloaded once to ~/.cache/sa3d_ns (or $SA3D_CACHE)."""
+    sam2_variant: Literal["hiera_t", "hiera_s", "hiera_b+", "hiera_l"] = "hiera_l"
+    """SAM 2.1 image encoder size."""
+    sam2_checkpoint: Path | None = None
+    """SAM 2.1 weights (.pt); without it facebook/sam2.1-hiera-* is fetched once into the cache."""
+    sam_hq_variant: Literal["vit_tiny", "vit_b", "vit_l", "vit_h"] = "vit_tiny"
+    """HQ-SAM image encoder size (vit_tiny: the light TinyViT encoder)."""
+    sam_hq_checkpoint: Path | None = None
+    """HQ-SAM weights (.pth); without it lkeab/hq-sam's file is fetched once into the cache."""
+    text_model: Literal["grounding-dino-tiny", "grounding-dino-base"] = "grounding-dino-tiny"
+    """Grounding DINO model for text prompts ("text" in the prompt file; extra [text])."""
+    text_checkpoint: Path | None = None
+    """Folder of a Grounding DINO model in Hugging Face format; without it IDEA-Research/<text-model> is fetched once into the cache."""
+    text_box_threshold: float = 0.35
+    """A text prompt's best box must score at least this (Grounding DINO's default)."""
+    text_threshold: float = 0.25
+    """Words of the text whose token score passes this label the box (Grounding DINO's default)."""
     num_prompts: int = 3
     """Self-prompt points per view (authors: 3 in the main version, 10 in the nerfstudio one; 20 helps thin objects)."""
     prompt_distance_weight: float = 1.0
@@ -106,6 +122,7 @@ class SA3DPipeline(VanillaPipeline):
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.output_dir: Path | None = None
         self._segmenter = None
+        self._detector = None
         self.records: list[dict] = []
         # one lifter per object; the default path scatters votes straight into the table, the
         # faithful path (no cache) uses autograd
@@ -206,6 +223,22 @@ class SA3DPipeline(VanillaPipeline):
                 self.config, self.image_names, self.datamanager.dataparser.config.data, self.device
             )
         return self._segmenter
+
+    def find_text(self, text: str, image: np.ndarray, where: str):
+        """Grounding DINO's best box for ``text`` in ``image`` (built on first use, released when
+        no object left to start has a text prompt)."""
+        from sa3d_ns.segmenters.text import TextDetector, best_box, resolve_text_checkpoint
+
+        cfg = self.config
+        if self._detector is None:
+            self._detector = TextDetector(resolve_text_checkpoint(cfg.text_model, cfg.text_checkpoint), self.device)
+        found = self._detector.detect(image, text, cfg.text_threshold)
+        det = best_box(found, text, cfg.text_box_threshold, where, image.shape[1], image.shape[0])
+        step = len(self.records)
+        later = {k for k, local in self.plan[step + 1 :] if local == 0}
+        if not any(self.prompts[k] is not None and self.prompts[k].text for k in later):
+            self._detector = None
+        return det
 
     def num_steps(self) -> int:
         return len(self.plan)
@@ -367,6 +400,10 @@ class SA3DPipeline(VanillaPipeline):
         if first:
             cams = self.datamanager.train_dataset.cameras
             p = self.prompts[k].scaled(w / int(cams.width[view]), h / int(cams.height[view]))
+            if p.text is not None:
+                det = self.find_text(p.text, image, f"view {view} ({rec['image']})")
+                p.box = det.box
+                rec["text"] = {"text": p.text, **det.to_json()}
             result = seg.predict(p.points, p.labels, p.box, prior=None, multimask=True)
             rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
             mask, choice = result.best(p.mask_choice)
@@ -532,6 +569,9 @@ def save_view_images(out_dir: Path, rec: dict, image: np.ndarray, mask: np.ndarr
     vis = vis.clip(0, 255).astype(np.uint8)
     scale = max(1, int(np.ceil(256 / max(vis.shape[:2]))))
     vis = cv2.resize(vis, (vis.shape[1] * scale, vis.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    if "text" in rec:  # the box Grounding DINO found for the text prompt
+        x0, y0, x1, y1 = (int(round(v * scale)) for v in rec["text"]["box"])
+        cv2.rectangle(vis, (x0, y0), (x1, y1), (255, 220, 0), max(1, scale // 2))
     for (x, y), lab in zip(points, labels, strict=False):
         c = (int((x + 0.5) * scale), int((y + 0.5) * scale))
         cv2.circle(vis, c, max(3, scale * 2), (0, 255, 0) if lab == 1 else (255, 0, 0), -1)

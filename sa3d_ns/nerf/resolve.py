@@ -62,10 +62,17 @@ def resolve_config(config) -> None:
         from sa3d_ns.data import instance_mask_paths
 
         instance_mask_paths(dm.data, names)
-    elif pipe.segmenter == "sam":
-        from sa3d_ns.segmenters.sam import resolve_sam_checkpoint
+    else:
+        from sa3d_ns.segmenters.factory import resolve_segmenter_weights
 
-        resolve_sam_checkpoint(pipe.sam_variant, pipe.sam_checkpoint)
+        resolve_segmenter_weights(pipe)
+    if any(p.text for p in prompts):
+        from sa3d_ns.segmenters.text import resolve_text_checkpoint
+
+        for name in ("text_box_threshold", "text_threshold"):
+            if not 0 <= getattr(pipe, name) <= 1:
+                raise SA3DError(f"--pipeline.{name.replace('_', '-')} must be in [0, 1], got {getattr(pipe, name)}.")
+        resolve_text_checkpoint(pipe.text_model, pipe.text_checkpoint)
 
 
 def checkpoint_implementation(checkpoint: Path) -> str:
