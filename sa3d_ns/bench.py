@@ -1,6 +1,6 @@
 """The sa3d benchmark: the authors' way of running SA3D (the reference path) against ours.
 
-    python scripts/benchmark.py [--workdir DIR] [--num-views 24] [--size 64] [--segmenters oracle weightfree sam]
+    python scripts/benchmark.py [--workdir DIR] [--num-views 24] [--size 64] [--segmenters oracle weightfree sam sam2 sam-hq]
 
 On a generated scene (made and trained once, then reused from ``--workdir``) it segments two objects
 in the same scene with each segmenter along two paths, each in its own process (so that peak
@@ -134,7 +134,12 @@ def build_pipeline(spec: dict):
     pipe.prompt = Path(spec["prompts"][0])
     pipe.segmenter = spec["segmenter"]
     pipe.sam_variant = spec.get("sam_variant", "vit_b")
-    pipe.sam_checkpoint = Path(spec["sam_checkpoint"]) if spec.get("sam_checkpoint") else None
+    ckpt = Path(spec["checkpoint"]) if spec.get("checkpoint") else None
+    pipe.sam_checkpoint = ckpt if spec["segmenter"] == "sam" else None
+    pipe.sam2_variant = spec.get("sam2_variant", "hiera_t")
+    pipe.sam2_checkpoint = ckpt if spec["segmenter"] == "sam2" else None
+    pipe.sam_hq_variant = spec.get("sam_hq_variant", "vit_tiny")
+    pipe.sam_hq_checkpoint = ckpt if spec["segmenter"] == "sam-hq" else None
     pipe.save_view_images = False
     pipe.cache_dir = Path(spec["cache_dir"])
     for key, value in {**PATHS[spec["path"]], **spec.get("overrides", {})}.items():
@@ -225,15 +230,28 @@ def spawn_path(spec: dict, workdir: Path) -> dict:
     return json.loads(out_file.read_text())
 
 
-def random_sam_checkpoint(workdir: Path, variant: str) -> Path:
-    """SAM's real architecture with random weights (for timing only), saved once."""
+def random_checkpoint(workdir: Path, segmenter: str, variant: str) -> Path:
+    """A SAM-family model's real architecture with random weights (for timing only), saved once in
+    the format its checkpoints have."""
     import torch
-    from segment_anything import sam_model_registry
 
-    path = workdir / f"sam_{variant}_random.pth"
-    if not path.is_file():
-        torch.manual_seed(0)
-        torch.save(sam_model_registry[variant]().state_dict(), path)
+    path = workdir / f"{segmenter}_{variant}_random.pth"
+    if path.is_file():
+        return path
+    torch.manual_seed(0)
+    if segmenter == "sam":
+        from segment_anything import sam_model_registry
+
+        state = sam_model_registry[variant]().state_dict()
+    elif segmenter == "sam-hq":
+        from segment_anything_hq import sam_model_registry
+
+        state = sam_model_registry[variant](checkpoint=None).state_dict()
+    else:
+        from sa3d_ns.segmenters.sam_variants import build_sam2_model
+
+        state = {"model": build_sam2_model(variant, None).state_dict()}
+    torch.save(state, path)
     return path
 
 
@@ -280,9 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nerfacto-steps", type=int, default=None, help="default: 300 on CPU, 3000 on CUDA")
     parser.add_argument("--nerfacto-config", type=Path, default=None, help="use this nerfacto run of a generated scene")
     parser.add_argument(
-        "--segmenters", nargs="+", default=["oracle", "weightfree"], choices=["oracle", "weightfree", "sam"]
+        "--segmenters",
+        nargs="+",
+        default=["oracle", "weightfree"],
+        choices=["oracle", "weightfree", "sam", "sam2", "sam-hq"],
+        help="the SAM family runs its real architecture with random weights (true timing)",
     )
-    parser.add_argument("--sam-variant", default="vit_b", choices=["vit_b", "vit_l", "vit_h"], help="random weights")
+    parser.add_argument("--sam-variant", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
+    parser.add_argument("--sam2-variant", default="hiera_t", choices=["hiera_t", "hiera_s", "hiera_b+", "hiera_l"])
+    parser.add_argument("--sam-hq-variant", default="vit_tiny", choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
     parser.add_argument("--objects", nargs="+", default=["red_ball", "blue_crate"], help="first and second object")
     parser.add_argument("--paths", nargs="+", default=["reference", "default"], choices=list(PATHS))
     parser.add_argument(
@@ -347,12 +371,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides.setdefault(path, {})[key] = value
     results = []
     for seg in args.segmenters:
-        sam_ckpt = str(random_sam_checkpoint(workdir, args.sam_variant)) if seg == "sam" else None
+        variant = {"sam": args.sam_variant, "sam2": args.sam2_variant, "sam-hq": args.sam_hq_variant}.get(seg)
+        ckpt = str(random_checkpoint(workdir, seg, variant)) if variant else None
         for path in args.paths:
             log(f"{seg}, {path} path: {len(args.objects)} object(s) ...")
             spec = {
                 "path": path, "segmenter": seg, "device": device, "nerfacto_config": str(nerfacto_config),
-                "prompts": prompts, "object_ids": ids, "sam_variant": args.sam_variant, "sam_checkpoint": sam_ckpt,
+                "prompts": prompts, "object_ids": ids, "sam_variant": args.sam_variant, "checkpoint": ckpt,
+                "sam2_variant": args.sam2_variant, "sam_hq_variant": args.sam_hq_variant,
                 "max_views": args.max_views, "overrides": overrides.get(path, {}),
             }  # fmt: skip
             results.append({"segmenter": seg, "path": path, **spawn_path(spec, workdir)})

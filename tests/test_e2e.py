@@ -127,7 +127,7 @@ def write(path: Path, text: str) -> Path:
         ("empty_mask", "empty mask"),
         ("missing_sam_weights", "--pipeline.segmenter weightfree"),
         ("no_instance_masks", "instance_mask_path"),
-        ("missing_text_model", "Grounding DINO checkpoint not found"),
+        ("missing_text_model", "Grounding DINO tiny (text prompts) checkpoint not found"),
     ],
 )
 def test_bad_input(scene, tmp_path, case, match):

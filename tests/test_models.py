@@ -49,7 +49,7 @@ def make_tiny_grounding_dino(folder):
     torch.manual_seed(0)
     GroundingDinoForObjectDetection(config).eval().save_pretrained(folder)
     GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}),
+        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192}),
         tokenizer=BertTokenizerFast(vocab_file=str(folder / "vocab.txt")),
     ).save_pretrained(folder)
     return folder
