@@ -571,3 +571,109 @@ def test_text_prompt_segments_the_box_grounding_dino_finds(scene, tmp_path):
     (mask_png,) = (run_dir / "sa3d" / "masks").glob("0000_*.png")
     assert np.array_equal(np.asarray(Image.open(mask_png)) > 127, expected)
     assert summary["complete"] and obj["counts"]["accepted"] >= 5
+
+
+def test_viewer_panel_prompts_in_a_camera_segments_and_saves(scene, tmp_path):
+    """The viewer panel's logic on a finished run loaded as ns-viewer loads it: the run's object is
+    deleted and the ball prompted again in a camera that is not a training view (a held-out view's),
+    with a click and a box; Segment (background thread, progress, clicks refused meanwhile) finds
+    the ball in 3D; Stop, rename, and Save so that reopening the run shows the objects."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from sa3d_ns.evaluate import evaluate_views, instance_ground_truth
+    from sa3d_ns.nerf.viewer_panel import PanelLogic
+
+    src = finished_run(scene, "weightfree")
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    before = tree_digest(src)
+    _, pipeline, _, _ = eval_setup(run_dir / "config.yml", test_mode="test")
+    assert pipeline.model.object_names == ["object"] and pipeline.order == []
+    messages = []
+    logic = PanelLogic(pipeline, notify=messages.append)
+    logic.delete("object")
+    assert pipeline.model.object_names == [] and len(pipeline.model.mask_fields) == 0
+
+    ds = pipeline.datamanager.eval_dataset
+    camera = ds.cameras[0:1]
+    w, h = int(camera.width[0, 0]), int(camera.height[0, 0])
+    inst = np.asarray(Image.open(scene["root"] / "scene" / "instances" / Path(ds.image_filenames[0]).name))
+    ys, xs = np.nonzero(inst == 1)  # the red ball
+    assert inst.shape == (h, w) and len(xs) > 10
+    click = ((np.median(xs) + 0.5) / w, (np.median(ys) + 0.5) / h)
+    logic.add_point(camera, click, 1)
+    logic.set_box(camera, ((xs.min() - 2) / w, (ys.min() - 2) / h), ((xs.max() + 3) / w, (ys.max() + 3) / h))
+    p = logic.current
+    assert p.data["rgb"].shape == (h, w, 3) and p.masks is not None and p.masks.shape[1:] == (h, w)
+    assert len(p.points) == 1 and p.box is not None
+    chosen = p.masks[p.choice]
+    assert (chosen & (inst == 1)).sum() > 0.5 * chosen.sum()  # the chosen candidate is on the ball
+
+    assert logic.segment("ball", wait=True)
+    assert pipeline.model.object_names == ["ball"] and logic.progress["done"] == logic.progress["total"] == 22
+    assert logic.progress["accepted"] >= 10, logic.progress
+    data = Path(pipeline.datamanager.dataparser.config.data)
+    rows = evaluate_views(pipeline, instance_ground_truth(pipeline.datamanager, data, "train", 1), k=0)
+    miou = float(np.mean([r["iou"] for r in rows]))
+    print(f"viewer-prompted ball: mIoU over the training views {miou:.4f}")
+    assert miou > 0.75  # measured 0.91, as with the prompt file in a training view
+
+    # clicks during a run are refused with a message; Stop ends the run early
+    logic.add_point(camera, click, 1)
+    assert logic.segment("ball2")
+    logic.add_point(camera, click, 1)
+    assert any("Segmentation is running" in m for m in messages)
+    logic.stop()
+    logic.thread.join()
+    assert logic.progress["done"] < logic.progress["total"] and any("stopped after" in m for m in messages)
+
+    # objects: rename (a taken name is refused), save; the saved run reopens with them
+    logic.rename("ball2", "spare")
+    logic.rename("spare", "ball")
+    assert any("exists already" in m for m in messages)
+    assert pipeline.model.object_names == ["ball", "spare"]
+    ckpt = logic.save(run_dir)
+    assert len(list((run_dir / "nerfstudio_models").glob("*.ckpt"))) == 2 and ckpt.name > "step-000000021.ckpt"
+    _, reopened, _, _ = eval_setup(run_dir / "config.yml", test_mode="test")
+    assert reopened.model.object_names == ["ball", "spare"]
+    saved, now = reopened.model.state_dict(), pipeline.model.state_dict()
+    assert all(torch.equal(saved[k], now[k]) for k in now if k.startswith(("mask_fields.", "object_bounds")))
+    assert tree_digest(src) == before  # the original run is untouched
+
+
+def test_ns_train_without_a_prompt_waits_in_the_viewer(scene, tmp_path):
+    """With no prompt file, `ns-train sa3d` opens the viewer (its SA3D panel installed in the
+    Control tab) and waits there for a prompt instead of failing."""
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from helpers import BIN
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [BIN / "ns-train", "sa3d", "--pipeline.nerfacto-config", scene["nerfacto"], "--machine.device-type", "cpu",
+           "--pipeline.segmenter", "weightfree", "--viewer.websocket-port", port, "--output-dir", tmp_path / "out"]  # fmt: skip
+    log = tmp_path / "log.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=scene["root"], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            page, deadline = "", time.time() + 240
+            while time.time() < deadline and proc.poll() is None:
+                try:
+                    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                    if list((tmp_path / "out").rglob("*.ckpt")):
+                        break
+                except OSError:
+                    pass
+                time.sleep(2)
+            time.sleep(3)
+            alive = proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    text = log.read_text()
+    assert alive and "<html" in page.lower(), text[-3000:]
+    assert "prompt objects in the viewer" in " ".join(text.split()) and "Traceback" not in text, text[-3000:]

@@ -15,11 +15,16 @@ from torch import nn
 from torch.nn import Parameter
 
 from sa3d_ns.core.errors import SA3DError
-from sa3d_ns.core.objects import crop, exclusive, palette
+from sa3d_ns.core.objects import check_name, crop, exclusive, palette
 from sa3d_ns.nerf.mask_field import MaskField
 from sa3d_ns.nerf.offline import lpips_disabled
 
 MASK_PREFIX = "mask_fields."
+
+
+def unbounded(n: int) -> torch.Tensor:
+    """n object boxes that bound nothing: (min, max) = (-inf, +inf)."""
+    return torch.tensor([[-torch.inf] * 3, [torch.inf] * 3]).repeat(n, 1, 1)
 
 
 @dataclass
@@ -64,23 +69,54 @@ class SA3DModel(NerfactoModel):
         impl = self.config.mask_implementation
         if impl == "auto":
             impl = "tcnn" if self.config.implementation == "tcnn" and torch.cuda.is_available() else "torch"
-        self.mask_fields = nn.ModuleList(
-            MaskField(
-                self.scene_box.aabb,
-                self.field.spatial_distortion,
-                num_levels=self.config.mask_num_levels,
-                min_res=self.config.mask_min_res,
-                max_res=self.config.mask_max_res,
-                log2_hashmap_size=self.config.mask_log2_hashmap_size,
-                implementation=impl,
-            )
-            for _ in self.config.objects
-        )
+        self._mask_impl = impl
+        self.mask_fields = nn.ModuleList(self.new_mask_field() for _ in self.config.objects)
         # per object (min, max) of the box its 3D mask lives in; unbounded until its segmentation ends
-        bounds = torch.tensor([[-torch.inf] * 3, [torch.inf] * 3]).repeat(len(self.config.objects), 1, 1)
-        self.register_buffer("object_bounds", bounds)
+        self.register_buffer("object_bounds", unbounded(len(self.config.objects)))
         for name, p in self.named_parameters():
             p.requires_grad_(name.startswith(MASK_PREFIX))
+
+    def new_mask_field(self) -> MaskField:
+        """An empty (zero) mask field with the run's settings."""
+        return MaskField(
+            self.scene_box.aabb,
+            self.field.spatial_distortion,
+            num_levels=self.config.mask_num_levels,
+            min_res=self.config.mask_min_res,
+            max_res=self.config.mask_max_res,
+            log2_hashmap_size=self.config.mask_log2_hashmap_size,
+            implementation=self._mask_impl,
+        )
+
+    # ----------------------------------------------------------------- objects added, removed, renamed later (viewer)
+    @torch.no_grad()
+    def add_object(self, name: str) -> int:
+        """A new, empty object at the end; returns its index. The new field and box are built
+        before they replace the old ones, so a render running meanwhile sees one or the other."""
+        check_name(name, "the object name")
+        if name in self.config.objects:
+            raise SA3DError(f"An object named {name!r} exists already; its objects are {self.object_names}.")
+        device = self.object_bounds.device
+        field = self.new_mask_field().to(device)
+        fields = nn.ModuleList([*self.mask_fields, field])
+        bounds = torch.cat([self.object_bounds, unbounded(1).to(device)])
+        self.mask_fields, self.object_bounds = fields, bounds
+        self.config.objects = [*self.config.objects, name]
+        return len(self.config.objects) - 1
+
+    @torch.no_grad()
+    def remove_object(self, k: int) -> None:
+        keep = [i for i in range(len(self.config.objects)) if i != k]
+        fields = nn.ModuleList([self.mask_fields[i] for i in keep])
+        bounds = self.object_bounds[keep].clone()
+        self.config.objects = [self.config.objects[i] for i in keep]
+        self.mask_fields, self.object_bounds = fields, bounds
+
+    def rename_object(self, k: int, name: str) -> None:
+        check_name(name, "the object name")
+        if name in self.config.objects and self.config.objects.index(name) != k:
+            raise SA3DError(f"An object named {name!r} exists already; its objects are {self.object_names}.")
+        self.config.objects = [name if i == k else n for i, n in enumerate(self.config.objects)]
 
     @property
     def mask_field(self) -> MaskField:
@@ -109,9 +145,13 @@ class SA3DModel(NerfactoModel):
     def object_values(self, positions: torch.Tensor) -> torch.Tensor:
         """positions N x 3 -> mask values N x K, one column per object, exclusive: at most one
         object is on (> mask-threshold) at any point."""
-        values = torch.stack([f(positions) for f in self.mask_fields], dim=-1)
+        fields, bounds = list(self.mask_fields), self.object_bounds
+        k = min(len(fields), len(bounds))  # (a render racing an object being added or removed)
+        if k == 0:
+            return positions.new_zeros((len(positions), 0))
+        values = torch.stack([f(positions) for f in fields[:k]], dim=-1)
         if self.config.crop_to_bounds:
-            values = crop(values, positions, self.object_bounds, self.config.mask_threshold)
+            values = crop(values, positions, bounds[:k], self.config.mask_threshold)
         return exclusive(values, self.config.mask_threshold)
 
     # ----------------------------------------------------------------- frozen nerfacto weights
@@ -141,7 +181,8 @@ class SA3DModel(NerfactoModel):
 
     # ----------------------------------------------------------------- nerfstudio hooks
     def get_param_groups(self) -> dict[str, list[Parameter]]:
-        return {"mask_field": [f.table for f in self.mask_fields]}
+        # (no objects yet, prompts to come from the viewer: no parameter group, no optimizer)
+        return {"mask_field": [f.table for f in self.mask_fields]} if len(self.mask_fields) else {}
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
@@ -204,15 +245,18 @@ class SA3DModel(NerfactoModel):
 
             # all objects together (the only ones with a single object)
             out["mask"] = on.any(-1, keepdim=True).float()
-            out["mask_score"] = scores.max(-1, keepdim=True).values
-            colors = torch.tensor(self.object_colors, device=scores.device, dtype=s["rgb"].dtype)
-            best = torch.where(on, scores, torch.full_like(scores, -torch.inf)).argmax(-1)
+            k_all = scores.shape[-1]
+            out["mask_score"] = scores.max(-1, keepdim=True).values if k_all else torch.zeros_like(out["mask"])
+            colors = torch.tensor(
+                self.object_colors[:k_all] or [(0.0, 0.0, 0.0)], device=scores.device, dtype=s["rgb"].dtype
+            )
+            best = torch.where(on, scores, torch.full_like(scores, -torch.inf)).argmax(-1) if k_all else 0
             alpha = cfg.overlay_alpha * out["mask"]
             out["rgb_overlay"] = s["rgb"] * (1 - alpha) + colors[best] * alpha
             inside = values > cfg.mask_threshold  # R x S x K
             alone_and_removed(inside.any(-1, keepdim=True), "")
-            if len(cfg.objects) > 1:  # and each object on its own
-                for k, name in enumerate(cfg.objects):
+            if k_all > 1:  # and each object on its own
+                for k, name in enumerate(cfg.objects[:k_all]):
                     out[f"mask_{name}"] = on[:, k : k + 1].float()
                     out[f"mask_score_{name}"] = scores[:, k : k + 1]
                     alone_and_removed(inside[..., k : k + 1], f"_{name}")

@@ -126,17 +126,7 @@ class SA3DPipeline(VanillaPipeline):
         self.records: list[dict] = []
         # one lifter per object; the default path scatters votes straight into the table, the
         # faithful path (no cache) uses autograd
-        self.lifters = [
-            MaskLifter(
-                f,
-                f.table,
-                mode=config.lifting,
-                lr=config.sgd_lr,
-                corners=f.corners if f.explicit and config.cache else None,
-                vote_prior=config.vote_prior,
-            )
-            for f in self.model.mask_fields
-        ]
+        self.lifters = [self._make_lifter(f) for f in self.model.mask_fields]
         self.view_cache: ViewCache | None = None
         self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0}
         n = len(self.model.mask_fields)
@@ -145,6 +135,13 @@ class SA3DPipeline(VanillaPipeline):
         self.active: list[int] = []  # the objects segmented by this run, in turn
         self.kept: list[dict] = []  # the summaries of objects kept from --pipeline.add-to
         self.surface_points: list[list[torch.Tensor]] = [[] for _ in range(n)]  # what each object's masks saw
+        self.last_view: dict | None = None
+        self.camera_started: set[int] = set()  # objects whose prompt was in a viewer camera, not a training view
+        # the SA3D panel of the nerfstudio viewer (picked up by the viewer when there is one)
+        from sa3d_ns.nerf.viewer_panel import SA3DPanel, SA3DViewerControl
+
+        self.sa3d_panel = SA3DPanel(self)
+        self.sa3d_viewer_control = SA3DViewerControl(self.sa3d_panel)
         if test_mode == "val":
             self._setup_segmentation()
 
@@ -161,9 +158,9 @@ class SA3DPipeline(VanillaPipeline):
             )
         state = load_checkpoint(cfg.nerfacto_checkpoint)["pipeline"]
         self.model.load_nerfacto_state(state, cfg.nerfacto_checkpoint)
-        if cfg.prompt is None:
-            raise SA3DError("No prompt given: pass --pipeline.prompt prompt.json (see configs/prompt_example.json).")
-        prompts = load_prompts(cfg.prompt)
+        if cfg.prompt is None:  # prompts come from the viewer's SA3D panel
+            CONSOLE.log("sa3d: no prompt file; prompt objects in the viewer (Control tab, SA3D panel).")
+        prompts = load_prompts(cfg.prompt) if cfg.prompt is not None else []
         first = len(self.model.mask_fields) - len(prompts)
         if cfg.add_to is not None:
             self.kept = load_kept_objects(self.model, cfg.add_to, cfg.add_to_checkpoint, first)
@@ -195,8 +192,8 @@ class SA3DPipeline(VanillaPipeline):
 
     @property
     def order(self) -> list[int]:
-        """The visit order of the first object being segmented."""
-        return self.orders[self.active[0]]
+        """The visit order of the first object being segmented (empty when none is)."""
+        return self.orders[self.active[0]] if self.active else []
 
     @order.setter
     def order(self, views: list[int]) -> None:
@@ -243,6 +240,84 @@ class SA3DPipeline(VanillaPipeline):
     def num_steps(self) -> int:
         return len(self.plan)
 
+    def _make_lifter(self, f) -> MaskLifter:
+        cfg = self.config
+        corners = f.corners if f.explicit and cfg.cache else None
+        return MaskLifter(f, f.table, mode=cfg.lifting, lr=cfg.sgd_lr, corners=corners, vote_prior=cfg.vote_prior)
+
+    # ------------------------------------------------------------------ objects prompted in any camera (the viewer)
+    def add_object(self, name: str) -> int:
+        """A new, empty object (mask field and lifter) at the end; returns its index."""
+        k = self.model.add_object(name)
+        self.lifters.append(self._make_lifter(self.model.mask_fields[k]))
+        self.prompts.append(None)
+        self.orders.append([])
+        self.surface_points.append([])
+        return k
+
+    def remove_object(self, k: int) -> None:
+        if k in self.active and len(self.records) < len(self.plan):
+            raise SA3DError(f"Object {self.model.object_names[k]!r} is being segmented; stop it first.")
+        name = self.model.object_names[k]
+        self.model.remove_object(k)
+        for items in (self.lifters, self.prompts, self.orders, self.surface_points):
+            del items[k]
+        self.camera_started = {i - (i > k) for i in self.camera_started if i != k}
+        self.active = [i - (i > k) for i in self.active if i != k]
+        self.records = [r for r in self.records if r["object"] != name]
+
+    def camera_data(self, camera) -> dict:
+        """What segmentation needs from any camera (a nerfstudio ``Cameras`` of one camera): its
+        render (rgb uint8, depth) and the NeRF samples the mask is lifted with (not cached)."""
+        r = self.render_camera(camera.to(self.device), rgb=True)
+        return self._view_data_from_render(r)
+
+    def segment_camera(self, data: dict, prompt: Prompt):
+        """The segmenter's candidates for ``prompt`` (pixels of the camera's render)."""
+        seg = self.get_segmenter()
+        if seg.name == "oracle":
+            raise SA3DError(
+                "The oracle segmenter only knows the training views' instance masks; prompts in the viewer need "
+                "sam, sam2, sam-hq or weightfree (set --pipeline.segmenter when the run is made)."
+            )
+        h, w = (int(x) for x in data["size"])
+        check_inside(prompt, w, h)
+        seg.set_image(data["rgb"].cpu().numpy(), data["depth"].view(h, w).cpu().float().numpy(), view_id=None)
+        return seg.predict(prompt.points, prompt.labels, prompt.box, prior=None, multimask=True)
+
+    def start_object_from_camera(self, k: int, camera, data: dict, mask: np.ndarray, prompt: Prompt) -> None:
+        """Start object ``k`` from its 2D ``mask`` in any camera: lift the mask there, then plan
+        every training view (self-prompted), nearest to that camera first."""
+        cams = self.datamanager.train_dataset.cameras
+        c2w = cams.camera_to_worlds.cpu().numpy()
+        cam_c2w = camera.camera_to_worlds.reshape(-1, 3, 4)[0].cpu().numpy()
+        centres = np.concatenate([c2w[:, :3, 3], cam_c2w[None, :3, 3]])
+        directions = -np.concatenate([c2w[:, :3, 2], cam_c2w[None, :3, 2]])
+        n = len(c2w)
+        order = view_order(centres, n, "nearest", directions=directions)[1:]
+        lifter = self.lifters[k]
+        lifter.reset()
+        self.model.object_bounds[k, 0], self.model.object_bounds[k, 1] = -torch.inf, torch.inf
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
+        positions, weights = data["positions"].to(self.device), data["weights"].to(self.device)
+        lifter.add_view(positions, weights, mask_t.to(self.device), self.config.neg_weight_first)
+        self.surface_points[k] = [surface_samples(positions, weights, mask_t.to(self.device)).cpu()]
+        self.prompts[k] = prompt
+        self.orders[k] = order * max(self.config.num_passes, 1)
+        self.camera_started.add(k)
+        self.active, self.records = [k], []
+
+    def run_steps(self, stop=None, on_step=None) -> list[dict]:
+        """Process the remaining views of the plan (the viewer's Segment button); ``stop()`` is
+        asked between views, ``on_step(record)`` is told after each."""
+        for step in range(len(self.records), len(self.plan)):
+            if stop is not None and stop():
+                break
+            rec = self.sa3d_step(step)
+            if on_step is not None:
+                on_step(rec)
+        return self.records
+
     # ------------------------------------------------------------------ rendering
     @torch.no_grad()
     def render_view(self, view: int, rgb: bool = True) -> dict:
@@ -251,6 +326,11 @@ class SA3DPipeline(VanillaPipeline):
         cam = cams[view : view + 1].to(self.device)
         if self.config.render_downscale != 1.0:
             cam.rescale_output_resolution(1.0 / self.config.render_downscale)
+        return self.render_camera(cam, rgb)
+
+    @torch.no_grad()
+    def render_camera(self, cam, rgb: bool = True) -> dict:
+        """Render one camera (on the device) with the frozen NeRF: samples, weights, depth, rgb."""
         bundle = cam.generate_rays(camera_indices=0, keep_shape=True)
         h, w = bundle.shape[:2]
         sampler = self.model.proposal_sampler
@@ -330,21 +410,8 @@ class SA3DPipeline(VanillaPipeline):
         name = f"view{view:05d}"
         data = self.view_cache.load(name) if self.view_cache is not None else None
         if data is None:
-            r = self.render_view(view, rgb=self._needs_rgb())
-            h, w = r["height"], r["width"]
-            positions, weights = r["positions"], r["weights"]
-            if cfg.cache:
-                positions, weights, kept = prune_samples(positions, weights, cfg.cache_samples)
-                weights = weights.half().float()  # what the disk keeps: a cached view reads back the same
-                self.cache_stats["weight_kept"].append(kept)
-            data = {
-                "positions": positions,
-                "weights": weights,
-                "depth": r["depth"].view(h, w),
-                "size": torch.tensor([h, w]),
-            }
-            if "rgb" in r:
-                data["rgb"] = (r["rgb"].view(h, w, 3).clamp(0, 1) * 255).round().to(torch.uint8)
+            data = self._view_data_from_render(self.render_view(view, rgb=self._needs_rgb()))
+            h, w = (int(x) for x in data["size"])
             if cfg.cache:
                 if self.cache_stats["views_built"] == 0 and self.view_cache is not None:
                     n = len(self.datamanager.train_dataset)
@@ -365,6 +432,24 @@ class SA3DPipeline(VanillaPipeline):
         data["weights"] = data["weights"].to(self.device)
         return data
 
+    def _view_data_from_render(self, r: dict) -> dict:
+        cfg = self.config
+        h, w = r["height"], r["width"]
+        positions, weights = r["positions"], r["weights"]
+        if cfg.cache:
+            positions, weights, kept = prune_samples(positions, weights, cfg.cache_samples)
+            weights = weights.half().float()  # what the disk keeps: a cached view reads back the same
+            self.cache_stats["weight_kept"].append(kept)
+        data = {
+            "positions": positions,
+            "weights": weights,
+            "depth": r["depth"].view(h, w),
+            "size": torch.tensor([h, w]),
+        }
+        if "rgb" in r:
+            data["rgb"] = (r["rgb"].view(h, w, 3).clamp(0, 1) * 255).round().to(torch.uint8)
+        return data
+
     def segment_input(self, view: int, data: dict) -> np.ndarray:
         """The image the 2D segmenter sees for ``view``, at the segmentation resolution."""
         h, w = (int(x) for x in data["size"])
@@ -380,7 +465,8 @@ class SA3DPipeline(VanillaPipeline):
         """Process the ``step``-th view of the visit order; returns numbers for the log."""
         cfg = self.config
         k, local = self.plan[step]
-        view, lifter, first = self.orders[k][local], self.lifters[k], local == 0
+        view, lifter = self.orders[k][local], self.lifters[k]
+        first = local == 0 and k not in self.camera_started  # (a viewer prompt was lifted before)
         t0 = time.perf_counter()
         data = self.view_data(view)
         h, w = (int(x) for x in data["size"])
@@ -455,6 +541,7 @@ class SA3DPipeline(VanillaPipeline):
             total_s=round(t_total, 4),
         )
         self.records.append(rec)
+        self.last_view = {"image": image, "mask": mask, "points": points, "labels": labels}  # (the viewer shows it)
         if self.output_dir is not None and self.config.save_view_images:
             save_view_images(self.output_dir, rec, image, mask, points, labels)
         total = len(self.plan)

@@ -38,9 +38,12 @@ def resolve_config(config) -> None:
         config.experiment_name = src.config.experiment_name
     pipe.model.implementation = checkpoint_implementation(src.checkpoint)
 
-    if pipe.prompt is None:
-        raise SA3DError("No prompt given: pass --pipeline.prompt prompt.json (see configs/prompt_example.json).")
-    prompts = load_prompts(pipe.prompt)
+    if pipe.prompt is None and "viewer" not in str(config.vis):
+        raise SA3DError(
+            "No prompt given: pass --pipeline.prompt prompt.json (see configs/prompt_example.json), "
+            "or prompt in the viewer (--vis viewer, the default: the run then waits there for a prompt)."
+        )
+    prompts = load_prompts(pipe.prompt) if pipe.prompt is not None else []
     outputs = dm.dataparser.setup().get_dataparser_outputs(split="train")
     names = [str(p) for p in outputs.image_filenames]
     for prompt in prompts:
