@@ -584,9 +584,8 @@ def test_viewer_panel_prompts_in_a_camera_segments_and_saves(scene, tmp_path):
     from sa3d_ns.nerf.viewer_panel import PanelLogic
 
     src = finished_run(scene, "weightfree")
-    run_dir = tmp_path / "run"
-    shutil.copytree(src, run_dir)
     before = tree_digest(src)
+    run_dir = relocated_copy(src, tmp_path)  # (a copy: the module's run stays as it is)
     _, pipeline, _, _ = eval_setup(run_dir / "config.yml", test_mode="test")
     assert pipeline.model.object_names == ["object"] and pipeline.order == []
     messages = []
@@ -677,3 +676,114 @@ def test_ns_train_without_a_prompt_waits_in_the_viewer(scene, tmp_path):
     text = log.read_text()
     assert alive and "<html" in page.lower(), text[-3000:]
     assert "prompt objects in the viewer" in " ".join(text.split()) and "Traceback" not in text, text[-3000:]
+
+
+def relocated_copy(src: Path, root: Path) -> Path:
+    """A copy of an sa3d run under ``root/outputs``, its config.yml's output-dir pointing there (as
+    a user moves a run): nerfstudio finds a run's checkpoints through that setting."""
+    import yaml
+
+    run_dir = root / "outputs" / src.relative_to(src.parent.parent.parent)
+    shutil.copytree(src, run_dir)
+    config = yaml.load((run_dir / "config.yml").read_text(), Loader=yaml.Loader)
+    config.output_dir = root / "outputs"
+    (run_dir / "config.yml").write_text(yaml.dump(config))
+    return run_dir
+
+
+def wait_for(condition, timeout: float, what: str, panel=None) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            said = f"; the panel says: {panel.message!r}" if panel is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{said}")
+        time.sleep(0.5)
+
+
+def test_viewer_panel_in_headless_chromium(scene, tmp_path):
+    """The real nerfstudio viewer with a finished run, opened in headless Chromium (Debian's
+    chromium, driven by Playwright): delete the run's object with the panel, click on the ball in
+    the render, press Segment; the new object appears in the panel and the mask output changes.
+    A screenshot is kept as a test artifact."""
+    import os
+    import socket
+    import threading
+
+    import viser.transforms as vtf
+    from nerfstudio.configs.base_config import ViewerConfig
+    from nerfstudio.utils.eval_utils import eval_setup
+    from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO, Viewer
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed: scripts/test.sh installs it (apt-get install chromium)"
+    run_dir = relocated_copy(finished_run(scene, "weightfree"), tmp_path)
+    _, pipeline, _, step = eval_setup(run_dir / "config.yml", test_mode="test")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    viewer = Viewer(
+        ViewerConfig(websocket_port=port, websocket_host="127.0.0.1"),
+        log_filename=run_dir / "viewer_log_filename.txt",
+        datapath=pipeline.datamanager.get_datapath(),
+        pipeline=pipeline,
+        train_lock=threading.Lock(),
+    )
+    ds = pipeline.datamanager.train_dataset
+    viewer.init_scene(train_dataset=ds, train_state="completed", eval_dataset=pipeline.datamanager.eval_dataset)
+    viewer.control_panel._max_res.value = 64  # the viewer's own renders stay cheap on a CPU
+    viewer.update_scene(step=step)
+    logic = pipeline.sa3d_panel.logic
+    cam = ds.cameras[0:1]
+    before = pipeline.model.get_outputs_for_camera(cam)["mask"].sum().item()
+    artifacts = Path(os.environ.get("SA3D_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=chromium,
+                args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"],
+            )
+            page = browser.new_page(viewport={"width": 720, "height": 480})  # (software WebGL: small is cheap)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_text("SA3D: segment objects").wait_for(timeout=120_000)
+            wait_for(lambda: len(viewer.viser_server.get_clients()) == 1, 60, "the browser to connect")
+            client = next(iter(viewer.viser_server.get_clients().values()))
+            # the browser's camera on training view 0
+            c2w = cam.camera_to_worlds[0].numpy()
+            client.camera.position = c2w[:, 3] * VISER_NERFSTUDIO_SCALE_RATIO
+            client.camera.wxyz = (vtf.SO3.from_matrix(c2w[:, :3]) @ vtf.SO3.from_x_radians(np.pi)).wxyz
+            h, w, fy = int(cam.height[0, 0]), int(cam.width[0, 0]), float(cam.fy[0, 0])
+            client.camera.fov = 2 * np.arctan(h / 2 / fy)
+
+            page.get_by_role("button", name="Delete").click()
+            wait_for(lambda: pipeline.model.object_names == [], 60, "the Delete button to remove the object")
+            page.get_by_role("button", name="positive").click()
+            inst = np.asarray(Image.open(scene["root"] / "scene" / "instances" / Path(ds.image_filenames[0]).name))
+            ys, xs = np.nonzero(inst == 1)
+            canvas = page.locator('canvas[data-engine^="three.js"]').first
+            page.wait_for_timeout(3000)  # (the layout settles once the panel is built)
+            bb = canvas.bounding_box()
+            x = bb["width"] / 2 + (np.median(xs) + 0.5 - w / 2) * bb["height"] / h
+            y = (np.median(ys) + 0.5) * bb["height"] / h
+            canvas.click(position={"x": float(x), "y": float(y)})
+            panel = pipeline.sa3d_panel
+            wait_for(lambda: logic.current is not None and logic.current.masks is not None, 180, "candidates", panel)
+            page.get_by_text("mask 1: score").first.scroll_into_view_if_needed()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(artifacts / "viewer_candidates.png"))
+            page.get_by_role("button", name="Segment").click()
+            wait_for(lambda: logic.progress["total"] > 0 and not logic.busy, 600, "the segmentation to finish")
+            assert len(pipeline.model.object_names) == 1 and logic.progress["done"] == 22, logic.progress
+            name = pipeline.model.object_names[0]
+            page.get_by_text(f"{name}: done").first.wait_for(timeout=30_000)  # the panel's message
+            page.get_by_text(f"{name}: finished, view 22/22").first.wait_for(timeout=30_000)  # its status
+            page.screenshot(path=str(artifacts / "viewer_panel.png"), full_page=True)
+            browser.close()
+    finally:
+        viewer.viser_server.stop()
+    after = pipeline.model.get_outputs_for_camera(cam)["mask"][..., 0].numpy() > 0.5
+    assert before > 0 and after.sum() > 0.5 * (inst == 1).sum()
+    assert (after & (inst == 1)).sum() > 0.7 * after.sum()  # the new object is the clicked ball

@@ -35,7 +35,7 @@ def test_screen_positions_and_render_sizes():
         img, mask, Prompt(view=0, points=np.array([[3.0, 4.0]]), labels=np.array([0]), box=np.array([1, 1, 9, 9]))
     )
     assert vis.shape[2] == 3 and vis.shape[0] >= 20 and vis.any()
-    assert png_markdown(vis).startswith('<img src="data:image/png;base64,')
+    assert png_markdown(vis, "a caption").startswith("![a caption](data:image/png;base64,")
 
 
 class FakeCamera:
@@ -75,6 +75,13 @@ class FakePipeline:
         return Segmentation(
             masks=np.stack([disc, disc & (xx < x), np.zeros_like(disc)]), scores=np.array([0.9, 0.5, 0.1])
         )
+
+    def find_text(self, text, image, where):
+        from sa3d_ns.segmenters.text import Detection
+
+        if text == "nothing":
+            raise SA3DError(f"Grounding DINO found no box for the text {text!r} in {where}")
+        return Detection(box=np.array([2.0, 2.0, 10.0, 10.0]), score=0.8, label=text)
 
     def add_object(self, name):
         if name in self.model.object_names:
@@ -119,6 +126,14 @@ def test_panel_logic_prompt_segment_refuse_and_stop():
     assert logic.current.box == (1.6, 1.6, 9.6, 9.6) and logic.current.masks is not None
     logic.set_box(cam, (0.1, 0.1), (0.12, 0.12))
     assert "too small" in messages[-1]
+    logic.find_text(cam, "a red ball")
+    assert logic.current.box == (2.0, 2.0, 10.0, 10.0) and "score 0.80" in messages[-1]
+    logic.undo()
+    assert logic.current.box is None
+    logic.find_text(cam, "  ")
+    assert "Type what to find" in messages[-1]
+    with pytest.raises(SA3DError, match="no box"):
+        logic.find_text(cam, "nothing")  # (the panel shows the message: see _guard)
     # the camera moved: a new prompt in the new view
     logic.add_point(FakeCamera(shift=0.5), (0.5, 0.5), 1)
     assert "camera moved" in messages[-1] and logic.current.box is None and pipe.renders == 2
@@ -158,7 +173,7 @@ def test_panel_widgets_on_a_real_viser_server():
         panel = SA3DPanel(pipe)
         panel.install(server)
         h = panel.handles
-        for key in ("status", "name", "click", "box", "undo", "clear", "prompt", "choice", "segment", "stop", "progress",
+        for key in ("status", "name", "click", "box", "text", "find", "undo", "clear", "prompt", "choice", "segment", "stop", "progress",
                     "display", "threshold", "object", "rename", "delete", "rerun", "save"):  # fmt: skip
             assert key in h, key
         assert h["name"].value == "object1" and "No objects yet" in h["status"].content
@@ -169,7 +184,9 @@ def test_panel_widgets_on_a_real_viser_server():
         assert panel.camera_for() is None  # no browser connected
         # a prompt made through the logic shows its candidates in the panel
         panel.logic.add_point(FakeCamera(), (0.25, 0.25), 1)
-        assert h["prompt"].content.count("<img") == 3 and "score 0.900 (chosen)" in h["prompt"].content
+        assert (
+            h["prompt"].content.count("](data:image/png;base64,") == 3 and "score 0.900 (chosen)" in h["prompt"].content
+        )
         assert tuple(h["choice"].options) == ("1", "2", "3")
         panel.logic.segment(h["name"].value, wait=True)
         assert h["progress"].value == 100.0 and "object1" in h["status"].content and h["name"].value == "object2"

@@ -119,9 +119,10 @@ class SA3DModel(NerfactoModel):
         self.config.objects = [name if i == k else n for i, n in enumerate(self.config.objects)]
 
     @property
-    def mask_field(self) -> MaskField:
-        """The first object's mask field."""
-        return self.mask_fields[0]
+    def mask_field(self) -> MaskField | None:
+        """The first object's mask field (None while there is no object; the viewer getattr()s
+        every public attribute, so this must not raise)."""
+        return self.mask_fields[0] if len(self.mask_fields) else None
 
     @property
     def object_names(self) -> list[str]:
@@ -129,7 +130,7 @@ class SA3DModel(NerfactoModel):
 
     @property
     def object_colors(self) -> list[tuple[float, float, float]]:
-        return [tuple(self.config.overlay_color), *palette(len(self.config.objects))[1:]]
+        return [tuple(self.config.overlay_color), *palette(len(self.config.objects))[1:]][: len(self.config.objects)]
 
     def object_index(self, name: str) -> int:
         if name not in self.config.objects:

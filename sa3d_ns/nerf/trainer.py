@@ -49,6 +49,11 @@ class SA3DTrainer(Trainer):
 
     def train(self) -> None:
         try:
+            if self.config.max_num_iterations == 0 and getattr(self, "viewer_state", None) is not None:
+                # no prompt file: the run waits in the viewer, where objects are prompted (SA3D panel)
+                self.save_checkpoint(0)
+                self._train_complete_viewer()
+                return
             super().train()
         except SA3DError as err:
             self._abort(err)

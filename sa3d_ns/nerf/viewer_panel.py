@@ -32,11 +32,12 @@ from sa3d_ns.core.prompts import Prompt
 MAX_SIDE = 512  # the longest side a viewer camera is rendered at for segmentation
 
 
-def png_markdown(image: np.ndarray, caption: str = "", width: int = 240) -> str:
+def png_markdown(image: np.ndarray, caption: str = "") -> str:
+    """An image in viser's markdown (a data URL: viser's markdown shows no raw HTML)."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR))
     assert ok
     data = base64.b64encode(buf.tobytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" width="{width}"/>' + (f"\n\n{caption}" if caption else "")
+    return f"![{caption or 'image'}](data:image/png;base64,{data})" + (f"\n\n{caption}" if caption else "")
 
 
 def draw_prompt(rgb: np.ndarray, mask: np.ndarray | None, prompt: Prompt | None, color=(255, 60, 60)) -> np.ndarray:
@@ -119,13 +120,14 @@ class PanelLogic:
         self.camera_prompts: dict[str, tuple] = {}  # name -> (camera, data, mask, prompt): re-run
         self.thread: threading.Thread | None = None
         self.stop_requested = False
+        self.finished = True  # (set before the run's thread ends, so its last update reads "finished")
         self.progress: dict = {"done": 0, "total": 0, "accepted": 0, "rejected": 0, "last": None}
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ state
     @property
     def busy(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        return self.thread is not None and self.thread.is_alive() and not self.finished
 
     def refuse_if_busy(self) -> bool:
         if self.busy:
@@ -172,6 +174,20 @@ class PanelLogic:
             return
         p.box = (x0, y0, x1, y1)
         p.history.append("box")
+        self.preview()
+
+    def find_text(self, camera, text: str) -> None:
+        """Grounding DINO's best box for ``text`` in the camera's render becomes the prompt's box."""
+        if self.refuse_if_busy():
+            return
+        if not text.strip():
+            self.notify("Type what to find, e.g. 'a red ball'.")
+            return
+        p = self._prompt_in(camera)
+        det = self.pipeline.find_text(text.strip(), p.image, "the viewer's view")
+        p.box = tuple(float(v) for v in det.box)
+        p.history.append("box")
+        self.notify(f"Found {det.label or text!r} (score {det.score:.2f}).")
         self.preview()
 
     def undo(self) -> None:
@@ -252,6 +268,7 @@ class PanelLogic:
         total = len(self.pipeline.plan)
         self.progress = {"done": 0, "total": total, "accepted": 0, "rejected": 0, "last": None, "object": prompt.name}
         self.stop_requested = False
+        self.finished = False
         self.thread = threading.Thread(target=self._run, daemon=True, name="sa3d-segment")
         self.thread.start()
         self.changed()
@@ -278,6 +295,7 @@ class PanelLogic:
         except Exception as err:  # noqa: BLE001 - shown in the panel; the viewer keeps running
             self.notify(f"Segmentation failed: {type(err).__name__}: {err}")
         finally:
+            self.finished = True
             self.changed()
 
     def stop(self) -> None:
@@ -320,7 +338,7 @@ class PanelLogic:
         lines = ["**Objects**"] if model.object_names else ["No objects yet: click on one in the view."]
         for name, color in zip(model.object_names, model.object_colors, strict=True):
             hexc = "#{:02x}{:02x}{:02x}".format(*(int(round(255 * c)) for c in color))
-            lines.append(f'- <span style="color:{hexc}">&#9632;</span> {name}')
+            lines.append(f"- {name} `{hexc}`")  # (viser's markdown shows a colour chip for the code)
         pr = self.progress
         if pr["total"]:
             state = "running" if self.busy else "finished"
@@ -399,8 +417,11 @@ class SA3DPanel(ViewerElement):
         with self.gui_handle:
             h["status"] = gui.add_markdown(self.logic.status_markdown())
             h["name"] = gui.add_text("Object name", initial_value=self.logic.next_name())
-            h["click"] = gui.add_button_group("Clicks add", ("positive", "negative", "off"))
+            # (the first option is the group's initial value: "off", as the click mode starts)
+            h["click"] = gui.add_button_group("Clicks add", ("off", "positive", "negative"))
             h["box"] = gui.add_button("Drag a box")
+            h["text"] = gui.add_text("Text prompt", initial_value="")
+            h["find"] = gui.add_button("Find the text (Grounding DINO)")
             h["undo"] = gui.add_button("Undo")
             h["clear"] = gui.add_button("Clear prompt")
             h["prompt"] = gui.add_markdown("Click on an object in the view (choose 'positive' above).")
@@ -423,6 +444,7 @@ class SA3DPanel(ViewerElement):
             h["save"] = gui.add_button("Save objects to the run")
         h["click"].on_click(lambda _: self._set_click_mode(h["click"].value))
         h["box"].on_click(lambda _: self._arm_box())
+        h["find"].on_click(lambda _: self._guard(lambda: self.logic.find_text(self.camera_for(), h["text"].value)))
         h["undo"].on_click(lambda _: self._guard(self.logic.undo))
         h["clear"].on_click(lambda _: self._guard(self.logic.clear))
         h["choice"].on_update(lambda _: self._guard(lambda: self.logic.choose(int(h["choice"].value) - 1)))
@@ -472,8 +494,7 @@ class SA3DPanel(ViewerElement):
         @scene.on_pointer_event(event_type="click")
         def _(event) -> None:
             label = 1 if self.click_mode == "positive" else 0
-            cam = self.camera_for(event.client_id)
-            self._guard(lambda: self.logic.add_point(cam, event.screen_pos[0], label))
+            self._guard(lambda: self.logic.add_point(self.camera_for(event.client_id), event.screen_pos[0], label))
 
     def _arm_box(self) -> None:
         scene = self.server.scene
@@ -481,8 +502,9 @@ class SA3DPanel(ViewerElement):
 
         @scene.on_pointer_event(event_type="rect-select")
         def _(event) -> None:
-            cam = self.camera_for(event.client_id)
-            self._guard(lambda: self.logic.set_box(cam, event.screen_pos[0], event.screen_pos[1]))
+            self._guard(
+                lambda: self.logic.set_box(self.camera_for(event.client_id), event.screen_pos[0], event.screen_pos[1])
+            )
             self._set_click_mode(self.click_mode)
 
     def _show_output(self, name: str) -> None:
@@ -548,7 +570,6 @@ class SA3DPanel(ViewerElement):
                 png_markdown(
                     draw_prompt(p.image, m, p.prompt("preview")),
                     f"mask {i + 1}: score {s:.3f}" + (" (chosen)" if i == p.choice else ""),
-                    120,
                 )
                 for i, (m, s) in enumerate(zip(p.masks, p.scores, strict=True))
             ]
