@@ -633,6 +633,8 @@ def test_viewer_panel_prompts_in_a_camera_segments_and_saves(scene, tmp_path):
     assert pipeline.model.object_names == ["ball", "spare"]
     ckpt = logic.save(run_dir)
     assert len(list((run_dir / "nerfstudio_models").glob("*.ckpt"))) == 2 and ckpt.name > "step-000000021.ckpt"
+    saved_prompts = json.loads((run_dir / "sa3d" / "viewer_prompts.json").read_text())
+    assert set(saved_prompts) == {"ball", "spare"} and saved_prompts["ball"]["camera"]["width"] == w
     _, reopened, _, _ = eval_setup(run_dir / "config.yml", test_mode="test")
     assert reopened.model.object_names == ["ball", "spare"]
     saved, now = reopened.model.state_dict(), pipeline.model.state_dict()

@@ -83,6 +83,10 @@ class FakePipeline:
             raise SA3DError(f"Grounding DINO found no box for the text {text!r} in {where}")
         return Detection(box=np.array([2.0, 2.0, 10.0, 10.0]), score=0.8, label=text)
 
+    def start_objects(self, prompts, first):
+        self.started.append((first, prompts[0], None))
+        self.plan, self.records = [(first, i) for i in range(5)], []
+
     def add_object(self, name):
         if name in self.model.object_names:
             raise SA3DError(f"An object named {name!r} exists already")
@@ -150,7 +154,7 @@ def test_panel_logic_prompt_segment_refuse_and_stop():
     assert logic.rerun("a", wait=True) and logic.progress["done"] == 5 and "done" in messages[-1]
     assert logic.progress["accepted"] == 2 and logic.progress["rejected"] == 3
     assert "view 5/5, 2 accepted, 3 rejected" in logic.status_markdown()
-    assert not logic.rerun("b") and "not prompted" in messages[-1]
+    assert not logic.rerun("b") and "No object named 'b'" in messages[-1]
     logic.add_point(cam, (0.5, 0.5), 1)
     assert not logic.segment("a") and "exists already" in messages[-1]  # names are unique
     assert logic.next_name() == "object2"
@@ -198,3 +202,47 @@ def test_panel_widgets_on_a_real_viser_server():
     finally:
         server.stop()
     assert threading.active_count() >= 1
+
+
+def test_viewer_prompts_are_kept_with_the_run_and_re_run_after_reopening(tmp_path, monkeypatch):
+    import json
+
+    from nerfstudio.cameras.cameras import Cameras
+
+    from sa3d_ns.nerf import viewer_panel as vp
+
+    cam = Cameras(camera_to_worlds=torch.eye(4)[:3][None], fx=20.0, fy=20.0, cx=8.0, cy=8.0, width=16, height=16)
+    pipe = FakePipeline()
+    pipe.prompts = []
+    logic = PanelLogic(pipe)
+    logic.add_point(cam, (0.25, 0.25), 1)
+    logic.choose(1)
+    chosen = logic.current.masks[1].copy()
+    assert logic.segment("a", wait=True)
+    monkeypatch.setattr(
+        vp, "save_objects", lambda pipeline, run_dir, prompts: vp.write_viewer_prompts(run_dir, prompts)
+    )
+    logic.save(tmp_path)
+    saved = json.loads((tmp_path / "sa3d" / "viewer_prompts.json").read_text())
+    assert set(saved) == {"a"} and saved["a"]["mask_choice"] == 1 and saved["a"]["camera"]["width"] == 16
+
+    # the run reopened: Re-run renders the saved camera, segments the saved prompt, takes the saved choice
+    (tmp_path / "sa3d" / "summary.json").write_text(
+        json.dumps(
+            {"objects": [{"name": "b", "prompt": {"view": 3, "points": [[5.0, 6.0]], "labels": [1], "box": None}}]}
+        )
+    )
+    again = FakePipeline()
+    again.prompts = [None, None]
+    again.add_object("a")
+    again.add_object("b")
+    logic2 = PanelLogic(again)
+    logic2.load_saved(tmp_path)
+    assert torch.equal(logic2.camera_prompts["a"][0].camera_to_worlds, cam.camera_to_worlds)
+    assert logic2.rerun("a", wait=True) and again.renders == 1
+    k, prompt, mask_pixels = again.started[-1]
+    assert k == 0 and prompt.points.tolist() == [[3.5, 3.5]] and mask_pixels == chosen.sum()
+    # an object of the prompt file is re-run from the prompt summary.json keeps
+    assert logic2.rerun("b", wait=True)
+    k, prompt, _ = again.started[-1]
+    assert k == 1 and prompt.view == 3 and prompt.name == "b" and logic2.progress["done"] == 5

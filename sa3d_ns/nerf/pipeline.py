@@ -181,6 +181,7 @@ class SA3DPipeline(VanillaPipeline):
             order = view_order(c2w[:, :3, 3], start, self.config.view_order, directions=-c2w[:, :3, 2])
             self.orders[k] = order * max(self.config.num_passes, 1)
             self.prompts[k] = prompt
+            self.camera_started.discard(k)
             self.lifters[k].reset()
             self.surface_points[k] = []
             self.model.object_bounds[k, 0], self.model.object_bounds[k, 1] = -torch.inf, torch.inf

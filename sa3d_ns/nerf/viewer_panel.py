@@ -17,6 +17,7 @@ run (a new checkpoint and the run's config.yml), so reopening the run shows them
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,8 @@ class PanelLogic:
         self.changed = changed or (lambda: None)
         self.current: ViewerPrompt | None = None
         self.camera_prompts: dict[str, tuple] = {}  # name -> (camera, data, mask, prompt): re-run
+        self.choices: dict[str, int | None] = {}  # name -> the candidate chosen
+        self.run_dir: Path | None = None
         self.thread: threading.Thread | None = None
         self.stop_requested = False
         self.finished = True  # (set before the run's thread ends, so its last update reads "finished")
@@ -248,25 +251,45 @@ class PanelLogic:
             return False
         prompt = p.prompt(name)
         self.camera_prompts[name] = (p.camera, p.data, mask, prompt)
+        self.choices[name] = p.choice
         self.current = None
-        self._start(k, p.camera, p.data, mask, prompt, wait)
+        self._start(k, lambda: self.pipeline.start_object_from_camera(k, p.camera, p.data, mask, prompt), name, wait)
         return True
 
     def rerun(self, name: str, wait: bool = False) -> bool:
         """Segment object ``name`` again from its prompt (after changing settings, or a stopped run)."""
         if self.refuse_if_busy():
             return False
-        if name not in self.camera_prompts:
-            self.notify(f"{name!r} was not prompted in this viewer session; prompt it again and press Segment.")
+        if name not in self.pipeline.model.object_names:
+            self.notify(f"No object named {name!r}.")
             return False
         k = self.pipeline.model.object_index(name)
-        self._start(k, *self.camera_prompts[name], wait)
+        if name in self.camera_prompts:
+            camera, data, mask, prompt = self.camera_prompts[name]
+            if data is None or mask is None:  # a prompt saved with the run: render and segment it again
+                data = self.pipeline.camera_data(camera)
+                result = self.pipeline.segment_camera(data, prompt)
+                choice = self.choices.get(name)
+                mask = result.masks[
+                    choice if choice is not None and choice < len(result.masks) else int(np.argmax(result.scores))
+                ]
+                self.camera_prompts[name] = (camera, data, mask, prompt)
+            self._start(k, lambda: self.pipeline.start_object_from_camera(k, camera, data, mask, prompt), name, wait)
+            return True
+        prompt = self.pipeline.prompts[k] if k < len(self.pipeline.prompts) else None
+        if prompt is None and self.run_dir is not None:  # a prompt file's object of a reopened run
+            prompt = file_prompt(self.run_dir, name)
+        if prompt is None:
+            self.notify(f"No prompt of {name!r} is known; prompt it again and press Segment.")
+            return False
+        prompt.name = name
+        self._start(k, lambda: self.pipeline.start_objects([prompt], k), name, wait)
         return True
 
-    def _start(self, k, camera, data, mask, prompt, wait) -> None:
-        self.pipeline.start_object_from_camera(k, camera, data, mask, prompt)
+    def _start(self, k, begin, name, wait) -> None:
+        begin()
         total = len(self.pipeline.plan)
-        self.progress = {"done": 0, "total": total, "accepted": 0, "rejected": 0, "last": None, "object": prompt.name}
+        self.progress = {"done": 0, "total": total, "accepted": 0, "rejected": 0, "last": None, "object": name}
         self.stop_requested = False
         self.finished = False
         self.thread = threading.Thread(target=self._run, daemon=True, name="sa3d-segment")
@@ -313,6 +336,7 @@ class PanelLogic:
             return
         if old in self.camera_prompts:
             self.camera_prompts[new] = self.camera_prompts.pop(old)
+            self.choices[new] = self.choices.pop(old, None)
         self.changed()
 
     def delete(self, name: str) -> None:
@@ -324,6 +348,7 @@ class PanelLogic:
             self.notify(str(err))
             return
         self.camera_prompts.pop(name, None)
+        self.choices.pop(name, None)
         self.changed()
 
     def save(self, run_dir: Path) -> Path:
@@ -331,7 +356,28 @@ class PanelLogic:
         objects' names in config.yml. Returns the checkpoint written."""
         if self.busy:
             raise SA3DError("Segmentation is running: wait for it to finish or stop it before saving.")
-        return save_objects(self.pipeline, Path(run_dir))
+        names = self.pipeline.model.object_names
+        prompts = {
+            name: {"camera": camera_to_json(c[0]), "prompt": c[3].to_json(), "mask_choice": self.choices.get(name)}
+            for name, c in self.camera_prompts.items()
+            if name in names
+        }
+        return save_objects(self.pipeline, Path(run_dir), prompts)
+
+    def load_saved(self, run_dir: Path) -> None:
+        """The viewer prompts saved with the run (sa3d/viewer_prompts.json), for Re-run."""
+        self.run_dir = Path(run_dir)
+        path = self.run_dir / "sa3d" / "viewer_prompts.json"
+        if not path.is_file():
+            return
+        from sa3d_ns.core.prompts import parse_prompt
+
+        for name, entry in json.loads(path.read_text()).items():
+            if name in self.pipeline.model.object_names and name not in self.camera_prompts:
+                prompt = parse_prompt(entry["prompt"], str(path))
+                prompt.name = name
+                self.camera_prompts[name] = (camera_from_json(entry["camera"]), None, None, prompt)
+                self.choices[name] = entry.get("mask_choice")
 
     def status_markdown(self) -> str:
         model = self.pipeline.model
@@ -349,9 +395,42 @@ class PanelLogic:
         return "\n".join(lines)
 
 
-def save_objects(pipeline, run_dir: Path) -> Path:
-    """A new checkpoint of the pipeline in ``run_dir/nerfstudio_models`` and the objects in
-    ``run_dir/config.yml`` (both written to a temporary file first, then moved into place)."""
+def camera_to_json(camera) -> dict:
+    return {
+        "camera_to_worlds": camera.camera_to_worlds.reshape(3, 4).tolist(),
+        **{k: float(getattr(camera, k).reshape(-1)[0]) for k in ("fx", "fy", "cx", "cy")},
+        "width": int(camera.width.reshape(-1)[0]),
+        "height": int(camera.height.reshape(-1)[0]),
+    }
+
+
+def camera_from_json(d: dict):
+    from nerfstudio.cameras.cameras import Cameras
+
+    return Cameras(
+        camera_to_worlds=torch.tensor(d["camera_to_worlds"], dtype=torch.float32)[None],
+        fx=d["fx"], fy=d["fy"], cx=d["cx"], cy=d["cy"], width=d["width"], height=d["height"],
+    )  # fmt: skip
+
+
+def file_prompt(run_dir: Path, name: str) -> Prompt | None:
+    """The prompt file's prompt of object ``name``, as the run's summary.json keeps it."""
+    from sa3d_ns.core.prompts import parse_prompt
+
+    path = Path(run_dir) / "sa3d" / "summary.json"
+    if not path.is_file():
+        return None
+    for obj in json.loads(path.read_text()).get("objects", []):
+        if obj.get("name") == name and obj.get("prompt"):
+            data = {k: v for k, v in obj["prompt"].items() if v is not None}
+            return parse_prompt(data, str(path))
+    return None
+
+
+def save_objects(pipeline, run_dir: Path, viewer_prompts: dict | None = None) -> Path:
+    """A new checkpoint of the pipeline in ``run_dir/nerfstudio_models``, the objects in
+    ``run_dir/config.yml`` and the viewer's prompts in ``run_dir/sa3d/viewer_prompts.json`` (each
+    written to a temporary file first, then moved into place)."""
     import yaml
 
     config_path = run_dir / "config.yml"
@@ -370,7 +449,16 @@ def save_objects(pipeline, run_dir: Path) -> Path:
     cfg_tmp.write_text(yaml.dump(config))
     tmp.replace(ckpt)
     cfg_tmp.replace(config_path)
+    if viewer_prompts is not None:
+        write_viewer_prompts(run_dir, viewer_prompts)
     return ckpt
+
+
+def write_viewer_prompts(run_dir: Path, viewer_prompts: dict) -> None:
+    out = Path(run_dir) / "sa3d" / "viewer_prompts.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json.tmp").write_text(json.dumps(viewer_prompts, indent=1))
+    out.with_suffix(".json.tmp").replace(out)
 
 
 # ----------------------------------------------------------------------------- viser wiring
@@ -424,7 +512,10 @@ class SA3DPanel(ViewerElement):
             h["find"] = gui.add_button("Find the text (Grounding DINO)")
             h["undo"] = gui.add_button("Undo")
             h["clear"] = gui.add_button("Clear prompt")
-            h["prompt"] = gui.add_markdown("Click on an object in the view (choose 'positive' above).")
+            # (images are data URLs; image_root only keeps viser from warning about relative paths)
+            h["prompt"] = gui.add_markdown(
+                "Click on an object in the view (choose 'positive' above).", image_root=Path(__file__).parent
+            )
             h["choice"] = gui.add_dropdown("Mask", ("1",), initial_value="1")
             h["segment"] = gui.add_button("Segment")
             h["stop"] = gui.add_button("Stop")
@@ -461,6 +552,7 @@ class SA3DPanel(ViewerElement):
 
     def attach(self, viewer, control: SA3DViewerControl) -> None:
         self.viewer, self.control = viewer, control
+        self._guard(lambda: self.logic.load_saved(Path(viewer.log_filename).parent))
 
     # ------------------------------------------------------------------ callbacks
     def _guard(self, action) -> None:
