@@ -629,17 +629,19 @@ def test_viewer_panel_prompts_in_a_camera_segments_and_saves(scene, tmp_path):
     logic.thread.join()
     assert logic.progress["done"] < logic.progress["total"] and any("stopped after" in m for m in messages)
 
-    # objects: rename (a taken name is refused), save; the saved run reopens with them
+    # objects: rename (a taken name is refused), delete, save; the saved run reopens with them
     logic.rename("ball2", "spare")
     logic.rename("spare", "ball")
     assert any("exists already" in m for m in messages)
     assert pipeline.model.object_names == ["ball", "spare"]
+    logic.delete("spare")  # a stopped object can be deleted
+    assert pipeline.model.object_names == ["ball"] and pipeline.active == []
     ckpt = logic.save(run_dir)
     assert len(list((run_dir / "nerfstudio_models").glob("*.ckpt"))) == 2 and ckpt.name > "step-000000021.ckpt"
     saved_prompts = json.loads((run_dir / "sa3d" / "viewer_prompts.json").read_text())
-    assert set(saved_prompts) == {"ball", "spare"} and saved_prompts["ball"]["camera"]["width"] == w
+    assert set(saved_prompts) == {"ball"} and saved_prompts["ball"]["camera"]["width"] == w
     _, reopened, _, _ = eval_setup(run_dir / "config.yml", test_mode="test")
-    assert reopened.model.object_names == ["ball", "spare"]
+    assert reopened.model.object_names == ["ball"]
     saved, now = reopened.model.state_dict(), pipeline.model.state_dict()
     assert all(torch.equal(saved[k], now[k]) for k in now if k.startswith(("mask_fields.", "object_bounds")))
     assert tree_digest(src) == before  # the original run is untouched

@@ -257,8 +257,8 @@ class SA3DPipeline(VanillaPipeline):
         return k
 
     def remove_object(self, k: int) -> None:
-        if k in self.active and len(self.records) < len(self.plan):
-            raise SA3DError(f"Object {self.model.object_names[k]!r} is being segmented; stop it first.")
+        """Remove object ``k`` (the caller makes sure it is not being segmented right now; the
+        viewer panel refuses while a run is going)."""
         name = self.model.object_names[k]
         self.model.remove_object(k)
         for items in (self.lifters, self.prompts, self.orders, self.surface_points):
