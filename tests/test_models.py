@@ -188,40 +188,37 @@ def test_sam_hq_segmenter_real_architecture_small_weights(tmp_path):
         build_sam_hq("vit_tiny", path)
 
 
-@pytest.mark.parametrize(
-    "segmenter, module, extra", [("sam2", "sam2", "sam2"), ("sam-hq", "segment_anything_hq", "hq")]
-)
-def test_missing_segmenter_package_names_the_extra(monkeypatch, segmenter, module, extra):
+def segmenter_config(segmenter: str):
+    """The pipeline settings resolve_segmenter_weights reads."""
     from types import SimpleNamespace
 
-    from sa3d_ns.segmenters.factory import resolve_segmenter_weights
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
-    cfg = SimpleNamespace(
+    return SimpleNamespace(
         segmenter=segmenter,
         sam2_variant="hiera_t",
         sam2_checkpoint=None,
         sam_hq_variant="vit_tiny",
         sam_hq_checkpoint=None,
     )
+
+
+@pytest.mark.parametrize(
+    "segmenter, module, extra", [("sam2", "sam2", "sam2"), ("sam-hq", "segment_anything_hq", "hq")]
+)
+def test_missing_segmenter_package_names_the_extra(monkeypatch, segmenter, module, extra):
+    from sa3d_ns.segmenters.factory import resolve_segmenter_weights
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    cfg = segmenter_config(segmenter)
     with pytest.raises(SA3DError, match=rf"pip install 'sa3d_ns\[{extra}\]'.*weightfree"):
         resolve_segmenter_weights(cfg)
 
 
 @pytest.mark.parametrize("segmenter", ["sam2", "sam-hq"])
 def test_missing_segmenter_weights_name_the_flag(tmp_path, monkeypatch, segmenter):
-    from types import SimpleNamespace
-
     from sa3d_ns.segmenters.factory import resolve_segmenter_weights
 
-    cfg = SimpleNamespace(
-        segmenter=segmenter,
-        sam2_variant="hiera_t",
-        sam2_checkpoint=None,
-        sam_hq_variant="vit_tiny",
-        sam_hq_checkpoint=None,
-    )
+    cfg = segmenter_config(segmenter)
     flag = "--pipeline.sam2-checkpoint" if segmenter == "sam2" else "--pipeline.sam-hq-checkpoint"
     monkeypatch.setenv("SA3D_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("SA3D_OFFLINE", "1")

@@ -270,8 +270,8 @@ class SA3DPipeline(VanillaPipeline):
     def camera_data(self, camera) -> dict:
         """What segmentation needs from any camera (a nerfstudio ``Cameras`` of one camera): its
         render (rgb uint8, depth) and the NeRF samples the mask is lifted with (not cached)."""
-        r = self.render_camera(camera.to(self.device), rgb=True)
-        return self._view_data_from_render(r)
+        data, _ = self._view_data_from_render(self.render_camera(camera.to(self.device), rgb=True))
+        return data
 
     def segment_camera(self, data: dict, prompt: Prompt):
         """The segmenter's candidates for ``prompt`` (pixels of the camera's render)."""
@@ -411,9 +411,10 @@ class SA3DPipeline(VanillaPipeline):
         name = f"view{view:05d}"
         data = self.view_cache.load(name) if self.view_cache is not None else None
         if data is None:
-            data = self._view_data_from_render(self.render_view(view, rgb=self._needs_rgb()))
+            data, kept = self._view_data_from_render(self.render_view(view, rgb=self._needs_rgb()))
             h, w = (int(x) for x in data["size"])
             if cfg.cache:
+                self.cache_stats["weight_kept"].append(kept)
                 if self.cache_stats["views_built"] == 0 and self.view_cache is not None:
                     n = len(self.datamanager.train_dataset)
                     size = tensor_bytes(data) / 2**20
@@ -433,14 +434,16 @@ class SA3DPipeline(VanillaPipeline):
         data["weights"] = data["weights"].to(self.device)
         return data
 
-    def _view_data_from_render(self, r: dict) -> dict:
+    def _view_data_from_render(self, r: dict) -> tuple[dict, float | None]:
+        """A render's samples (pruned to the heaviest with the cache), depth, size and rgb; and the
+        fraction of volume weight the pruning kept (None without the cache)."""
         cfg = self.config
         h, w = r["height"], r["width"]
         positions, weights = r["positions"], r["weights"]
+        kept = None
         if cfg.cache:
             positions, weights, kept = prune_samples(positions, weights, cfg.cache_samples)
             weights = weights.half().float()  # what the disk keeps: a cached view reads back the same
-            self.cache_stats["weight_kept"].append(kept)
         data = {
             "positions": positions,
             "weights": weights,
@@ -449,7 +452,7 @@ class SA3DPipeline(VanillaPipeline):
         }
         if "rgb" in r:
             data["rgb"] = (r["rgb"].view(h, w, 3).clamp(0, 1) * 255).round().to(torch.uint8)
-        return data
+        return data, kept
 
     def segment_input(self, view: int, data: dict) -> np.ndarray:
         """The image the 2D segmenter sees for ``view``, at the segmentation resolution."""

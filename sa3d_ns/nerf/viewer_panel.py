@@ -125,7 +125,6 @@ class PanelLogic:
         self.stop_requested = False
         self.finished = True  # (set before the run's thread ends, so its last update reads "finished")
         self.progress: dict = {"done": 0, "total": 0, "accepted": 0, "rejected": 0, "last": None}
-        self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ state
     @property

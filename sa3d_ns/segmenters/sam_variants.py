@@ -29,6 +29,16 @@ def missing_extra(package: str, extra: str, err: Exception) -> SA3DError:
     )
 
 
+def optional_class(module: str, name: str, package: str, extra: str):
+    """``module.name`` from an optional package, or a clear error naming the extra to install."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as err:
+        raise missing_extra(package, extra, err) from None
+
+
 def require(module: str, extra: str) -> None:
     """A clear error now, before any work, when an optional package is missing."""
     import importlib.util
@@ -88,11 +98,7 @@ class SamHQSegmenter(SamSegmenter):
     name = "sam-hq"
 
     def _make_predictor(self, model):
-        try:
-            from segment_anything_hq import SamPredictor
-        except ImportError as err:
-            raise missing_extra("segment-anything-hq", "hq", err) from None
-        return SamPredictor(model)
+        return optional_class("segment_anything_hq", "SamPredictor", "segment-anything-hq", "hq")(model)
 
     def _export(self):
         data = super()._export()
@@ -106,15 +112,6 @@ class SamHQSegmenter(SamSegmenter):
         p.interm_features = [
             data[f"interm{i}"].to(p.device).float() for i in range(sum(k.startswith("interm") for k in data))
         ]
-
-    def _predict(self, pts, lab, box, multimask):
-        return self.predictor.predict(
-            point_coords=pts if len(pts) else None,
-            point_labels=lab if len(pts) else None,
-            box=box,
-            multimask_output=multimask,
-            hq_token_only=False,
-        )
 
 
 # ----------------------------------------------------------------------------- SAM 2
@@ -156,11 +153,7 @@ class Sam2Segmenter(SamSegmenter):
     name = "sam2"
 
     def _make_predictor(self, model):
-        try:
-            from sam2.sam2_image_predictor import SAM2ImagePredictor
-        except ImportError as err:
-            raise missing_extra("sam2", "sam2", err) from None
-        return SAM2ImagePredictor(model)
+        return optional_class("sam2.sam2_image_predictor", "SAM2ImagePredictor", "sam2", "sam2")(model)
 
     def _export(self):
         p = self.predictor
@@ -180,11 +173,3 @@ class Sam2Segmenter(SamSegmenter):
         p._orig_hw = [tuple(data["original_size"].tolist())]
         p._is_image_set = True
         p._is_batch = False
-
-    def _predict(self, pts, lab, box, multimask):
-        return self.predictor.predict(
-            point_coords=pts if len(pts) else None,
-            point_labels=lab if len(pts) else None,
-            box=box,
-            multimask_output=multimask,
-        )
