@@ -131,6 +131,7 @@ def write(path: Path, text: str) -> Path:
         ("missing_sam_weights", "--pipeline.segmenter weightfree"),
         ("no_instance_masks", "instance_mask_path"),
         ("missing_text_model", "Grounding DINO tiny (text prompts) checkpoint not found"),
+        ("text_threshold", "--pipeline.text-box-threshold must be in [0, 1], got 1.5"),
     ],
 )
 def test_bad_input(scene, tmp_path, case, match):
@@ -167,6 +168,9 @@ def test_bad_input(scene, tmp_path, case, match):
     elif case == "missing_text_model":
         extra[1] = write(tmp_path / "p.json", json.dumps({"view": 0, "text": "the red ball"}))
         extra += ["--pipeline.text-checkpoint", tmp_path / "no-such-model"]
+    elif case == "text_threshold":
+        extra[1] = write(tmp_path / "p.json", json.dumps({"view": 0, "text": "the red ball"}))
+        extra += ["--pipeline.text-box-threshold", "1.5"]
     elif case == "no_instance_masks":
         data = tmp_path / "data"
         shutil.copytree(root / "scene", data)
