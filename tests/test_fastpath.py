@@ -29,9 +29,9 @@ def test_corners_reproduce_nerfstudio_hash_encoding(log2):
     x[0] = 0.0  # exactly on grid points
     x[1] = 5.0  # contracted far away
     idx, w = field.corners(x)
-    assert idx.shape == w.shape == (2000, 8 * 16) and (w >= 0).all()
+    assert idx.shape == w.shape == (16, 2000, 8) and (w >= 0).all()
     expected = field(x)
-    got = (field.table.detach()[idx, 0] * w).sum(-1)
+    got = (field.table.detach()[idx, 0] * w).sum((0, 2))
     assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -120,3 +120,47 @@ def test_sam_embeddings_are_computed_once_per_view(tmp_path):
     assert np.array_equal(first.masks, second.masks) and np.allclose(first.scores, second.scores)
     seg2.set_image(img, depth, view_id=None)  # not a training view: always encoded
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("mode", ["vote", "sgd"])
+def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode):
+    """The table after views with different lambdas equals the loss's definition computed
+    independently (autograd sums, divided or stepped by hand), with and without the footprint
+    cache (whose touch tables replace scatters), and a cache too small to hold a view."""
+    from sa3d_ns.core.lifting import FootprintCache, render_mask_score, vote_targets
+
+    torch.manual_seed(1)
+    views = [(torch.randn(200, 5, 3) * 0.6, torch.rand(200, 5) * 0.3, torch.rand(200) > 0.6) for _ in range(3)]
+    lams = (5.0, 1.0, 0.3)
+    ref = mask_field()
+    signed_sum = torch.zeros_like(ref.table, dtype=torch.float32)
+    touch_sum = torch.zeros_like(signed_sum)
+    tables = {}
+    for name, cache in (("none", None), ("big", FootprintCache(1 << 30)), ("tiny", FootprintCache(1000))):
+        field = mask_field()
+        lifter = MaskLifter(
+            field, field.table, mode=mode, lr=0.1, chunk_rays=64, corners=field.corners, footprints=cache
+        )
+        for _ in range(2):  # the second pass reads the cache
+            lifter.reset()
+            for v, ((pos, w, m), lam) in enumerate(zip(views, lams, strict=True)):
+                lifter.score(pos, w, key=v if cache else None)
+                lifter.add_view(pos, w, m, lam, key=v if cache else None)
+        tables[name] = field.table.detach().clone()
+        if name == "big":
+            assert cache.hits >= 12 and any(k[1] == "touch" for k in cache.items)
+        if name == "tiny":
+            assert not cache.items
+    for (pos, w, m), lam in zip(views, lams, strict=True):
+        score = render_mask_score(ref, pos, w)
+        g_signed = torch.autograd.grad((score * vote_targets(m, lam)).sum(), ref.table, retain_graph=True)[0]
+        g_touch = torch.autograd.grad(score.sum(), ref.table)[0]
+        if mode == "sgd":
+            with torch.no_grad():
+                ref.table.add_(g_signed, alpha=0.1 / len(w))
+        signed_sum += g_signed
+        touch_sum += g_touch
+    expected = ref.table.detach() if mode == "sgd" else signed_sum / touch_sum.clamp_min(1e-12)
+    for name, table in tables.items():
+        assert torch.allclose(table, expected, atol=1e-5), name
+    assert expected.abs().sum() > 0

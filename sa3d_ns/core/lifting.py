@@ -11,28 +11,41 @@ weights), so dL/dtheta does not depend on theta: each view casts a fixed, weight
 
 Two update rules are offered:
 
-* ``vote``: every parameter holds the weighted average of the targets of all the samples
-  that touched it, theta = sum_v (-dL_v/dtheta) / sum_v (dT_v/dtheta), with T_v = sum_p S(p) the
-  "touch" weight. This is the authors' voxel version (lr 1 with a per-voxel running average), it is
-  exact in one accumulation per view, and it keeps m in [-lambda, 1].
-* ``sgd`` (the pipeline's default): plain gradient steps theta -= lr * dL/dtheta (the authors'
-  hash-grid version), with the loss averaged over the view's pixels. Only the sign of the rendered
-  score decides the mask, so the step size does not matter; frequently seen (coarse) entries
-  speak louder than rarely seen fine ones, which measured better than ``vote``.
+* ``vote`` (the pipeline's default): every parameter holds the weighted average of the targets of
+  all the samples that touched it, theta = sum_v (-dL_v/dtheta) / sum_v (dT_v/dtheta), with
+  T_v = sum_p S(p) the "touch" weight, shrunk towards 0 by a prior. This is the authors' voxel
+  version (lr 1 with a per-voxel running average), exact in one accumulation per view, and it
+  keeps m in [-lambda, 1].
+* ``sgd``: plain gradient steps theta -= lr * dL/dtheta (the authors' hash-grid version), with the
+  loss averaged over the view's pixels.
 
 With ``corners`` (the table entries and weights each position reads), both rules are computed by
-gathers and scatter-adds instead of autograd: the same numbers, much cheaper.
+gathers and scatter-adds instead of autograd: the same numbers, much cheaper. A view's
+*footprint* (for each ray, the entries its samples read and their weights times the samples'
+volume weights) does not depend on the object, so it is computed once per view and can be kept
+(``FootprintCache``) for every later object. Since t = (1 + lambda) M - lambda, a view's vote is
+(1 + lambda) times the footprint of the rays inside the mask minus lambda times its whole touch:
+only the rays inside the mask cost a second scatter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MEMO_BYTES = 1 << 30  # corner lists kept between a view's score and its vote up to this size
+MEMO_BYTES = 1 << 30  # a footprint kept between a view's score and its vote (no cache) up to this size
+
+# (table entries, weights): level-major, L x N x J for N positions (J entries per position and level)
+Corners = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# one chunk of a footprint: (rays, entries L x r x C, weights L x r x C) with C = samples x J
+Chunk = tuple[slice, torch.Tensor, torch.Tensor]
+
+_POOL: ThreadPoolExecutor | None = None
 
 
 def vote_targets(mask: torch.Tensor, neg_weight: float) -> torch.Tensor:
@@ -56,7 +69,72 @@ def render_mask_score(
     return (weights * values).sum(dim=-1)
 
 
-Corners = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+def scatter_add(table: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, alpha: float = 1.0) -> None:
+    """table[idx] += alpha * values for level-major idx / values (L x ...). On the CPU the levels
+    are split over threads: each level owns its own part of the table, so no two threads write the
+    same entry (torch's CPU index_add is single-threaded)."""
+    threads = torch.get_num_threads()
+    if table.device.type != "cpu" or threads < 2 or idx.shape[0] < 2:
+        table.index_add_(0, idx.reshape(-1), values.reshape(-1), alpha=alpha)
+        return
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="sa3d-scatter")
+    bounds = torch.linspace(0, idx.shape[0], min(threads, idx.shape[0]) + 1).round().long().tolist()
+    jobs = [
+        _POOL.submit(table.index_add_, 0, idx[a:b].reshape(-1), values[a:b].reshape(-1), alpha=alpha)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    for job in jobs:
+        job.result()
+
+
+def chunk_bytes(chunks: list[Chunk]) -> int:
+    return sum(i.numel() * i.element_size() + w.numel() * w.element_size() for _, i, w in chunks)
+
+
+def item_bytes(item) -> int:
+    return item.numel() * item.element_size() if isinstance(item, torch.Tensor) else chunk_bytes(item)
+
+
+class FootprintCache:
+    """What views cost to recompute and is the same for every object, kept in memory (least
+    recently used out first) within ``max_bytes``: a view's footprint (its chunks) and its touch
+    (the footprint summed into a table, so adding it is one dense pass instead of a scatter).
+    Keys name the view and the table layout (every object's mask field has the same)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.items: OrderedDict[Hashable, list[Chunk] | torch.Tensor] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable):
+        item = self.items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        self.items.move_to_end(key)
+        self.hits += 1
+        return item
+
+    def fits(self, size: int) -> bool:
+        return size <= self.max_bytes
+
+    def put(self, key: Hashable, item) -> None:
+        size = item_bytes(item)
+        if size > self.max_bytes or key in self.items:
+            return
+        while self.items and self.bytes + size > self.max_bytes:
+            _, old = self.items.popitem(last=False)
+            self.bytes -= item_bytes(old)
+        self.items[key] = item
+        self.bytes += size
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.bytes = 0
 
 
 class MaskLifter:
@@ -69,13 +147,15 @@ class MaskLifter:
         mode: ``vote`` or ``sgd`` (see the module docstring).
         lr: step size of the ``sgd`` mode.
         chunk_rays: rays per chunk (bounds memory).
-        corners: optional; maps N x 3 positions to the table entries each reads and their weights
-            (indices N x J, weights N x J, m(x) = sum_j w_j param[i_j]). With it, scores are
-            gathers and votes are scatter-adds (no autograd); without it, votes are two autograd
-            passes.
+        corners: optional; maps N x 3 positions to the table entries each reads and their weights,
+            level-major (indices L x N x J, weights L x N x J, m(x) = sum_{l,j} w param[i]). With
+            it, scores are gathers and votes are scatter-adds (no autograd); without it, votes are
+            two autograd passes.
         vote_prior: ``vote`` mode only: a pseudo-count (in units of the mean touch weight of the
             touched entries) of zero votes every entry starts with, so rarely seen entries lean
             towards 0 (0 = the plain running average).
+        footprints: optional cache of views' footprints shared by lifters whose fields have the
+            same layout; used for the calls that pass a ``key``.
     """
 
     def __init__(
@@ -87,6 +167,7 @@ class MaskLifter:
         chunk_rays: int = 16384,
         corners: Corners | None = None,
         vote_prior: float = 0.0,
+        footprints: FootprintCache | None = None,
     ) -> None:
         if mode not in ("vote", "sgd"):
             raise ValueError(f"lifting mode must be 'vote' or 'sgd', got {mode!r}")
@@ -97,41 +178,64 @@ class MaskLifter:
         self.chunk_rays = chunk_rays
         self.corners = corners
         self.vote_prior = vote_prior
-        self.numerator = torch.zeros_like(param, dtype=torch.float32)
-        self.denominator = torch.zeros_like(param, dtype=torch.float32)
-        self._memo: tuple[torch.Tensor, list] | None = None
-        self._touch_sum = 0.0  # the denominator's total (its mean over touched entries sets the prior)
+        self.footprints = footprints
+        # vote sums: touch = sum_v dT_v/dtheta; shifted = sum_v -dL_v/dtheta + lam * touch, kept
+        # shifted by one lambda so that a view adds only its masked rays besides its touch
+        self.touch = torch.zeros_like(param, dtype=torch.float32) if mode == "vote" else None
+        self.shifted = torch.zeros_like(param, dtype=torch.float32) if mode == "vote" else None
+        self.lam = 0.0
+        self._value: torch.Tensor | None = None  # (touch + prior), kept to avoid a table-sized allocation per view
+        self._memo: tuple[torch.Tensor, list[Chunk]] | None = None
+        self._touch_sum = 0.0  # the touch total (its mean over touched entries sets the prior)
 
-    def _corner_chunks(self, positions: torch.Tensor):
-        """(slice, indices, weights) per chunk of rays; kept for the next call on the same tensor
-        while they fit in ``MEMO_BYTES`` (the score and the vote of a view share them)."""
+    # ------------------------------------------------------------------ footprints
+    def _build(self, positions: torch.Tensor, weights: torch.Tensor) -> Iterator[Chunk]:
+        r, s = weights.shape
+        for start in range(0, r, self.chunk_rays):
+            sl = slice(start, min(start + self.chunk_rays, r))
+            n = sl.stop - sl.start
+            idx, w = self.corners(positions[sl].reshape(-1, 3))
+            levels = idx.shape[0]
+            w.mul_(weights[sl].reshape(1, -1, 1).to(w))  # the samples' volume weights folded in
+            yield sl, idx.view(levels, n, -1), w.view(levels, n, -1)
+
+    def footprint(self, positions: torch.Tensor, weights: torch.Tensor, key: Hashable | None = None) -> Iterator[Chunk]:
+        """The view's chunks: from the cache (``key``), from the memo of the last call on the same
+        tensor, or computed (and kept where they fit)."""
+        if key is not None and self.footprints is not None:
+            chunks = self.footprints.get((key, "footprint"))
+            if chunks is None:
+                chunks = list(self._build(positions, weights))
+                self.footprints.put((key, "footprint"), chunks)
+            yield from chunks
+            return
         if self._memo is not None and self._memo[0] is positions:
             yield from self._memo[1]
             return
         chunks, size = [], 0
-        for start in range(0, positions.shape[0], self.chunk_rays):
-            sl = slice(start, start + self.chunk_rays)
-            idx, w = self.corners(positions[sl].reshape(-1, 3))
-            size += idx.numel() * idx.element_size() + w.numel() * w.element_size()
+        for chunk in self._build(positions, weights):
+            size += chunk_bytes([chunk])
             if chunks is not None:
-                chunks.append((sl, idx, w))
+                chunks.append(chunk)
                 if size > MEMO_BYTES:
                     chunks = None
-            yield sl, idx, w
+            yield chunk
         # the memo holds the tensor itself, so its identity cannot be taken by a new tensor
         self._memo = (positions, chunks) if chunks is not None else None
 
+    # ------------------------------------------------------------------ score and vote
     @torch.no_grad()
-    def score(self, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def score(self, positions: torch.Tensor, weights: torch.Tensor, key: Hashable | None = None) -> torch.Tensor:
         """Rendered mask score S of R rays (positions R x S x 3, weights R x S)."""
         if self.corners is None:
             return render_mask_score(self.field, positions, weights)
         table = self.param.detach().reshape(-1, 1).float()
         out = torch.empty(weights.shape[0], dtype=torch.float32, device=weights.device)
-        for sl, idx, w in self._corner_chunks(positions):
-            # m(x) per sample: a fused gather-multiply-sum over its corner entries
-            m = F.embedding_bag(idx, table, per_sample_weights=w, mode="sum").view(weights[sl].shape)
-            out[sl] = (weights[sl].float() * m).sum(-1)
+        for sl, idx, w in self.footprint(positions, weights, key):
+            levels, n, c = idx.shape
+            # per (level, ray): a fused gather-multiply-sum over its entries; then over levels
+            bags = F.embedding_bag(idx.view(-1, c), table, per_sample_weights=w.view(-1, c), mode="sum")
+            out[sl] = bags.view(levels, n).sum(0)
         return out
 
     def _grads(
@@ -150,59 +254,104 @@ class MaskLifter:
             touch += g_touch.float()
         return signed, touch
 
-    def _scatter(
-        self, positions: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor, signed: torch.Tensor, touch=None
-    ) -> float:
-        """The same sums as :meth:`_grads`, scattered straight into ``signed`` (and ``touch``);
-        returns the total touch weight added."""
+    def _scatter(self, positions, weights, key, mask: torch.Tensor, whole: tuple, inside: tuple, scale: float) -> float:
+        """For (table, alpha) pairs: whole's table[entries] += alpha * scale * the footprint of
+        every ray (the view's touch), inside's += alpha * scale * the footprint of the rays in
+        ``mask``. Returns the total weight of the footprint (times scale)."""
+        (table, alpha), (in_table, in_alpha) = whole, inside
+        touch = self._touch(positions, weights, key)
         total = 0.0
-        s_flat = signed.view(-1)
-        for sl, idx, w in self._corner_chunks(positions):
-            ws = weights[sl].float().reshape(-1, 1) * w  # dS/dtheta contributions, N x J
-            t = targets[sl].to(ws).repeat_interleave(weights.shape[1]).view(-1, 1)
-            if touch is not None:
-                touch.view(-1).index_add_(0, idx.reshape(-1), ws.reshape(-1))
-                total += float(ws.sum())
-            s_flat.index_add_(0, idx.reshape(-1), (ws * t).reshape(-1))
+        if touch is not None:
+            table.view(-1).add_(touch, alpha=alpha * scale)
+            total = float(touch.sum()) * scale
+        for sl, idx, w in self.footprint(positions, weights, key):
+            if touch is None:
+                scatter_add(table.view(-1), idx, w, alpha=alpha * scale)
+                total += float(w.sum()) * scale
+            rays = mask[sl].nonzero().squeeze(1)
+            if len(rays):
+                scatter_add(
+                    in_table.view(-1), idx.index_select(1, rays), w.index_select(1, rays), alpha=in_alpha * scale
+                )
         return total
 
+    def _touch(self, positions, weights, key) -> torch.Tensor | None:
+        """The view's touch as a dense table (cached), or None where there is no room for it."""
+        if key is None or self.footprints is None or not self.footprints.fits(self.param.numel() * 4):
+            return None
+        touch = self.footprints.get((key, "touch"))
+        if touch is None:
+            touch = torch.zeros(self.param.numel(), dtype=torch.float32, device=self.param.device)
+            for _, idx, w in self.footprint(positions, weights, key):
+                scatter_add(touch, idx, w)
+            self.footprints.put((key, "touch"), touch)
+        return touch
+
     @torch.no_grad()
-    def add_view(self, positions: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor, neg_weight: float) -> None:
+    def add_view(
+        self,
+        positions: torch.Tensor,
+        weights: torch.Tensor,
+        mask: torch.Tensor,
+        neg_weight: float,
+        key: Hashable | None = None,
+    ) -> None:
         """Lift one view: positions R x S x 3, weights R x S, 2D mask R (bool) for the same rays."""
         if positions.shape[:2] != weights.shape or mask.shape[0] != weights.shape[0]:
             raise ValueError(
                 f"inconsistent shapes: positions {tuple(positions.shape)}, weights {tuple(weights.shape)}, mask {tuple(mask.shape)}"
             )
-        targets = vote_targets(mask.reshape(-1), neg_weight)
-        if self.corners is not None and self.mode == "sgd" and self.param.dtype == torch.float32:
-            # L = -mean_p t(p) S(p): the step -lr dL/dtheta scattered straight into the table
-            self._scatter(positions, weights, targets * (self.lr / max(weights.shape[0], 1)), self.param.data)
+        mask = mask.reshape(-1).bool()
+        lam = float(neg_weight)
+        explicit = self.corners is not None and self.param.dtype == torch.float32
+        if self.mode == "sgd":
+            scale = self.lr / max(weights.shape[0], 1)  # L = -mean_p t(p) S(p), the step -lr dL/dtheta
+            if explicit:
+                self._scatter(
+                    positions, weights, key, mask, (self.param.data, -lam), (self.param.data, 1.0 + lam), scale
+                )
+            else:
+                signed, _ = self._grads(positions, weights, vote_targets(mask, lam))
+                self.param.add_(signed.to(self.param.dtype), alpha=scale)
             self._memo = None
             return
+        if lam != self.lam:  # shifted holds sum(-dL/dtheta) + lam * touch: re-shift to this view's lambda
+            if self._touch_sum > 0:
+                self.shifted.add_(self.touch, alpha=lam - self.lam)
+            self.lam = lam
         if self.corners is not None:
-            self._touch_sum += self._scatter(positions, weights, targets, self.numerator, self.denominator)
+            self._touch_sum += self._scatter(
+                positions, weights, key, mask, (self.touch, 1.0), (self.shifted, 1.0 + lam), 1.0
+            )
         else:
-            signed, touch = self._grads(positions, weights, targets)
-            if self.mode == "sgd":
-                self.param.add_(signed.to(self.param.dtype), alpha=self.lr / max(weights.shape[0], 1))
-                self._memo = None
-                return
-            self.numerator += signed
-            self.denominator += touch
+            signed, touch = self._grads(positions, weights, vote_targets(mask, lam))
+            self.shifted.add_(signed).add_(touch, alpha=lam)
+            self.touch += touch
             self._touch_sum += float(touch.sum())
         self._memo = None
-        # value = numerator / (denominator + prior); untouched entries (0 / prior) stay 0
+        self._update_param()
+
+    def _update_param(self) -> None:
+        """theta = (shifted - lam * touch) / (touch + prior); untouched entries (0 / prior) stay 0.
+        Written through preallocated tables: a fresh table-sized tensor per view costs more (page
+        faults) than the arithmetic."""
         prior = 0.0
         if self.vote_prior > 0:
-            touched = int(torch.count_nonzero(self.denominator))
+            touched = int(torch.count_nonzero(self.touch))
             prior = self.vote_prior * self._touch_sum / max(touched, 1)
-        value = torch.add(self.denominator, prior).clamp_min_(1e-12)
-        torch.div(self.numerator, value, out=value)
-        self.param.copy_(value.to(self.param.dtype))
+        if self._value is None:
+            self._value = torch.empty_like(self.touch)
+        value = torch.add(self.touch, prior, out=self._value).clamp_min_(1e-12)
+        out = self.param.data if self.param.dtype == torch.float32 else torch.empty_like(self.touch)
+        torch.add(self.shifted, self.touch, alpha=-self.lam, out=out).div_(value)
+        if out is not self.param.data:
+            self.param.copy_(out.to(self.param.dtype))
 
     def reset(self) -> None:
-        self.numerator.zero_()
-        self.denominator.zero_()
+        if self.mode == "vote":
+            self.touch.zero_()
+            self.shifted.zero_()
+        self.lam = 0.0
         self._touch_sum = 0.0
         self._memo = None
         with torch.no_grad():

@@ -67,16 +67,26 @@ class MaskField(nn.Module):
         list (tcnn keeps its own layout: votes then go through autograd)."""
         return self.encoding.tcnn_encoding is None
 
-    def corners(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The table entries each position reads and their weights: m(x) = sum_j w_j table[i_j].
+    def layout(self) -> tuple:
+        """What decides which table entries a position reads (equal for every object of a run)."""
+        enc = self.encoding
+        return (
+            enc.num_levels, enc.hash_table_size, tuple(enc.scalings.tolist()),
+            tuple(self.aabb.flatten().tolist()), type(self.spatial_distortion).__name__,
+        )  # fmt: skip
 
-        Returns (indices N x 8L int32, weights N x 8L float32): the 8 trilinear corners at each of
-        the L levels, hashed with the encoding's own hash function, weights including the level
-        weights and the outside-the-unit-cube zero. Same maths as nerfstudio's torch forward.
+    def corners(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The table entries each position reads and their weights: m(x) = sum_{l,j} w table[i].
+
+        Returns (indices L x N x 8 int32, weights L x N x 8 float32), level-major: the 8 trilinear
+        corners at each of the L levels (each level owns its own part of the table, so work split
+        by level never writes the same entry twice), hashed with the encoding's own hash function,
+        weights including the level weights and the outside-the-unit-cube zero. Same maths as
+        nerfstudio's torch forward.
         """
         p, inside = self.normalize(positions)
         enc = self.encoding
-        scaled = p[:, None, :] * enc.scalings.view(-1, 1).to(p)  # N x L x 3
+        scaled = p[None, :, :] * enc.scalings.view(-1, 1, 1).to(p)  # L x N x 3
         floor = torch.floor(scaled)
         off = scaled - floor
         # nerfstudio's hash: xor over axes of (coordinate * prime); the per-axis products are formed once
@@ -86,25 +96,25 @@ class MaskField(nn.Module):
         assert size & (size - 1) == 0, "hash table size must be a power of two"
         primes = torch.tensor([(q + 2**31) % 2**32 - 2**31 for q in HASH_PRIMES], dtype=torch.int32, device=p.device)
         lo, hi = floor.int() * primes, torch.ceil(scaled).int() * primes
-        level_offset = enc.hash_offset.to(device=p.device, dtype=torch.int32).view(1, -1)
+        level_offset = enc.hash_offset.to(device=p.device, dtype=torch.int32).view(-1, 1)
         # per-axis interpolation weights (1 - t for the low corner, t for the high one); the level
         # weights and the outside-the-cube zero are folded into the x axis once
-        scale_x = self.level_weights.view(1, -1) * inside.view(-1, 1).to(off)
+        scale_x = self.level_weights.view(-1, 1) * inside.view(1, -1).to(off)
         wx = ((1 - off[..., 0]) * scale_x, off[..., 0] * scale_x)
         wy = (1 - off[..., 1], off[..., 1])
         wz = (1 - off[..., 2], off[..., 2])
         wxy = [[wx[a] * wy[b] for b in (0, 1)] for a in (0, 1)]
         hxy = [[(hi if a else lo)[..., 0] ^ (hi if b else lo)[..., 1] for b in (0, 1)] for a in (0, 1)]
-        # N x 8 x L: the order of a position's entries does not matter (they are summed)
-        n, levels = p.shape[0], scaled.shape[1]
-        idx = torch.empty((n, 8, levels), dtype=torch.int32, device=p.device)
-        wts = torch.empty((n, 8, levels), dtype=torch.float32, device=p.device)
+        # the order of a position's entries within its level does not matter (they are summed)
+        levels, n = scaled.shape[:2]
+        idx = torch.empty((levels, n, 8), dtype=torch.int32, device=p.device)
+        wts = torch.empty((levels, n, 8), dtype=torch.float32, device=p.device)
         for c in range(8):
             a, b, z = c & 1, (c >> 1) & 1, (c >> 2) & 1
             h = hxy[a][b] ^ (hi if z else lo)[..., 2]
-            torch.add(h & (size - 1), level_offset, out=idx[:, c])
-            torch.mul(wxy[a][b], wz[z], out=wts[:, c])
-        return idx.view(n, -1), wts.view(n, -1)
+            torch.add(h & (size - 1), level_offset, out=idx[..., c])
+            torch.mul(wxy[a][b], wz[z], out=wts[..., c])
+        return idx, wts
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions N x 3 (world) -> mask values N."""

@@ -24,7 +24,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from sa3d_ns.core.cache import ViewCache, file_identity, prune_samples, tensor_bytes
 from sa3d_ns.core.errors import SA3DError
-from sa3d_ns.core.lifting import MaskLifter
+from sa3d_ns.core.lifting import FootprintCache, MaskLifter
 from sa3d_ns.core.metrics import binarize_score, iou
 from sa3d_ns.core.objects import robust_bounds, surface_samples
 from sa3d_ns.core.prompts import Prompt, check_inside, load_prompts, resolve_view
@@ -105,6 +105,8 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """Where the caches live (default: <output-dir>/<experiment>/sa3d_cache, next to the runs)."""
     cache_samples: int = 16
     """With the cache: keep each ray's this many heaviest NeRF samples (0 = all). The fraction of volume weight kept is reported."""
+    footprint_memory_mb: int = 2048
+    """With the cache: memory (RAM, or GPU memory on CUDA) for views' table footprints (the mask-table entries each ray reads, the same for every object), kept between objects; views beyond it are recomputed (0 = keep none)."""
     sample_scale: float = 0.5
     """With the cache: scale nerfacto's proposal and NeRF sample counts for the segmentation renders (e.g. 0.5 halves them; the NeRF's cost is mostly its samples)."""
     segment_image: Literal["render", "train"] = "render"
@@ -126,6 +128,7 @@ class SA3DPipeline(VanillaPipeline):
         self.records: list[dict] = []
         # one lifter per object; the default path scatters votes straight into the table, the
         # faithful path (no cache) uses autograd
+        self.footprints = FootprintCache(max(config.footprint_memory_mb, 0) * 2**20)
         self.lifters = [self._make_lifter(f) for f in self.model.mask_fields]
         self.view_cache: ViewCache | None = None
         self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0}
@@ -244,7 +247,10 @@ class SA3DPipeline(VanillaPipeline):
     def _make_lifter(self, f) -> MaskLifter:
         cfg = self.config
         corners = f.corners if f.explicit and cfg.cache else None
-        return MaskLifter(f, f.table, mode=cfg.lifting, lr=cfg.sgd_lr, corners=corners, vote_prior=cfg.vote_prior)
+        return MaskLifter(
+            f, f.table, mode=cfg.lifting, lr=cfg.sgd_lr, corners=corners, vote_prior=cfg.vote_prior,
+            footprints=self.footprints,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ objects prompted in any camera (the viewer)
     def add_object(self, name: str) -> int:
@@ -474,7 +480,8 @@ class SA3DPipeline(VanillaPipeline):
         t0 = time.perf_counter()
         data = self.view_data(view)
         h, w = (int(x) for x in data["size"])
-        score = lifter.score(data["positions"], data["weights"]).view(h, w).cpu()
+        key = (view, *data["size"].tolist(), self.model.mask_fields[k].layout())  # its footprint is every object's
+        score = lifter.score(data["positions"], data["weights"], key=key).view(h, w).cpu()
         depth = data["depth"].view(h, w).cpu().float()
         image = self.segment_input(view, data)
         t_render = time.perf_counter() - t0
@@ -522,7 +529,7 @@ class SA3DPipeline(VanillaPipeline):
             neg = cfg.neg_weight
         t1 = time.perf_counter()
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
-        lifter.add_view(data["positions"], data["weights"], mask_t, neg)
+        lifter.add_view(data["positions"], data["weights"], mask_t, neg, key=key)
         self.surface_points[k].append(surface_samples(data["positions"], data["weights"], mask_t).cpu())
         rec["lift_s"] = round(time.perf_counter() - t1, 4)
         return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
@@ -567,6 +574,9 @@ class SA3DPipeline(VanillaPipeline):
             "samples_per_ray": self.config.cache_samples,
             "weight_kept_mean": round(float(np.mean(st["weight_kept"])), 5) if st["weight_kept"] else None,
             "memory_bytes_built": st["bytes"],
+            "footprints_kept": len(self.footprints.items),
+            "footprint_bytes": self.footprints.bytes,
+            "footprint_hits": self.footprints.hits,
         }
         if self.view_cache is not None:
             out["dir"] = str(self.view_cache.dir)
