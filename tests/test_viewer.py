@@ -132,6 +132,8 @@ def test_panel_logic_prompt_segment_refuse_and_stop():
     assert "too small" in messages[-1]
     logic.find_text(cam, "a red ball")
     assert logic.current.box == (2.0, 2.0, 10.0, 10.0) and "score 0.80" in messages[-1]
+    logic.undo()  # back to the dragged box the text's box replaced
+    assert logic.current.box == (1.6, 1.6, 9.6, 9.6) and logic.current.masks is not None
     logic.undo()
     assert logic.current.box is None
     logic.find_text(cam, "  ")

@@ -82,7 +82,7 @@ class ViewerPrompt:
     data: dict
     points: list[tuple[float, float, int]] = field(default_factory=list)
     box: tuple[float, float, float, float] | None = None
-    history: list[str] = field(default_factory=list)  # "point" / "box", for undo
+    history: list[tuple] = field(default_factory=list)  # ("point",) / ("box", the box it replaced), for undo
     masks: np.ndarray | None = None
     scores: np.ndarray | None = None
     choice: int | None = None
@@ -159,7 +159,7 @@ class PanelLogic:
         h, w = (int(x) for x in p.data["size"])
         x, y = screen_to_pixel(screen_pos, w, h)
         p.points.append((x, y, int(label)))
-        p.history.append("point")
+        p.history.append(("point",))
         self.preview()
 
     def set_box(self, camera, min_pos, max_pos) -> None:
@@ -174,8 +174,8 @@ class PanelLogic:
         if x1 - x0 < 2 or y1 - y0 < 2:
             self.notify("The box is too small: drag a larger rectangle around the object.")
             return
+        p.history.append(("box", p.box))
         p.box = (x0, y0, x1, y1)
-        p.history.append("box")
         self.preview()
 
     def find_text(self, camera, text: str) -> None:
@@ -187,8 +187,8 @@ class PanelLogic:
             return
         p = self._prompt_in(camera)
         det = self.pipeline.find_text(text.strip(), p.image, "the viewer's view")
+        p.history.append(("box", p.box))
         p.box = tuple(float(v) for v in det.box)
-        p.history.append("box")
         self.notify(f"Found {det.label or text!r} (score {det.score:.2f}).")
         self.preview()
 
@@ -196,8 +196,9 @@ class PanelLogic:
         if self.refuse_if_busy() or self.current is None or not self.current.history:
             return
         p = self.current
-        if p.history.pop() == "box":
-            p.box = None
+        last = p.history.pop()
+        if last[0] == "box":
+            p.box = last[1]  # the box before it (None for the first)
         else:
             p.points.pop()
         self.preview()
