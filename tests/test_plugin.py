@@ -1,5 +1,6 @@
 """The method is registered with nerfstudio and its command line answers --help."""
 
+import pytest
 from helpers import run
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins import registry
@@ -44,3 +45,34 @@ def test_lpips_stub_reports_nan_instead_of_downloading():
     from torchmetrics.image import lpip
 
     assert lpip.LearnedPerceptualImagePatchSimilarity is not type(metric)  # restored afterwards
+
+
+@pytest.mark.parametrize(
+    "setting, value, match",
+    [
+        ("num_passes", 0, "--pipeline.num-passes must be >= 1"),
+        ("render_downscale", 0.5, "--pipeline.render-downscale must be >= 1"),
+        ("sample_scale", 0.0, "--pipeline.sample-scale must be > 0"),
+        ("footprint_memory_mb", -1, "--pipeline.footprint-memory-mb must be >= 0"),
+        ("cache_samples", -2, "--pipeline.cache-samples must be >= 0"),
+    ],
+)
+def test_out_of_range_settings_are_named(setting, value, match):
+    import copy
+
+    from sa3d_ns.config import sa3d_method
+    from sa3d_ns.core.errors import SA3DError
+    from sa3d_ns.nerf.resolve import check_settings
+
+    pipe = copy.deepcopy(sa3d_method.config.pipeline)
+    check_settings(pipe)  # the defaults pass
+    setattr(pipe, setting, value)
+    with pytest.raises(SA3DError, match=match):
+        check_settings(pipe)
+
+
+def test_footprint_budget_defaults_to_a_bounded_share_of_free_memory():
+    from sa3d_ns.nerf.pipeline import footprint_budget
+
+    assert 0 < footprint_budget(None, "cpu") <= 2048 * 2**20
+    assert footprint_budget(0, "cpu") == 0 and footprint_budget(3, "cpu") == 3 * 2**20

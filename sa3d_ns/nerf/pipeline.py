@@ -105,8 +105,8 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """Where the caches live (default: <output-dir>/<experiment>/sa3d_cache, next to the runs)."""
     cache_samples: int = 16
     """With the cache: keep each ray's this many heaviest NeRF samples (0 = all). The fraction of volume weight kept is reported."""
-    footprint_memory_mb: int = 2048
-    """With the cache: memory (RAM, or GPU memory on CUDA) for views' table footprints (the mask-table entries each ray reads, the same for every object), kept between objects; views beyond it are recomputed (0 = keep none)."""
+    footprint_memory_mb: int | None = None
+    """With the cache: memory (RAM, or GPU memory on CUDA) for views' table footprints (the mask-table entries each ray reads, the same for every object), kept between objects; views beyond it are recomputed. Default: a quarter of the memory free at start-up, at most 2048 MB (0 = keep none)."""
     sample_scale: float = 0.5
     """With the cache: scale nerfacto's proposal and NeRF sample counts for the segmentation renders (e.g. 0.5 halves them; the NeRF's cost is mostly its samples)."""
     segment_image: Literal["render", "train"] = "render"
@@ -128,7 +128,7 @@ class SA3DPipeline(VanillaPipeline):
         self.records: list[dict] = []
         # one lifter per object; the default path scatters votes straight into the table, the
         # faithful path (no cache) uses autograd
-        self.footprints = FootprintCache(max(config.footprint_memory_mb, 0) * 2**20)
+        self.footprints = FootprintCache(footprint_budget(config.footprint_memory_mb, self.device))
         self.lifters = [self._make_lifter(f) for f in self.model.mask_fields]
         self.view_cache: ViewCache | None = None
         self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0}
@@ -628,6 +628,25 @@ class SA3DPipeline(VanillaPipeline):
 
     def get_param_groups(self):
         return self.model.get_param_groups()
+
+
+def footprint_budget(megabytes: int | None, device) -> int:
+    """Bytes for the footprint cache: ``megabytes``, or by default a quarter of the memory free now
+    on ``device`` (GPU memory on CUDA, available RAM otherwise), at most 2048 MB."""
+    if megabytes is not None:
+        return max(int(megabytes), 0) * 2**20
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+            free = int(info["MemAvailable"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            import os
+
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(free // 4, 2048 * 2**20)
 
 
 STATUS_COLORS = {

@@ -17,9 +17,26 @@ from sa3d_ns.nerf.source_run import copy_nerfacto_settings, load_source_run
 MASK_SETTINGS = ("mask_num_levels", "mask_min_res", "mask_max_res", "mask_log2_hashmap_size", "mask_implementation")
 
 
+def check_settings(pipe) -> None:
+    """The numeric settings of an SA3DPipelineConfig, each a clear error when out of range."""
+    if pipe.num_passes < 1:
+        raise SA3DError(f"--pipeline.num-passes must be >= 1, got {pipe.num_passes}.")
+    if pipe.render_downscale < 1:
+        raise SA3DError(f"--pipeline.render-downscale must be >= 1, got {pipe.render_downscale}.")
+    if pipe.sample_scale <= 0:
+        raise SA3DError(f"--pipeline.sample-scale must be > 0, got {pipe.sample_scale}.")
+    if pipe.footprint_memory_mb is not None and pipe.footprint_memory_mb < 0:
+        raise SA3DError(
+            f"--pipeline.footprint-memory-mb must be >= 0 (0 keeps no footprints; leave it out for the default), got {pipe.footprint_memory_mb}."
+        )
+    if pipe.cache_samples < 0:
+        raise SA3DError(f"--pipeline.cache-samples must be >= 0 (0 keeps all samples), got {pipe.cache_samples}.")
+
+
 def resolve_config(config) -> None:
     """``config`` is an SA3DTrainerConfig; it is changed in place."""
     pipe = config.pipeline
+    check_settings(pipe)
     src = load_source_run(pipe.nerfacto_config)
     src_dm = src.config.pipeline.datamanager
     dm = pipe.datamanager
@@ -51,14 +68,6 @@ def resolve_config(config) -> None:
         check_inside(prompt, int(outputs.cameras.width[view]), int(outputs.cameras.height[view]))
     kept = resolve_add_to(pipe, src.checkpoint) if pipe.add_to is not None else []
     pipe.model.objects = kept + new_object_names(kept, prompts, str(pipe.prompt))
-    if pipe.num_passes < 1:
-        raise SA3DError(f"--pipeline.num-passes must be >= 1, got {pipe.num_passes}.")
-    if pipe.render_downscale < 1:
-        raise SA3DError(f"--pipeline.render-downscale must be >= 1, got {pipe.render_downscale}.")
-    if pipe.sample_scale <= 0:
-        raise SA3DError(f"--pipeline.sample-scale must be > 0, got {pipe.sample_scale}.")
-    if pipe.cache_samples < 0:
-        raise SA3DError(f"--pipeline.cache-samples must be >= 0 (0 keeps all samples), got {pipe.cache_samples}.")
     config.max_num_iterations = len(names) * pipe.num_passes * len(prompts)
 
     if pipe.segmenter == "oracle":
