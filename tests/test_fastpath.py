@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_segmenters import disc_scene, tiny_sam
 
+from sa3d_ns.core import lifting
 from sa3d_ns.core.cache import ViewCache, file_identity, prune_samples, top_samples
 from sa3d_ns.core.lifting import MaskLifter
 
@@ -123,7 +124,7 @@ def test_sam_embeddings_are_computed_once_per_view(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["vote", "sgd"])
-def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode):
+def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode, monkeypatch):
     """The table after views with different lambdas equals the loss's definition computed
     independently (autograd sums, divided or stepped by hand), with and without the footprint
     cache (whose touch tables replace scatters), and a cache too small to hold a view."""
@@ -136,7 +137,15 @@ def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode)
     signed_sum = torch.zeros_like(ref.table, dtype=torch.float32)
     touch_sum = torch.zeros_like(signed_sum)
     tables = {}
-    for name, cache in (("none", None), ("big", FootprintCache(1 << 30)), ("tiny", FootprintCache(1000))):
+    configurations = [
+        ("none", None),
+        ("big", FootprintCache(1 << 30)),
+        ("tiny", FootprintCache(1000)),
+        ("stream", None),
+    ]
+    for name, cache in configurations:
+        if name == "stream":  # a view too large to hold is recomputed chunk by chunk
+            monkeypatch.setattr(lifting, "MEMO_BYTES", 0)
         field = mask_field()
         lifter = MaskLifter(
             field, field.table, mode=mode, lr=0.1, chunk_rays=64, corners=field.corners, footprints=cache

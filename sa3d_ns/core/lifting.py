@@ -30,7 +30,6 @@ only the rays inside the mask cost a second scatter.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -98,14 +97,16 @@ def item_bytes(item) -> int:
 
 
 class FootprintCache:
-    """What views cost to recompute and is the same for every object, kept in memory (least
-    recently used out first) within ``max_bytes``: a view's footprint (its chunks) and its touch
-    (the footprint summed into a table, so adding it is one dense pass instead of a scatter).
-    Keys name the view and the table layout (every object's mask field has the same)."""
+    """What views cost to recompute and is the same for every object, kept in memory within
+    ``max_bytes``: a view's footprint (its chunks) and its touch (the footprint summed into a table,
+    so adding it is one dense pass instead of a scatter). Keys name the view and the table layout
+    (every object's mask field has the same). Items are kept while they fit and never evicted:
+    objects visit every view in turn, and under that pattern a fixed subset is hit every time,
+    where least-recently-used eviction would miss on every view once the views outgrow it."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.items: OrderedDict[Hashable, list[Chunk] | torch.Tensor] = OrderedDict()
+        self.items: dict[Hashable, list[Chunk] | torch.Tensor] = {}
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -115,22 +116,17 @@ class FootprintCache:
         if item is None:
             self.misses += 1
             return None
-        self.items.move_to_end(key)
         self.hits += 1
         return item
 
     def fits(self, size: int) -> bool:
-        return size <= self.max_bytes
+        return self.bytes + size <= self.max_bytes
 
     def put(self, key: Hashable, item) -> None:
         size = item_bytes(item)
-        if size > self.max_bytes or key in self.items:
-            return
-        while self.items and self.bytes + size > self.max_bytes:
-            _, old = self.items.popitem(last=False)
-            self.bytes -= item_bytes(old)
-        self.items[key] = item
-        self.bytes += size
+        if key not in self.items and self.fits(size):
+            self.items[key] = item
+            self.bytes += size
 
     def clear(self) -> None:
         self.items.clear()
@@ -201,27 +197,31 @@ class MaskLifter:
 
     def footprint(self, positions: torch.Tensor, weights: torch.Tensor, key: Hashable | None = None) -> Iterator[Chunk]:
         """The view's chunks: from the cache (``key``), from the memo of the last call on the same
-        tensor, or computed (and kept where they fit)."""
-        if key is not None and self.footprints is not None:
-            chunks = self.footprints.get((key, "footprint"))
-            if chunks is None:
-                chunks = list(self._build(positions, weights))
-                self.footprints.put((key, "footprint"), chunks)
-            yield from chunks
-            return
+        tensor, or computed chunk by chunk (kept in the cache, or else in the memo, while they
+        fit: a view too large for both is streamed and never held whole)."""
+        cache = self.footprints if key is not None else None
+        if cache is not None:
+            chunks = cache.get((key, "footprint"))
+            if chunks is not None:
+                yield from chunks
+                return
         if self._memo is not None and self._memo[0] is positions:
             yield from self._memo[1]
             return
+        room = MEMO_BYTES if cache is None else max(MEMO_BYTES, cache.max_bytes - cache.bytes)
         chunks, size = [], 0
         for chunk in self._build(positions, weights):
             size += chunk_bytes([chunk])
             if chunks is not None:
                 chunks.append(chunk)
-                if size > MEMO_BYTES:
+                if size > room:
                     chunks = None
             yield chunk
-        # the memo holds the tensor itself, so its identity cannot be taken by a new tensor
-        self._memo = (positions, chunks) if chunks is not None else None
+        if chunks is not None and cache is not None and cache.fits(size):
+            cache.put((key, "footprint"), chunks)
+            self._memo = None
+        else:  # the memo holds the tensor itself, so its identity cannot be taken by a new tensor
+            self._memo = (positions, chunks) if chunks is not None and size <= MEMO_BYTES else None
 
     # ------------------------------------------------------------------ score and vote
     @torch.no_grad()
@@ -257,15 +257,20 @@ class MaskLifter:
     def _scatter(self, positions, weights, key, mask: torch.Tensor, whole: tuple, inside: tuple, scale: float) -> float:
         """For (table, alpha) pairs: whole's table[entries] += alpha * scale * the footprint of
         every ray (the view's touch), inside's += alpha * scale * the footprint of the rays in
-        ``mask``. Returns the total weight of the footprint (times scale)."""
+        ``mask``, in one pass over the footprint. The touch comes from the cache as a dense table
+        when it is there, and is built and kept when there is room. Returns the total weight of
+        the footprint (times scale)."""
         (table, alpha), (in_table, in_alpha) = whole, inside
-        touch = self._touch(positions, weights, key)
+        cache = self.footprints if key is not None else None
+        touch = cache.get((key, "touch")) if cache is not None else None
+        build = None
+        if touch is None and cache is not None and cache.fits(self.param.numel() * 4):
+            build = torch.zeros(self.param.numel(), dtype=torch.float32, device=self.param.device)
         total = 0.0
-        if touch is not None:
-            table.view(-1).add_(touch, alpha=alpha * scale)
-            total = float(touch.sum()) * scale
         for sl, idx, w in self.footprint(positions, weights, key):
-            if touch is None:
+            if build is not None:
+                scatter_add(build, idx, w)
+            elif touch is None:
                 scatter_add(table.view(-1), idx, w, alpha=alpha * scale)
                 total += float(w.sum()) * scale
             rays = mask[sl].nonzero().squeeze(1)
@@ -273,19 +278,13 @@ class MaskLifter:
                 scatter_add(
                     in_table.view(-1), idx.index_select(1, rays), w.index_select(1, rays), alpha=in_alpha * scale
                 )
+        if build is not None:
+            cache.put((key, "touch"), build)
+            touch = build
+        if touch is not None:
+            table.view(-1).add_(touch, alpha=alpha * scale)
+            total = float(touch.sum()) * scale
         return total
-
-    def _touch(self, positions, weights, key) -> torch.Tensor | None:
-        """The view's touch as a dense table (cached), or None where there is no room for it."""
-        if key is None or self.footprints is None or not self.footprints.fits(self.param.numel() * 4):
-            return None
-        touch = self.footprints.get((key, "touch"))
-        if touch is None:
-            touch = torch.zeros(self.param.numel(), dtype=torch.float32, device=self.param.device)
-            for _, idx, w in self.footprint(positions, weights, key):
-                scatter_add(touch, idx, w)
-            self.footprints.put((key, "touch"), touch)
-        return touch
 
     @torch.no_grad()
     def add_view(
