@@ -253,3 +253,17 @@ def test_near_the_bulk_drops_only_far_stragglers():
     far = np.array([[200.0, 0, 0], [0, -150.0, 40.0]])
     keep = near_the_bulk(np.concatenate([rod, far]))
     assert keep[:2000].all() and not keep[2000:].any()
+
+
+def test_lifter_releases_its_sums_and_needs_a_reset_to_lift_again():
+    field = LinearField()
+    lifter = MaskLifter(field, field.table, mode="vote")
+    pos, w = torch.tensor([[[0.5, 0, 0]]]), torch.tensor([[1.0]])
+    lifter.add_view(pos, w, torch.tensor([True]), neg_weight=1.0)
+    lifter.release()
+    assert lifter.touch is None and field.table[0].item() == 1.0  # the field keeps its values
+    with pytest.raises(RuntimeError, match="reset"):
+        lifter.add_view(pos, w, torch.tensor([False]), neg_weight=1.0)
+    lifter.reset()
+    lifter.add_view(pos, w, torch.tensor([False]), neg_weight=1.0)
+    assert field.table[0].item() == -1.0

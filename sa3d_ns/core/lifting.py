@@ -177,8 +177,9 @@ class MaskLifter:
         self.footprints = footprints
         # vote sums: touch = sum_v dT_v/dtheta; shifted = sum_v -dL_v/dtheta + lam * touch, kept
         # shifted by one lambda so that a view adds only its masked rays besides its touch
-        self.touch = torch.zeros_like(param, dtype=torch.float32) if mode == "vote" else None
-        self.shifted = torch.zeros_like(param, dtype=torch.float32) if mode == "vote" else None
+        # (allocated on the first view, freed by release() once the object is done)
+        self.touch: torch.Tensor | None = None
+        self.shifted: torch.Tensor | None = None
         self.lam = 0.0
         self._value: torch.Tensor | None = None  # (touch + prior), kept to avoid a table-sized allocation per view
         self._memo: tuple[torch.Tensor, list[Chunk]] | None = None
@@ -314,6 +315,11 @@ class MaskLifter:
                 self.param.add_(signed.to(self.param.dtype), alpha=scale)
             self._memo = None
             return
+        if self.touch is None:
+            if self._touch_sum > 0:
+                raise RuntimeError("this lifter's sums were released: reset() it before lifting views again")
+            self.touch = torch.zeros_like(self.param, dtype=torch.float32)
+            self.shifted = torch.zeros_like(self.touch)
         if lam != self.lam:  # shifted holds sum(-dL/dtheta) + lam * touch: re-shift to this view's lambda
             if self._touch_sum > 0:
                 self.shifted.add_(self.touch, alpha=lam - self.lam)
@@ -346,10 +352,14 @@ class MaskLifter:
         if out is not self.param.data:
             self.param.copy_(out.to(self.param.dtype))
 
+    def release(self) -> None:
+        """Free the vote sums (three table-sized tensors) once the object is done; the field keeps
+        its values. Lifting more views needs reset() first."""
+        self.touch = self.shifted = self._value = None
+        self._memo = None
+
     def reset(self) -> None:
-        if self.mode == "vote":
-            self.touch.zero_()
-            self.shifted.zero_()
+        self.touch = self.shifted = self._value = None
         self.lam = 0.0
         self._touch_sum = 0.0
         self._memo = None

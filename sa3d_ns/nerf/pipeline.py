@@ -536,7 +536,8 @@ class SA3DPipeline(VanillaPipeline):
 
     def _finish(self, rec, image, mask, points, labels, t_render, t_total) -> dict:
         k, local = self.plan[rec["step"]]
-        if local == len(self.orders[k]) - 1:  # the object's last view: bound its 3D mask
+        if local == len(self.orders[k]) - 1:  # the object's last view: free its vote sums, bound its 3D mask
+            self.lifters[k].release()
             pts = torch.cat(self.surface_points[k]) if self.surface_points[k] else torch.zeros((0, 3))
             with torch.no_grad():  # only where the finished 3D mask agrees (not the rims' background)
                 on = torch.cat([self.model.mask_fields[k](c.to(self.device)).cpu() for c in pts.split(1 << 16)])
