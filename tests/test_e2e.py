@@ -818,4 +818,7 @@ def test_viewer_panel_in_headless_chromium(scene, tmp_path):
         viewer.viser_server.stop()
     after = pipeline.model.get_outputs_for_camera(cam)["mask"][..., 0].numpy() > 0.5
     assert before > 0 and after.sum() > 0.5 * (inst == 1).sum()
-    assert (after & (inst == 1)).sum() > 0.7 * after.sum()  # the new object is the clicked ball
+    # the new object is the clicked ball: most of its mask is on the ball (weightfree at 64 px on a
+    # 300-step CPU nerfacto, which is not bit-reproducible run to run: precision measured 0.69 to
+    # above 0.8; another object would give about 0)
+    assert (after & (inst == 1)).sum() > 0.5 * after.sum()
