@@ -173,3 +173,43 @@ def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode,
     for name, table in tables.items():
         assert torch.allclose(table, expected, atol=1e-5), name
     assert expected.abs().sum() > 0
+
+
+@pytest.mark.parametrize("levels, log2, features, max_res", [(16, 15, 2, 2048), (5, 17, 1, 128), (3, 12, 4, 64)])
+def test_frozen_hash_grid_lookup_equals_nerfstudios(levels, log2, features, max_res):
+    """The frozen NeRF's hash grids evaluated by sa3d's corner lookup give nerfstudio's values."""
+    from nerfstudio.field_components.encodings import HashEncoding
+
+    from sa3d_ns.nerf.model import frozen_hash_forward
+
+    torch.manual_seed(0)
+    enc = HashEncoding(
+        levels, log2_hashmap_size=log2, features_per_level=features, max_res=max_res, implementation="torch"
+    )
+    x = torch.rand(3, 700, 3)
+    x[0, 0] = 0.0  # on grid points
+    x[0, 1] = 1.0
+    with torch.no_grad():
+        expected = enc(x)
+        got = frozen_hash_forward(enc, x)
+    assert got.shape == expected.shape == (3, 700, levels * features)
+    assert torch.allclose(got, expected, atol=1e-6)
+    # where a gradient is wanted (a trainable table), nerfstudio's own forward runs
+    assert frozen_hash_forward(enc, x).requires_grad
+
+
+def test_sa3d_model_uses_the_fast_lookup_for_the_frozen_nerf_only():
+    from nerfstudio.data.scene_box import SceneBox
+    from nerfstudio.field_components.encodings import HashEncoding
+
+    from sa3d_ns.nerf.model import SA3DModelConfig
+
+    box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
+    for fast in (True, False):
+        cfg = SA3DModelConfig(implementation="torch", fast_hash_grids=fast, log2_hashmap_size=12)
+        model = cfg.setup(scene_box=box, num_train_data=2, metadata={})
+        nerf = [m for m in [*model.field.modules(), *model.proposal_networks.modules()] if isinstance(m, HashEncoding)]
+        mask = [m for m in model.mask_fields.modules() if isinstance(m, HashEncoding)]
+        assert nerf and mask
+        assert all(("forward" in vars(m)) == fast for m in nerf)
+        assert not any("forward" in vars(m) for m in mask)  # the mask field is trained: untouched

@@ -7,7 +7,7 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.encodings import HashEncoding
 from torch import nn
 
-HASH_PRIMES = (1, 2654435761, 805459861)  # nerfstudio's HashEncoding.hash_fn (Instant-NGP)
+from sa3d_ns.core.hashgrid import grid_corners
 
 
 class MaskField(nn.Module):
@@ -86,35 +86,8 @@ class MaskField(nn.Module):
         """
         p, inside = self.normalize(positions)
         enc = self.encoding
-        scaled = p[None, :, :] * enc.scalings.view(-1, 1, 1).to(p)  # L x N x 3
-        floor = torch.floor(scaled)
-        off = scaled - floor
-        # nerfstudio's hash: xor over axes of (coordinate * prime); the per-axis products are formed once
-        # The table size is a power of two, so the hash's low bits are all that matter: 32-bit
-        # products that wrap around give the same low bits as nerfstudio's 64-bit ones, at half the cost.
-        size = enc.hash_table_size
-        assert size & (size - 1) == 0, "hash table size must be a power of two"
-        primes = torch.tensor([(q + 2**31) % 2**32 - 2**31 for q in HASH_PRIMES], dtype=torch.int32, device=p.device)
-        lo, hi = floor.int() * primes, torch.ceil(scaled).int() * primes
-        level_offset = enc.hash_offset.to(device=p.device, dtype=torch.int32).view(-1, 1)
-        # per-axis interpolation weights (1 - t for the low corner, t for the high one); the level
-        # weights and the outside-the-cube zero are folded into the x axis once
-        scale_x = self.level_weights.view(-1, 1) * inside.view(1, -1).to(off)
-        wx = ((1 - off[..., 0]) * scale_x, off[..., 0] * scale_x)
-        wy = (1 - off[..., 1], off[..., 1])
-        wz = (1 - off[..., 2], off[..., 2])
-        wxy = [[wx[a] * wy[b] for b in (0, 1)] for a in (0, 1)]
-        hxy = [[(hi if a else lo)[..., 0] ^ (hi if b else lo)[..., 1] for b in (0, 1)] for a in (0, 1)]
-        # the order of a position's entries within its level does not matter (they are summed)
-        levels, n = scaled.shape[:2]
-        idx = torch.empty((levels, n, 8), dtype=torch.int32, device=p.device)
-        wts = torch.empty((levels, n, 8), dtype=torch.float32, device=p.device)
-        for c in range(8):
-            a, b, z = c & 1, (c >> 1) & 1, (c >> 2) & 1
-            h = hxy[a][b] ^ (hi if z else lo)[..., 2]
-            torch.add(h & (size - 1), level_offset, out=idx[..., c])
-            torch.mul(wxy[a][b], wz[z], out=wts[..., c])
-        return idx, wts
+        scale = self.level_weights.view(-1, 1) * inside.view(1, -1).to(p)
+        return grid_corners(p, enc.scalings, enc.hash_offset, enc.hash_table_size, scale=scale)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions N x 3 (world) -> mask values N."""

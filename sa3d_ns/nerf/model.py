@@ -4,22 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MethodType
 from typing import Literal
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import nn
 from torch.nn import Parameter
 
 from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.hashgrid import grid_lookup
 from sa3d_ns.core.objects import check_name, crop, exclusive, palette
 from sa3d_ns.nerf.mask_field import MaskField
 from sa3d_ns.nerf.offline import lpips_disabled
 
 MASK_PREFIX = "mask_fields."
+
+
+def frozen_hash_forward(self: HashEncoding, x: torch.Tensor) -> torch.Tensor:
+    """A frozen HashEncoding's forward by sa3d's corner lookup (nerfstudio's own where a
+    gradient is wanted)."""
+    if torch.is_grad_enabled() and self.hash_table.requires_grad:
+        return HashEncoding.forward(self, x)
+    return grid_lookup(self.hash_table, x, self.scalings, self.hash_offset, self.hash_table_size)
 
 
 def unbounded(n: int) -> torch.Tensor:
@@ -56,6 +67,8 @@ class SA3DModelConfig(NerfactoModelConfig):
     """Background colour of the ``rgb_object`` output (the object alone)."""
     rgba_object: bool = True
     """The ``rgba`` render output (ns-render) is the object alone on a transparent background."""
+    fast_hash_grids: bool = True
+    """Evaluate the frozen nerfacto's hash grids (torch implementation) by listing each point's corners and one fused gather: the same values to float rounding, about 2x cheaper than nerfstudio's torch lookup on a CPU (False: nerfstudio's own)."""
 
 
 class SA3DModel(NerfactoModel):
@@ -75,6 +88,10 @@ class SA3DModel(NerfactoModel):
         self.register_buffer("object_bounds", unbounded(len(self.config.objects)))
         for name, p in self.named_parameters():
             p.requires_grad_(name.startswith(MASK_PREFIX))
+        if self.config.fast_hash_grids:  # (the NeRF is frozen: its lookups need no gradient)
+            for module in [*self.field.modules(), *self.proposal_networks.modules()]:
+                if isinstance(module, HashEncoding) and module.tcnn_encoding is None:
+                    module.forward = MethodType(frozen_hash_forward, module)
 
     def new_mask_field(self) -> MaskField:
         """An empty (zero) mask field with the run's settings."""
