@@ -93,7 +93,10 @@ def chunk_bytes(chunks: list[Chunk]) -> int:
 
 
 def item_bytes(item) -> int:
-    return item.numel() * item.element_size() if isinstance(item, torch.Tensor) else chunk_bytes(item)
+    """Bytes of a cached item: a footprint (list of chunks) or a touch (table, its total)."""
+    if isinstance(item, tuple):
+        return item[0].numel() * item[0].element_size()
+    return chunk_bytes(item)
 
 
 class FootprintCache:
@@ -106,7 +109,7 @@ class FootprintCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.items: dict[Hashable, list[Chunk] | torch.Tensor] = {}
+        self.items: dict[Hashable, list[Chunk] | tuple[torch.Tensor, float]] = {}
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -263,7 +266,8 @@ class MaskLifter:
         the footprint (times scale)."""
         (table, alpha), (in_table, in_alpha) = whole, inside
         cache = self.footprints if key is not None else None
-        touch = cache.get((key, "touch")) if cache is not None else None
+        cached = cache.get((key, "touch")) if cache is not None else None
+        touch = None if cached is None else cached[0]
         build = None
         if touch is None and cache is not None and cache.fits(self.param.numel() * 4):
             build = torch.zeros(self.param.numel(), dtype=torch.float32, device=self.param.device)
@@ -280,11 +284,12 @@ class MaskLifter:
                     in_table.view(-1), idx.index_select(1, rays), w.index_select(1, rays), alpha=in_alpha * scale
                 )
         if build is not None:
-            cache.put((key, "touch"), build)
+            cached = (build, float(build.sum()))
+            cache.put((key, "touch"), cached)
             touch = build
         if touch is not None:
             table.view(-1).add_(touch, alpha=alpha * scale)
-            total = float(touch.sum()) * scale
+            total = cached[1] * scale
         return total
 
     @torch.no_grad()

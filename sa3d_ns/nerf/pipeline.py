@@ -126,8 +126,8 @@ class SA3DPipeline(VanillaPipeline):
         self._segmenter = None
         self._detector = None
         self.records: list[dict] = []
-        # one lifter per object; the default path scatters votes straight into the table, the
-        # faithful path (no cache) uses autograd
+        # one lifter per object; the default path votes by gathers and scatters over each view's
+        # footprint (kept in memory for every later object), the faithful path (no cache) by autograd
         self.footprints = FootprintCache(footprint_budget(config.footprint_memory_mb, self.device))
         self.lifters = [self._make_lifter(f) for f in self.model.mask_fields]
         self.view_cache: ViewCache | None = None
