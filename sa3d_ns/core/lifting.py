@@ -345,13 +345,17 @@ class MaskLifter:
         """theta = (shifted - lam * touch) / (touch + prior); untouched entries (0 / prior) stay 0.
         Written through preallocated tables: a fresh table-sized tensor per view costs more (page
         faults) than the arithmetic."""
-        prior = 0.0
-        if self.vote_prior > 0:
-            touched = int(torch.count_nonzero(self.touch))
-            prior = self.vote_prior * self._touch_sum / max(touched, 1)
         if self._value is None:
             self._value = torch.empty_like(self.touch)
-        value = torch.add(self.touch, prior, out=self._value).clamp_min_(1e-12)
+        prior = 0.0
+        if self.vote_prior > 0:
+            # touched entries: touch >= 0, so the sum of its signs counts them (several times
+            # cheaper than count_nonzero on a scattered pattern of zeros)
+            touched = float(torch.sign(self.touch, out=self._value).sum())  # (exact below 2^24 entries)
+            prior = self.vote_prior * self._touch_sum / max(touched, 1.0)
+        value = torch.add(self.touch, prior, out=self._value)
+        if prior <= 0:
+            value.clamp_min_(1e-12)
         out = self.param.data if self.param.dtype == torch.float32 else torch.empty_like(self.touch)
         torch.add(self.shifted, self.touch, alpha=-self.lam, out=out).div_(value)
         if out is not self.param.data:
