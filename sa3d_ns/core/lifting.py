@@ -112,14 +112,11 @@ class FootprintCache:
         self.items: dict[Hashable, list[Chunk] | tuple[torch.Tensor, float]] = {}
         self.bytes = 0
         self.hits = 0
-        self.misses = 0
 
     def get(self, key: Hashable):
         item = self.items.get(key)
-        if item is None:
-            self.misses += 1
-            return None
-        self.hits += 1
+        if item is not None:
+            self.hits += 1
         return item
 
     def fits(self, size: int) -> bool:
@@ -130,10 +127,6 @@ class FootprintCache:
         if key not in self.items and self.fits(size):
             self.items[key] = item
             self.bytes += size
-
-    def clear(self) -> None:
-        self.items.clear()
-        self.bytes = 0
 
 
 class MaskLifter:
