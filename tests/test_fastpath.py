@@ -134,6 +134,7 @@ def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode,
     views = [(torch.randn(200, 5, 3) * 0.6, torch.rand(200, 5) * 0.3, torch.rand(200) > 0.6) for _ in range(3)]
     lams = (5.0, 1.0, 0.3)
     ref = mask_field()
+    table_bytes = ref.table.numel() * 4
     signed_sum = torch.zeros_like(ref.table, dtype=torch.float32)
     touch_sum = torch.zeros_like(signed_sum)
     tables = {}
@@ -142,10 +143,17 @@ def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode,
         ("big", FootprintCache(1 << 30)),
         ("tiny", FootprintCache(1000)),
         ("stream", None),
+        # touches kept, footprints not (all the room is reserved for touches): votes recompute
+        # only the masked rays' footprint
+        ("touches", FootprintCache(3 * table_bytes, reserve=3 * table_bytes)),
     ]
+    built = []
+    original_build = MaskLifter._build
+    monkeypatch.setattr(MaskLifter, "_build", lambda self, p, w: built.append(len(w)) or original_build(self, p, w))
     for name, cache in configurations:
-        if name == "stream":  # a view too large to hold is recomputed chunk by chunk
+        if name == "stream":  # a view too large to hold is recomputed chunk by chunk (stays so below)
             monkeypatch.setattr(lifting, "MEMO_BYTES", 0)
+        built.clear()
         field = mask_field()
         lifter = MaskLifter(
             field, field.table, mode=mode, lr=0.1, chunk_rays=64, corners=field.corners, footprints=cache
@@ -160,6 +168,10 @@ def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode,
             assert cache.hits >= 12 and any(k[1] == "touch" for k in cache.items)
         if name == "tiny":
             assert not cache.items
+        if name == "touches":
+            assert {k[1] for k in cache.items} == {"touch"} and len(cache.items) == 3
+            # second pass: each view's score computes all 200 rays, its vote only the masked ones
+            assert built[-6:] == [n for _, _, m in views for n in (200, int(m.sum()))]
     for (pos, w, m), lam in zip(views, lams, strict=True):
         score = render_mask_score(ref, pos, w)
         g_signed = torch.autograd.grad((score * vote_targets(m, lam)).sum(), ref.table, retain_graph=True)[0]
@@ -213,3 +225,22 @@ def test_sa3d_model_uses_the_fast_lookup_for_the_frozen_nerf_only():
         assert nerf and mask
         assert all(("forward" in vars(m)) == fast for m in nerf)
         assert not any("forward" in vars(m) for m in mask)  # the mask field is trained: untouched
+
+
+def test_footprint_cache_holds_room_for_touches_first():
+    """Footprints only use the room beyond what is reserved for touches; touches use it all."""
+    from sa3d_ns.core.lifting import FootprintCache
+
+    chunk = (slice(0, 4), torch.zeros(2, 4, 8, dtype=torch.int32), torch.zeros(2, 4, 8))  # 512 bytes
+    touch = (torch.zeros(100), 1.0)  # 400 bytes
+    cache = FootprintCache(1000, reserve=800)
+    assert cache.room("footprint") == 200 and cache.room("touch") == 1000
+    cache.put((0, "footprint"), [chunk])
+    assert not cache.items  # it would eat into the touches' room
+    cache.put((0, "touch"), touch)
+    assert cache.room("footprint") == 200  # the reserve shrinks as touches come in
+    cache.put((1, "touch"), touch)
+    assert cache.room("footprint") == 200 and cache.room("touch") == 200
+    roomy = FootprintCache(2000, reserve=800)
+    roomy.put((0, "footprint"), [chunk])
+    assert (0, "footprint") in roomy.items and roomy.room("footprint") == 2000 - 800 - 512

@@ -71,8 +71,17 @@ def test_out_of_range_settings_are_named(setting, value, match):
         check_settings(pipe)
 
 
-def test_footprint_budget_defaults_to_a_bounded_share_of_free_memory():
+def test_footprint_budget_defaults_to_a_bounded_share_of_free_memory(monkeypatch):
+    from sa3d_ns.nerf import pipeline
     from sa3d_ns.nerf.pipeline import footprint_budget
 
     assert 0 < footprint_budget(None, "cpu") <= 2048 * 2**20
-    assert footprint_budget(0, "cpu") == 0 and footprint_budget(3, "cpu") == 3 * 2**20
+    mb = 2**20
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: 20000 * mb)
+    assert footprint_budget(None, "cpu") == 2048 * mb  # a quarter of 20 GB, capped
+    # the cap makes room for one touch table per view, within a quarter of the free memory
+    assert footprint_budget(None, "cpu", touches=3000 * mb) == 3000 * mb
+    assert footprint_budget(None, "cpu", touches=9000 * mb) == 5000 * mb
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: 1000 * mb)
+    assert footprint_budget(None, "cpu", touches=3000 * mb) == 250 * mb
+    assert footprint_budget(0, "cpu") == 0 and footprint_budget(3, "cpu") == 3 * mb

@@ -105,12 +105,20 @@ class FootprintCache:
     so adding it is one dense pass instead of a scatter). Keys name the view and the table layout
     (every object's mask field has the same). Items are kept while they fit and never evicted:
     objects visit every view in turn, and under that pattern a fixed subset is hit every time,
-    where least-recently-used eviction would miss on every view once the views outgrow it."""
+    where least-recently-used eviction would miss on every view once the views outgrow it.
 
-    def __init__(self, max_bytes: int) -> None:
+    Touches come first: ``reserve`` bytes (e.g. one table per view) are held for them, and
+    footprints use only what is left. A touch is one table whatever the view's size and saves a
+    scatter of the whole view; a large view's footprint can be many tables, and without it a later
+    object recomputes the view's corners (all rays for its score, only the masked rays for its
+    vote when the touch is kept)."""
+
+    def __init__(self, max_bytes: int, reserve: int = 0) -> None:
         self.max_bytes = max_bytes
+        self.reserve = reserve
         self.items: dict[Hashable, list[Chunk] | tuple[torch.Tensor, float]] = {}
         self.bytes = 0
+        self.touch_bytes = 0
         self.hits = 0
 
     def get(self, key: Hashable):
@@ -119,14 +127,21 @@ class FootprintCache:
             self.hits += 1
         return item
 
-    def fits(self, size: int) -> bool:
-        return self.bytes + size <= self.max_bytes
+    def room(self, kind: str) -> int:
+        """Bytes still free for an item of ``kind`` ("touch" or "footprint")."""
+        held = max(self.reserve - self.touch_bytes, 0) if kind == "footprint" else 0
+        return self.max_bytes - held - self.bytes
 
-    def put(self, key: Hashable, item) -> None:
-        size = item_bytes(item)
-        if key not in self.items and self.fits(size):
+    def fits(self, size: int, kind: str) -> bool:
+        return size <= self.room(kind)
+
+    def put(self, key: tuple, item) -> None:
+        size, kind = item_bytes(item), key[-1]
+        if key not in self.items and self.fits(size, kind):
             self.items[key] = item
             self.bytes += size
+            if kind == "touch":
+                self.touch_bytes += size
 
 
 class MaskLifter:
@@ -205,7 +220,7 @@ class MaskLifter:
         if self._memo is not None and self._memo[0] is positions:
             yield from self._memo[1]
             return
-        room = MEMO_BYTES if cache is None else max(MEMO_BYTES, cache.max_bytes - cache.bytes)
+        room = MEMO_BYTES if cache is None else max(MEMO_BYTES, cache.room("footprint"))
         chunks, size = [], 0
         for chunk in self._build(positions, weights):
             size += chunk_bytes([chunk])
@@ -214,11 +229,17 @@ class MaskLifter:
                 if size > room:
                     chunks = None
             yield chunk
-        if chunks is not None and cache is not None and cache.fits(size):
+        if chunks is not None and cache is not None and cache.fits(size, "footprint"):
             cache.put((key, "footprint"), chunks)
             self._memo = None
         else:  # the memo holds the tensor itself, so its identity cannot be taken by a new tensor
             self._memo = (positions, chunks) if chunks is not None and size <= MEMO_BYTES else None
+
+    def _holds_footprint(self, positions: torch.Tensor, key: Hashable | None) -> bool:
+        """Whether the view's footprint is kept (cache or memo), i.e. costs nothing to read."""
+        if key is not None and self.footprints is not None and (key, "footprint") in self.footprints.items:
+            return True
+        return self._memo is not None and self._memo[0] is positions
 
     # ------------------------------------------------------------------ score and vote
     @torch.no_grad()
@@ -262,20 +283,27 @@ class MaskLifter:
         cached = cache.get((key, "touch")) if cache is not None else None
         touch = None if cached is None else cached[0]
         build = None
-        if touch is None and cache is not None and cache.fits(self.param.numel() * 4):
+        if touch is None and cache is not None and cache.fits(self.param.numel() * 4, "touch"):
             build = torch.zeros(self.param.numel(), dtype=torch.float32, device=self.param.device)
         total = 0.0
-        for sl, idx, w in self.footprint(positions, weights, key):
-            if build is not None:
-                scatter_add(build, idx, w)
-            elif touch is None:
-                scatter_add(table.view(-1), idx, w, alpha=alpha * scale)
-                total += float(w.sum()) * scale
-            rays = mask[sl].nonzero().squeeze(1)
+        if touch is not None and not self._holds_footprint(positions, key):
+            # the touch is kept but not the footprint: only the masked rays' part is needed
+            rays = mask.nonzero().squeeze(1)
             if len(rays):
-                scatter_add(
-                    in_table.view(-1), idx.index_select(1, rays), w.index_select(1, rays), alpha=in_alpha * scale
-                )
+                for _, idx, w in self._build(positions[rays], weights[rays]):
+                    scatter_add(in_table.view(-1), idx, w, alpha=in_alpha * scale)
+        else:
+            for sl, idx, w in self.footprint(positions, weights, key):
+                if build is not None:
+                    scatter_add(build, idx, w)
+                elif touch is None:
+                    scatter_add(table.view(-1), idx, w, alpha=alpha * scale)
+                    total += float(w.sum()) * scale
+                rays = mask[sl].nonzero().squeeze(1)
+                if len(rays):
+                    scatter_add(
+                        in_table.view(-1), idx.index_select(1, rays), w.index_select(1, rays), alpha=in_alpha * scale
+                    )
         if build is not None:
             cached = (build, float(build.sum()))
             cache.put((key, "touch"), cached)

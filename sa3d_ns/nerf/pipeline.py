@@ -106,7 +106,7 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     cache_samples: int = 16
     """With the cache: keep each ray's this many heaviest NeRF samples (0 = all). The fraction of volume weight kept is reported."""
     footprint_memory_mb: int | None = None
-    """With the cache: memory (RAM, or GPU memory on CUDA) for views' table footprints (the mask-table entries each ray reads, the same for every object), kept between objects; views beyond it are recomputed. Default: a quarter of the memory free at start-up, at most 2048 MB (0 = keep none)."""
+    """With the cache: memory (RAM, or GPU memory on CUDA) for views' table footprints (the mask-table entries each ray reads, the same for every object) and touches (a view summed into one table; room for one per view is held first), kept between objects; what does not fit is recomputed. Default: a quarter of the memory free at start-up, at most 2048 MB or one touch per view if that is more (0 = keep none)."""
     sample_scale: float = 0.5
     """With the cache: scale nerfacto's proposal and NeRF sample counts for the segmentation renders (e.g. 0.5 halves them; the NeRF's cost is mostly its samples)."""
     segment_image: Literal["render", "train"] = "render"
@@ -128,7 +128,11 @@ class SA3DPipeline(VanillaPipeline):
         self.records: list[dict] = []
         # one lifter per object; the default path votes by gathers and scatters over each view's
         # footprint (kept in memory for every later object), the faithful path (no cache) by autograd
-        self.footprints = FootprintCache(footprint_budget(config.footprint_memory_mb, self.device))
+        # room is held first for every view's touch (one table each), footprints get the rest
+        mcfg = self.model.config
+        touch_bytes = len(self.datamanager.train_dataset) * mcfg.mask_num_levels * 2**mcfg.mask_log2_hashmap_size * 4
+        budget = footprint_budget(config.footprint_memory_mb, self.device, touch_bytes)
+        self.footprints = FootprintCache(budget, reserve=touch_bytes)
         self.lifters = [self._make_lifter(f) for f in self.model.mask_fields]
         self.view_cache: ViewCache | None = None
         self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0}
@@ -631,23 +635,27 @@ class SA3DPipeline(VanillaPipeline):
         return self.model.get_param_groups()
 
 
-def footprint_budget(megabytes: int | None, device) -> int:
-    """Bytes for the footprint cache: ``megabytes``, or by default a quarter of the memory free now
-    on ``device`` (GPU memory on CUDA, available RAM otherwise), at most 2048 MB."""
-    if megabytes is not None:
-        return max(int(megabytes), 0) * 2**20
+def free_memory(device) -> int:
+    """Bytes free now on ``device``: GPU memory on CUDA, available RAM otherwise."""
     device = torch.device(device)
     if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        try:
-            info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-            free = int(info["MemAvailable"].split()[0]) * 1024
-        except (OSError, KeyError, ValueError):
-            import os
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        import os
 
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return min(free // 4, 2048 * 2**20)
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def footprint_budget(megabytes: int | None, device, touches: int = 0) -> int:
+    """Bytes for the footprint cache: ``megabytes``, or by default a quarter of the memory free now
+    on ``device``, at most 2048 MB, or ``touches`` (the bytes of one touch table per view) when
+    that is more."""
+    if megabytes is not None:
+        return max(int(megabytes), 0) * 2**20
+    return min(free_memory(device) // 4, max(2048 * 2**20, touches))
 
 
 STATUS_COLORS = {
