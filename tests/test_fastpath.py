@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_segmenters import disc_scene, tiny_sam
 
-from sa3d_ns.core import lifting
+from sa3d_ns.core import hashgrid, lifting
 from sa3d_ns.core.cache import ViewCache, file_identity, prune_samples, top_samples
 from sa3d_ns.core.lifting import MaskLifter
 
@@ -153,6 +153,8 @@ def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode,
     for name, cache in configurations:
         if name == "stream":  # a view too large to hold is recomputed chunk by chunk (stays so below)
             monkeypatch.setattr(lifting, "MEMO_BYTES", 0)
+        if name == "big":  # corners computed in many blocks of points from here on
+            monkeypatch.setattr(hashgrid, "BLOCK_PAIRS", 1000)
         built.clear()
         field = mask_field()
         lifter = MaskLifter(
@@ -188,12 +190,15 @@ def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode,
 
 
 @pytest.mark.parametrize("levels, log2, features, max_res", [(16, 15, 2, 2048), (5, 17, 1, 128), (3, 12, 4, 64)])
-def test_frozen_hash_grid_lookup_equals_nerfstudios(levels, log2, features, max_res):
-    """The frozen NeRF's hash grids evaluated by sa3d's corner lookup give nerfstudio's values."""
+@pytest.mark.parametrize("block_pairs", [hashgrid.BLOCK_PAIRS, 500])
+def test_frozen_hash_grid_lookup_equals_nerfstudios(levels, log2, features, max_res, block_pairs, monkeypatch):
+    """The frozen NeRF's hash grids evaluated by sa3d's corner lookup give nerfstudio's values
+    (in one block of points, and in many blocks with a short last one)."""
     from nerfstudio.field_components.encodings import HashEncoding
 
     from sa3d_ns.nerf.model import frozen_hash_forward
 
+    monkeypatch.setattr(hashgrid, "BLOCK_PAIRS", block_pairs)
     torch.manual_seed(0)
     enc = HashEncoding(
         levels, log2_hashmap_size=log2, features_per_level=features, max_res=max_res, implementation="torch"

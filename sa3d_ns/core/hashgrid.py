@@ -14,6 +14,11 @@ import torch.nn.functional as F
 HASH_PRIMES = (1, 2654435761, 805459861)  # nerfstudio's HashEncoding.hash_fn (Instant-NGP)
 
 
+# (level, point) pairs per block on the CPU: a block's temporaries stay in cache and their memory
+# is reused, where whole-chunk temporaries (tens of MB each) cost page faults and memory bandwidth
+BLOCK_PAIRS = 1 << 17
+
+
 def grid_corners(
     p: torch.Tensor,
     scalings: torch.Tensor,
@@ -33,35 +38,46 @@ def grid_corners(
     Returns (indices int32, weights float32). value(x) = sum over its entries of weight * table[index].
     The hash is nerfstudio's: xor over the axes of (coordinate * prime), modulo the table size. The
     table size is a power of two, so 32-bit products that wrap around give the same low bits as
-    nerfstudio's 64-bit ones, at half the cost.
+    nerfstudio's 64-bit ones, at half the cost. Computed axis by axis on contiguous (level, point)
+    planes, in blocks of points on the CPU.
     """
     assert table_size & (table_size - 1) == 0, "hash table size must be a power of two"
-    if level_major:
-        scaled = p[None, :, :] * scalings.view(-1, 1, 1).to(p)  # L x N x 3
-        level_offset = offsets.to(device=p.device, dtype=torch.int32).view(-1, 1)
-    else:
-        scaled = p[:, None, :] * scalings.view(1, -1, 1).to(p)  # N x L x 3
-        level_offset = offsets.to(device=p.device, dtype=torch.int32).view(1, -1)
-        scale = None if scale is None else scale.transpose(0, 1)
-    floor = torch.floor(scaled)
-    off = scaled - floor
-    primes = torch.tensor([(q + 2**31) % 2**32 - 2**31 for q in HASH_PRIMES], dtype=torch.int32, device=p.device)
-    lo, hi = floor.int() * primes, torch.ceil(scaled).int() * primes
-    # per-axis weights (1 - t for the low corner, t for the high one); ``scale`` folded into x once
-    wx = (1 - off[..., 0], off[..., 0])
+    n, levels, dev = p.shape[0], scalings.numel(), p.device
+    shape = (levels, n, 8) if level_major else (n, levels, 8)
+    idx = torch.empty(shape, dtype=torch.int32, device=dev)
+    wts = torch.empty(shape, dtype=torch.float32, device=dev)
+    # planes are L x m (level-major) or m x L, for a block of m points
+    res = scalings.to(device=dev, dtype=p.dtype).view((-1, 1) if level_major else (1, -1))
+    level_offset = offsets.to(device=dev, dtype=torch.int32).view(res.shape)
     if scale is not None:
-        wx = (wx[0] * scale, wx[1] * scale)
-    wy = (1 - off[..., 1], off[..., 1])
-    wz = (1 - off[..., 2], off[..., 2])
-    wxy = [[wx[a] * wy[b] for b in (0, 1)] for a in (0, 1)]
-    hxy = [[(hi if a else lo)[..., 0] ^ (hi if b else lo)[..., 1] for b in (0, 1)] for a in (0, 1)]
-    idx = torch.empty((*scaled.shape[:2], 8), dtype=torch.int32, device=p.device)
-    wts = torch.empty((*scaled.shape[:2], 8), dtype=torch.float32, device=p.device)
-    for c in range(8):  # the order of a point's corners does not matter (they are summed)
-        a, b, z = c & 1, (c >> 1) & 1, (c >> 2) & 1
-        h = hxy[a][b] ^ (hi if z else lo)[..., 2]
-        torch.add(h & (table_size - 1), level_offset, out=idx[..., c])
-        torch.mul(wxy[a][b], wz[z], out=wts[..., c])
+        scale = torch.broadcast_to(scale.to(device=dev, dtype=torch.float32), (levels, n))
+        scale = scale if level_major else scale.t()
+    primes = [(q + 2**31) % 2**32 - 2**31 for q in HASH_PRIMES]  # as int32
+    coords = p.t().contiguous()  # 3 x N
+    block = n if dev.type != "cpu" else max(1, BLOCK_PAIRS // max(levels, 1))
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        lo, hi, w = [], [], []  # per axis: hashed low / high corner coordinates, (1 - t, t) weights
+        for k in range(3):
+            x = coords[k, a:b]
+            scaled = x[None, :] * res if level_major else x[:, None] * res
+            floor = torch.floor(scaled)
+            off = scaled - floor
+            lo.append(floor.int() * primes[k])
+            hi.append(torch.ceil(scaled).int() * primes[k])
+            pair = (1 - off, off)
+            if k == 0 and scale is not None:  # ``scale`` folded into x once
+                part = scale[:, a:b] if level_major else scale[a:b]
+                pair = (pair[0] * part, pair[1] * part)
+            w.append(pair)
+        hxy = [[(hi[0] if i else lo[0]) ^ (hi[1] if j else lo[1]) for j in (0, 1)] for i in (0, 1)]
+        wxy = [[w[0][i] * w[1][j] for j in (0, 1)] for i in (0, 1)]
+        out_idx, out_w = (idx[:, a:b], wts[:, a:b]) if level_major else (idx[a:b], wts[a:b])
+        for c in range(8):  # the order of a point's corners does not matter (they are summed)
+            i, j, z = c & 1, (c >> 1) & 1, (c >> 2) & 1
+            h = (hxy[i][j] ^ (hi[2] if z else lo[2])).bitwise_and_(table_size - 1)
+            torch.add(h, level_offset, out=out_idx[..., c])
+            torch.mul(wxy[i][j], w[2][z], out=out_w[..., c])
     return idx, wts
 
 
