@@ -218,6 +218,7 @@ def test_frozen_hash_grid_lookup_equals_nerfstudios(levels, log2, features, max_
 def test_sa3d_model_uses_the_fast_lookup_for_the_frozen_nerf_only():
     from nerfstudio.data.scene_box import SceneBox
     from nerfstudio.field_components.encodings import HashEncoding
+    from nerfstudio.field_components.spatial_distortions import SceneContraction
 
     from sa3d_ns.nerf.model import SA3DModelConfig
 
@@ -230,6 +231,22 @@ def test_sa3d_model_uses_the_fast_lookup_for_the_frozen_nerf_only():
         assert nerf and mask
         assert all(("forward" in vars(m)) == fast for m in nerf)
         assert not any("forward" in vars(m) for m in mask)  # the mask field is trained: untouched
+        contraction = model.field.spatial_distortion
+        assert ("forward" in vars(contraction)) == fast and model.mask_fields[0].spatial_distortion is contraction
+        x = torch.randn(50, 4, 3) * 3
+        x[0, 0] = torch.tensor([1.0, 0.5, -0.2])  # on the unit cube's surface
+        assert torch.equal(contraction(x), SceneContraction.forward(contraction, x))  # the same numbers
+
+
+def test_contraction_equals_nerfstudios():
+    from nerfstudio.field_components.spatial_distortions import SceneContraction
+
+    from sa3d_ns.core.hashgrid import contract_inf
+
+    x = torch.randn(2000, 3) * 2
+    x[:3] = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.5], [0.0, 0.0, 0.0]])
+    assert torch.equal(contract_inf(x), SceneContraction(order=float("inf"))(x))
+    assert contract_inf(x).abs().max() < 2
 
 
 def test_footprint_cache_holds_room_for_touches_first():

@@ -81,6 +81,14 @@ def grid_corners(
     return idx, wts
 
 
+def contract_inf(x: torch.Tensor) -> torch.Tensor:
+    """Mip-NeRF 360's scene contraction with the L-inf norm, as nerfstudio's SceneContraction
+    (order=inf) computes it: x inside the unit cube, (2 - 1/|x|) x/|x| outside (into the cube of
+    side 4). The norm is a max of absolute values (exact)."""
+    mag = x.abs().amax(dim=-1, keepdim=True)
+    return torch.where(mag < 1, x, (2 - (1 / mag)) * (x / mag))
+
+
 def grid_lookup(
     table: torch.Tensor, p: torch.Tensor, scalings: torch.Tensor, offsets: torch.Tensor, table_size: int
 ) -> torch.Tensor:

@@ -12,12 +12,13 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
 from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
+from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import nn
 from torch.nn import Parameter
 
 from sa3d_ns.core.errors import SA3DError
-from sa3d_ns.core.hashgrid import grid_lookup
+from sa3d_ns.core.hashgrid import contract_inf, grid_lookup
 from sa3d_ns.core.objects import check_name, crop, exclusive, palette
 from sa3d_ns.nerf.mask_field import MaskField
 from sa3d_ns.nerf.offline import lpips_disabled
@@ -31,6 +32,14 @@ def frozen_hash_forward(self: HashEncoding, x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and self.hash_table.requires_grad:
         return HashEncoding.forward(self, x)
     return grid_lookup(self.hash_table, x, self.scalings, self.hash_offset, self.hash_table_size)
+
+
+def fast_contraction_forward(self: SceneContraction, positions):
+    """nerfstudio's L-inf scene contraction with the norm as a max of absolute values (the same
+    numbers; torch's linalg.norm with ord=inf is some 40x slower on a CPU)."""
+    if isinstance(positions, torch.Tensor) and self.order == float("inf"):
+        return contract_inf(positions)
+    return SceneContraction.forward(self, positions)
 
 
 def unbounded(n: int) -> torch.Tensor:
@@ -68,7 +77,7 @@ class SA3DModelConfig(NerfactoModelConfig):
     rgba_object: bool = True
     """The ``rgba`` render output (ns-render) is the object alone on a transparent background."""
     fast_hash_grids: bool = True
-    """Evaluate the frozen nerfacto's hash grids (torch implementation) by listing each point's corners and one fused gather: the same values to float rounding, about 2x cheaper than nerfstudio's torch lookup on a CPU (False: nerfstudio's own)."""
+    """Evaluate the frozen nerfacto's hash grids (torch implementation) by listing each point's corners and one fused gather, and its L-inf scene contraction with a max instead of linalg.norm: the same values to float rounding, the lookups 2 to 4x cheaper than nerfstudio's torch lookup on a CPU (False: nerfstudio's own)."""
 
 
 class SA3DModel(NerfactoModel):
@@ -92,6 +101,8 @@ class SA3DModel(NerfactoModel):
             for module in [*self.field.modules(), *self.proposal_networks.modules()]:
                 if isinstance(module, HashEncoding) and module.tcnn_encoding is None:
                     module.forward = MethodType(frozen_hash_forward, module)
+                if isinstance(module, SceneContraction):  # (shared with the mask fields)
+                    module.forward = MethodType(fast_contraction_forward, module)
 
     def new_mask_field(self) -> MaskField:
         """An empty (zero) mask field with the run's settings."""
