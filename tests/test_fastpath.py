@@ -199,6 +199,7 @@ def test_frozen_hash_grid_lookup_equals_nerfstudios(levels, log2, features, max_
     from sa3d_ns.nerf.model import frozen_hash_forward
 
     monkeypatch.setattr(hashgrid, "BLOCK_PAIRS", block_pairs)
+    monkeypatch.setattr(hashgrid, "LOOKUP_BLOCK_PAIRS", block_pairs * 3)
     torch.manual_seed(0)
     enc = HashEncoding(
         levels, log2_hashmap_size=log2, features_per_level=features, max_res=max_res, implementation="torch"

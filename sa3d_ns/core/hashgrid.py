@@ -17,6 +17,8 @@ HASH_PRIMES = (1, 2654435761, 805459861)  # nerfstudio's HashEncoding.hash_fn (I
 # (level, point) pairs per block on the CPU: a block's temporaries stay in cache and their memory
 # is reused, where whole-chunk temporaries (tens of MB each) cost page faults and memory bandwidth
 BLOCK_PAIRS = 1 << 17
+# (level, point) pairs per block of grid_lookup on the CPU (corner lists of 16 MB each)
+LOOKUP_BLOCK_PAIRS = 1 << 19
 
 
 def grid_corners(
@@ -93,10 +95,17 @@ def grid_lookup(
     table: torch.Tensor, p: torch.Tensor, scalings: torch.Tensor, offsets: torch.Tensor, table_size: int
 ) -> torch.Tensor:
     """The features of points ``p`` (... x 3, in [0, 1]) in a hash grid: ... x (L * F) for a
-    table of L * table_size x F, in nerfstudio's order (level-major, then feature). No gradient."""
-    shape = p.shape[:-1]
+    table of L * table_size x F, in nerfstudio's order (level-major, then feature). No gradient.
+    On the CPU, in blocks of LOOKUP_BLOCK_PAIRS (level, point) pairs, whose corner lists (a few
+    tens of MB) reuse the memory of the block before."""
+    shape, levels, table = p.shape[:-1], scalings.numel(), table.detach()
     flat = p.reshape(-1, 3)
-    idx, w = grid_corners(flat, scalings, offsets, table_size, level_major=False)
-    levels = idx.shape[1]
-    out = F.embedding_bag(idx.view(-1, 8), table.detach(), per_sample_weights=w.view(-1, 8).to(table.dtype), mode="sum")
+    n = flat.shape[0]
+    out = torch.empty((n, levels * table.shape[1]), dtype=table.dtype, device=p.device)
+    block = n if p.device.type != "cpu" else max(1, LOOKUP_BLOCK_PAIRS // max(levels, 1))
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        idx, w = grid_corners(flat[a:b], scalings, offsets, table_size, level_major=False)
+        bags = F.embedding_bag(idx.view(-1, 8), table, per_sample_weights=w.view(-1, 8).to(table.dtype), mode="sum")
+        out[a:b] = bags.view(b - a, -1)
     return out.view(*shape, levels * table.shape[1])
