@@ -216,7 +216,7 @@ def test_frozen_hash_grid_lookup_equals_nerfstudios(levels, log2, features, max_
     assert frozen_hash_forward(enc, x).requires_grad
 
 
-def test_sa3d_model_uses_the_fast_lookup_for_the_frozen_nerf_only():
+def test_sa3d_model_uses_the_fast_lookups_where_no_gradient_is_wanted():
     from nerfstudio.data.scene_box import SceneBox
     from nerfstudio.field_components.encodings import HashEncoding
     from nerfstudio.field_components.spatial_distortions import SceneContraction
@@ -230,8 +230,18 @@ def test_sa3d_model_uses_the_fast_lookup_for_the_frozen_nerf_only():
         nerf = [m for m in [*model.field.modules(), *model.proposal_networks.modules()] if isinstance(m, HashEncoding)]
         mask = [m for m in model.mask_fields.modules() if isinstance(m, HashEncoding)]
         assert nerf and mask
-        assert all(("forward" in vars(m)) == fast for m in nerf)
-        assert not any("forward" in vars(m) for m in mask)  # the mask field is trained: untouched
+        assert all(("forward" in vars(m)) == fast for m in nerf + mask)
+        # the mask field's lookup: sa3d's in renders, nerfstudio's where lifting needs a gradient
+        field, x = model.mask_fields[0], torch.rand(300, 3) * 2 - 1
+        with torch.no_grad():
+            field.table.normal_()
+            fast_values = field(x)
+        with torch.enable_grad():
+            values = field(x)
+            assert values.requires_grad
+        assert torch.allclose(fast_values, values, atol=1e-6)
+        k = model.add_object("more")  # (fields added later get them too)
+        assert ("forward" in vars(model.mask_fields[k].encoding)) == fast
         contraction = model.field.spatial_distortion
         assert ("forward" in vars(contraction)) == fast and model.mask_fields[0].spatial_distortion is contraction
         x = torch.randn(50, 4, 3) * 3
