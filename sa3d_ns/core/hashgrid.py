@@ -3,7 +3,8 @@ evaluated by listing each point's trilinear corners: the table entries it reads 
 
 Both the mask field's votes (which entries a sample touches) and a cheaper evaluation of the frozen
 NeRF's own hash grids (a fused gather-multiply-sum over the corners) are built on
-:func:`grid_corners`. Plain torch.
+:func:`grid_corners`. Also the L-inf scene contraction that maps unbounded positions into the
+grids' cube (:func:`contract_inf`). Plain torch.
 """
 
 from __future__ import annotations

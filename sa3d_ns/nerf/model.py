@@ -35,20 +35,21 @@ def frozen_hash_forward(self: HashEncoding, x: torch.Tensor) -> torch.Tensor:
 
 
 def fast_contraction_forward(self: SceneContraction, positions):
-    """nerfstudio's L-inf scene contraction with the norm as a max of absolute values (the same
-    numbers; torch's linalg.norm with ord=inf is some 40x slower on a CPU)."""
-    if isinstance(positions, torch.Tensor) and self.order == float("inf"):
+    """An L-inf SceneContraction's forward with the norm as a max of absolute values (the same
+    numbers; torch's linalg.norm with ord=inf is some 40x slower on a CPU); nerfstudio's own for
+    Gaussians."""
+    if isinstance(positions, torch.Tensor):
         return contract_inf(positions)
     return SceneContraction.forward(self, positions)
 
 
 def fast_lookups(modules) -> None:
     """Give the torch HashEncodings among ``modules`` sa3d's lookup where no gradient is wanted
-    (frozen_hash_forward), and the scene contractions the cheaper L-inf norm."""
+    (frozen_hash_forward), and the L-inf scene contractions the cheaper norm."""
     for module in modules:
         if isinstance(module, HashEncoding) and module.tcnn_encoding is None:
             module.forward = MethodType(frozen_hash_forward, module)
-        if isinstance(module, SceneContraction):
+        if isinstance(module, SceneContraction) and module.order == float("inf"):
             module.forward = MethodType(fast_contraction_forward, module)
 
 

@@ -127,8 +127,8 @@ class SA3DPipeline(VanillaPipeline):
         self._detector = None
         self.records: list[dict] = []
         # one lifter per object; the default path votes by gathers and scatters over each view's
-        # footprint (kept in memory for every later object), the faithful path (no cache) by autograd
-        # room is held first for every view's touch (one table each), footprints get the rest
+        # footprint (kept in memory for every later object; room is held first for every view's
+        # touch, one table each), the faithful path (no cache) by autograd
         mcfg = self.model.config
         touch_bytes = len(self.datamanager.train_dataset) * mcfg.mask_num_levels * 2**mcfg.mask_log2_hashmap_size * 4
         budget = footprint_budget(config.footprint_memory_mb, self.device, touch_bytes)
