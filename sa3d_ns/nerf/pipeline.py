@@ -163,7 +163,7 @@ class SA3DPipeline(VanillaPipeline):
             raise SA3DError(
                 "No nerfacto checkpoint: pass --pipeline.nerfacto-config outputs/<scene>/nerfacto/<timestamp>/config.yml."
             )
-        state = load_checkpoint(cfg.nerfacto_checkpoint)["pipeline"]
+        state = load_checkpoint(cfg.nerfacto_checkpoint, "nerfacto checkpoint")["pipeline"]
         self.model.load_nerfacto_state(state, cfg.nerfacto_checkpoint)
         if cfg.prompt is None:  # prompts come from the viewer's SA3D panel
             CONSOLE.log("sa3d: no prompt file; prompt objects in the viewer (Control tab, SA3D panel).")
@@ -669,7 +669,7 @@ STATUS_COLORS = {
 def load_kept_objects(model, add_to: Path, checkpoint: Path, count: int) -> list[dict]:
     """Load the mask fields of the first ``count`` objects from the sa3d run ``add_to`` (its
     config.yml) and return their summaries, marked with the run they come from."""
-    state = load_checkpoint(checkpoint)["pipeline"]
+    state = load_checkpoint(checkpoint, "sa3d checkpoint of --pipeline.add-to")["pipeline"]
     for k in range(count):
         prefix = f"_model.{MASK_PREFIX}{k}."
         part = {key[len(prefix) :]: v for key, v in state.items() if key.startswith(prefix)}

@@ -90,21 +90,11 @@ def resolve_config(config) -> None:
 def checkpoint_implementation(checkpoint: Path) -> str:
     """The implementation ("tcnn" or "torch") a nerfacto checkpoint was trained with, checked to be
     usable here: tcnn weights cannot be loaded into the torch implementation."""
-    import torch
     from nerfstudio.utils.external import TCNN_EXISTS
 
-    from sa3d_ns.nerf.checkpoints import allow_numpy_scalars
+    from sa3d_ns.nerf.checkpoints import load_checkpoint
 
-    allow_numpy_scalars()
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001
-        raise SA3DError(
-            f"Could not read the nerfacto checkpoint {checkpoint}: {type(err).__name__}: {str(err)[:300]}"
-        ) from None
-    keys = state.get("pipeline", {}).keys() if isinstance(state, dict) else []
-    if not keys:
-        raise SA3DError(f"{checkpoint} is not a nerfstudio checkpoint (no 'pipeline' entry).")
+    keys = load_checkpoint(checkpoint, "nerfacto checkpoint", mmap=True)["pipeline"].keys()
     if not any(k.endswith(".params") for k in keys):
         return "torch"
     if not TCNN_EXISTS:
