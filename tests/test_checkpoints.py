@@ -86,7 +86,11 @@ def test_checkpoints_of_either_numpy_load_under_either(tmp_path, numpy2, writer,
     # numpy 1 names its scalars numpy.core.multiarray.scalar, numpy 2 numpy._core.multiarray.scalar
     assert pickled_numpy_names(ckpt) == {"numpy._core.multiarray" if writer == "numpy2" else "numpy.core.multiarray"}
     # torch's default (safe) loader refuses them on its own
-    plain = python("import sys, torch; torch.load(sys.argv[1], map_location='cpu')", ckpt, numpy2=numpy2 if reader == "numpy2" else None)
+    plain = python(
+        "import sys, torch; torch.load(sys.argv[1], map_location='cpu')",
+        ckpt,
+        numpy2=numpy2 if reader == "numpy2" else None,
+    )
     assert plain.returncode != 0 and "Unsupported global" in plain.stderr
     for code in (READ_OURS, READ_NERFSTUDIO):
         r = python(code, ckpt, numpy2=numpy2 if reader == "numpy2" else None)
