@@ -16,6 +16,13 @@ For each it reports the wall time of each stage (NeRF rendering, 2D segmentation
 time to the first object (model set-up included) and to a second object in the same scene, peak
 memory, and mIoU / accuracy on the held-out views against the scene's instance masks. The last
 line printed holds the speed ratios (reference time / default time) and each path's mIoU.
+
+    python scripts/benchmark.py --scale-views 25 50 100 200 --scale-sizes 128 256 512
+
+prints instead a scale table of the default path (oracle segmenter): for each number of views and
+image size, a scene of its own (its nerfacto trained briefly: the timing does not depend on the
+NeRF's quality), the time to the first and the second object, peak memory and the cache's size on
+disk, and the exponents of a power law fitted to each column (time ~ views^a x pixels^b).
 """
 
 from __future__ import annotations
@@ -215,9 +222,10 @@ def run_path(spec: dict) -> dict:
 def spawn_path(spec: dict, workdir: Path) -> dict:
     import shutil
 
-    spec["cache_dir"] = str(workdir / f"cache_{spec['segmenter']}_{spec['path']}")
+    tag = f"{spec['segmenter']}_{spec['path']}" + (f"_{spec['tag']}" if spec.get("tag") else "")
+    spec["cache_dir"] = str(workdir / f"cache_{tag}")
     shutil.rmtree(spec["cache_dir"], ignore_errors=True)  # the first object pays for building the caches
-    spec_file = workdir / f"spec_{spec['segmenter']}_{spec['path']}.json"
+    spec_file = workdir / f"spec_{tag}.json"
     out_file = spec_file.with_name(spec_file.name.replace("spec_", "result_"))
     spec_file.write_text(json.dumps(spec))
     out_file.unlink(missing_ok=True)
@@ -255,6 +263,91 @@ def random_checkpoint(workdir: Path, segmenter: str, variant: str) -> Path:
         state = {"model": build_sam2_model(variant, None).state_dict()}
     torch.save(state, path)
     return path
+
+
+# --------------------------------------------------------------------------- scale table
+def fit_power_law(views: list[int], pixels: list[int], values: list[float]) -> tuple[float, float]:
+    """Exponents (a, b) of values ~ c * views^a * pixels^b, least squares in log space (a or b is
+    nan when views or pixels do not vary).
+
+    Example: values = views * pixels (an exact product) -> (1.0, 1.0).
+    """
+    v, p, y = (np.log(np.asarray(x, dtype=np.float64)) for x in (views, pixels, values))
+    cols = [np.ones_like(y)]
+    vary_v, vary_p = np.ptp(v) > 0, np.ptp(p) > 0
+    if vary_v:
+        cols.append(v)
+    if vary_p:
+        cols.append(p)
+    coef = np.linalg.lstsq(np.stack(cols, 1), y, rcond=None)[0]
+    a = coef[1] if vary_v else float("nan")
+    b = coef[-1] if vary_p else float("nan")
+    return float(a), float(b)
+
+
+def scale_table(args, device: str, workdir: Path) -> int:
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+    from rich.console import Console
+    from rich.table import Table
+
+    steps = args.nerfacto_steps or (30 if device == "cpu" else 300)
+    rows = []
+    for size in args.scale_sizes:
+        for views in args.scale_views:
+            scene, nerfacto_config = prepare_scene(workdir, views, size, steps, device)
+            train_names = [
+                str(p)
+                for p in NerfstudioDataParserConfig(data=scene).setup().get_dataparser_outputs("train").image_filenames
+            ]
+            prompts, ids, first_view = [], [], None
+            for name in args.objects:
+                prompt, obj, view = object_prompt(scene, train_names, name, first_view)
+                first_view = view if first_view is None else first_view
+                path = workdir / f"prompt_v{views}_s{size}_{name}.json"
+                path.write_text(json.dumps(prompt))
+                prompts.append(str(path))
+                ids.append(obj)
+            log(f"scale: {len(train_names)} training views of {size}x{size} ...")
+            spec = {
+                "path": "default", "segmenter": "oracle", "device": device, "nerfacto_config": str(nerfacto_config),
+                "prompts": prompts, "object_ids": ids, "checkpoint": None, "max_views": None,
+                "overrides": {"segment_max_size": "0"}, "tag": f"v{views}_s{size}",
+            }  # fmt: skip
+            r = spawn_path(spec, workdir)
+            rows.append(
+                {
+                    "views": len(train_names),
+                    "size": size,
+                    "first_s": r["objects"][0]["seconds"],
+                    "second_s": r["objects"][1]["seconds"] if len(r["objects"]) > 1 else float("nan"),
+                    "peak_mb": r["peak_mb"],
+                    "cache_mb": r["cache"].get("disk_bytes", 0) / 2**20,
+                    "miou": float(np.mean([o["miou"] for o in r["objects"]])),
+                }
+            )
+    table = Table(
+        title=f"sa3d default path on {device}: scale (oracle segmenter, objects {' then '.join(args.objects)})"
+    )
+    cols = {"views": "views", "size": "image", "first_s": "1st object s", "second_s": "2nd object s",
+            "peak_mb": "peak MB", "cache_mb": "cache MB", "miou": "mIoU"}  # fmt: skip
+    for title in cols.values():
+        table.add_column(title, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["views"]), f"{r['size']}x{r['size']}", f"{r['first_s']:.1f}", f"{r['second_s']:.1f}",
+            f"{r['peak_mb']:.0f}", f"{r['cache_mb']:.0f}", f"{r['miou']:.3f}",
+        )  # fmt: skip
+    Console(width=160).print(table)
+    fits = {}
+    for key in ("first_s", "second_s", "peak_mb", "cache_mb"):
+        ok = [r for r in rows if np.isfinite(r[key]) and r[key] > 0]
+        if len(ok) >= 2:
+            fits[key] = fit_power_law([r["views"] for r in ok], [r["size"] ** 2 for r in ok], [r[key] for r in ok])
+    growth = "; ".join(f"{cols[k]} ~ views^{a:.2f} x pixels^{b:.2f}" for k, (a, b) in fits.items())
+    print(f"growth (power-law fit): {growth}")
+    (workdir / "scale.json").write_text(json.dumps({"device": device, "rows": rows, "fits": fits}, indent=1))
+    print(f"(figures in {workdir / 'scale.json'}; peak memory is RSS on CPU, allocated GPU memory on CUDA)")
+    return 0
 
 
 # --------------------------------------------------------------------------- report
@@ -320,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-views", type=int, default=None, help="process only this many views per object")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--scale-views", type=int, nargs="+", help="scale table: numbers of views (e.g. 25 50 100 200)")
+    parser.add_argument("--scale-sizes", type=int, nargs="+", help="scale table: image sizes (e.g. 128 256 512)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -336,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("benchmark: --device cuda but CUDA is not available here.")
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.scale_views or args.scale_sizes:
+        args.scale_views, args.scale_sizes = args.scale_views or [args.num_views], args.scale_sizes or [args.size]
+        return scale_table(args, device, workdir)
     steps = args.nerfacto_steps or (300 if device == "cpu" else 3000)
     if args.nerfacto_config:
         nerfacto_config = args.nerfacto_config.resolve()

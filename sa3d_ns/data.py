@@ -1,7 +1,8 @@
 """Reading what a nerfstudio dataset carries besides images: per-frame instance masks.
 
 In ``transforms.json`` a frame may have ``"instance_mask_path"``: a PNG of integer object ids
-(0 = background) aligned with the frame's image.
+(0 = background) aligned with the frame's image. Datasets read by other dataparsers (colmap,
+blender-data) may keep them as ``instances/<image stem>.png`` in the data folder instead.
 """
 
 from __future__ import annotations
@@ -21,11 +22,7 @@ def transforms_path(data: Path) -> Path:
 def instance_mask_paths(data: Path, image_filenames: Sequence[Path]) -> list[Path]:
     """Instance-mask path of each image in ``image_filenames`` (matched by file name)."""
     tpath = transforms_path(data)
-    if not tpath.is_file():
-        raise SA3DError(
-            f"No transforms.json at {tpath}: the oracle segmenter needs a nerfstudio dataset with instance masks."
-        )
-    meta = json.loads(tpath.read_text())
+    meta = json.loads(tpath.read_text()) if tpath.is_file() else {}
     by_name: dict[str, Path] = {}
     for frame in meta.get("frames", []):
         if "instance_mask_path" in frame:
@@ -33,10 +30,14 @@ def instance_mask_paths(data: Path, image_filenames: Sequence[Path]) -> list[Pat
     out = []
     for name in image_filenames:
         key = Path(name).name
+        fallback = tpath.parent / "instances" / f"{Path(name).stem}.png"
+        if key not in by_name and fallback.is_file():  # (datasets of other dataparsers: colmap, blender)
+            by_name[key] = fallback
         if key not in by_name:
             raise SA3DError(
-                f'The dataset {tpath} has no "instance_mask_path" for image {key}: the oracle segmenter needs ground-truth '
-                "instance masks for every training frame. Use --pipeline.segmenter weightfree or sam instead."
+                f'The dataset {tpath.parent} has no instance mask for image {key} ("instance_mask_path" in transforms.json, '
+                f"or instances/{Path(name).stem}.png): the oracle segmenter needs ground-truth instance masks for every "
+                "training frame. Use --pipeline.segmenter weightfree or sam instead."
             )
         if not by_name[key].is_file():
             raise SA3DError(f"Instance mask {by_name[key]} (for image {key}) does not exist.")

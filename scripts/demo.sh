@@ -24,7 +24,7 @@ NERFACTO=$(ls -d "$OUT"/outputs/scene/nerfacto/*/ 2>/dev/null | tail -n 1 || tru
 if [ -z "$NERFACTO" ] || ! ls "$NERFACTO"nerfstudio_models/*.ckpt >/dev/null 2>&1; then
   sa3d-train-nerfacto nerfacto --data "$OUT/scene" --output-dir "$OUT/outputs" --machine.device-type "$DEVICE" \
     --vis tensorboard --viewer.quit-on-train-completion True --max-num-iterations "$STEPS" \
-    --pipeline.model.implementation "$IMPL" --pipeline.model.camera-optimizer.mode off \
+    --pipeline.model.implementation "$IMPL" \
     --pipeline.model.log2-hashmap-size "$HASH"     --pipeline.model.num-nerf-samples-per-ray "${SAMPLES[0]}" --pipeline.model.num-proposal-samples-per-ray "${SAMPLES[1]}" "${SAMPLES[2]}" \
     --pipeline.datamanager.train-num-rays-per-batch "$RAYS" --steps-per-save 100000
   NERFACTO=$(ls -d "$OUT"/outputs/scene/nerfacto/*/ | tail -n 1)

@@ -3,13 +3,16 @@
 # runs the whole test suite (unit + slow end-to-end tests) on the CPU, offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# the viewer's browser test drives Debian's chromium (headless) with Playwright
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian programs the tests run: chromium (the viewer's browser test, driven by Playwright), ffmpeg
+# (ns-render's videos), colmap (ns-process-data on a capture)
+MISSING=()
+for prog in chromium ffmpeg colmap; do command -v "$prog" >/dev/null 2>&1 || MISSING+=("$prog"); done
+if [ ${#MISSING[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+    apt-get install -y -q "${MISSING[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${MISSING[@]}" >/dev/null; }
   else
-    echo "scripts/test.sh: the viewer test needs Debian's chromium: run 'sudo apt-get install chromium' first" >&2
+    echo "scripts/test.sh: the tests need Debian's ${MISSING[*]}: run 'sudo apt-get install ${MISSING[*]}' first" >&2
     exit 1
   fi
 fi
@@ -19,5 +22,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -m pip check
+# numpy 2 in a folder of its own: the tests write and read checkpoints as a numpy-2 environment does
+[ -d .venv/numpy2/numpy ] || .venv/bin/python -m pip install -q --no-deps --target .venv/numpy2 numpy==2.3.5
 .venv/bin/ruff check .
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

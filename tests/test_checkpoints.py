@@ -16,8 +16,6 @@ import torch
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.nerf.checkpoints import SAFE_GLOBALS_ENV, load_checkpoint
 
-NUMPY2 = "numpy==2.3.5"
-
 WRITE = """
 import sys, numpy as np, torch
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
@@ -47,20 +45,6 @@ import nerfstudio.configs.method_configs
 s = torch.load(sys.argv[1], map_location="cpu")
 print(np.__version__, float(s["schedulers"]["fields"]["_last_lr"][0]))
 """
-
-
-@pytest.fixture(scope="session")
-def numpy2() -> Path:
-    """A folder holding numpy 2 (installed once from the package registry, like scripts/test.sh does)."""
-    target = Path(sys.prefix) / "numpy2"
-    if not (target / "numpy").is_dir():
-        r = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), NUMPY2],
-            capture_output=True,
-            text=True,
-        )
-        assert r.returncode == 0, f"could not install {NUMPY2} into {target}: {r.stderr[-2000:]}"
-    return target
 
 
 def python(code: str, *args, numpy2: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

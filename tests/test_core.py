@@ -267,3 +267,27 @@ def test_lifter_releases_its_sums_and_needs_a_reset_to_lift_again():
     lifter.reset()
     lifter.add_view(pos, w, torch.tensor([False]), neg_weight=1.0)
     assert field.table[0].item() == -1.0
+
+
+def test_auto_downscale_and_cache_size():
+    from sa3d_ns.core.cache import view_bytes
+    from sa3d_ns.core.views import auto_downscale
+
+    assert auto_downscale(1000, 750, 500) == 2.0
+    assert auto_downscale(320, 240, 500) == 1.0
+    assert auto_downscale(1000, 750, 0) == 1.0
+    assert auto_downscale(750, 1000, 512) == 1000 / 512
+    # 16 samples (12 + 2 bytes each), depth (4) and colour (3) per ray: 231 bytes
+    assert view_bytes(10, 20, 16, True) == 200 * 231
+    assert view_bytes(10, 20, 16, False) == 200 * 228
+
+
+def test_power_law_fit_recovers_exponents():
+    from sa3d_ns.bench import fit_power_law
+
+    views, pixels = [25, 50, 100, 25, 50, 100], [64**2] * 3 + [128**2] * 3
+    values = [3.0 * v**1.0 * p**0.5 for v, p in zip(views, pixels, strict=True)]
+    a, b = fit_power_law(views, pixels, values)
+    assert abs(a - 1.0) < 1e-9 and abs(b - 0.5) < 1e-9
+    a, b = fit_power_law([25, 50], [100, 100], [2.0, 8.0])
+    assert abs(a - 2.0) < 1e-9 and np.isnan(b)

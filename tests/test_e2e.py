@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -179,6 +180,7 @@ def test_bad_input(scene, tmp_path, case, match):
         for f in meta["frames"]:
             f.pop("instance_mask_path")
         (data / "transforms.json").write_text(json.dumps(meta))
+        shutil.rmtree(data / "instances")  # (nor the instances/<image>.png other dataparsers' datasets use)
         extra += ["--data", data]
     before = set(sa3d_runs(scene, "bad"))
     scene_cfg = {**scene, "nerfacto": config}
@@ -822,3 +824,139 @@ def test_viewer_panel_in_headless_chromium(scene, tmp_path):
     # 300-step CPU nerfacto, which is not bit-reproducible run to run: precision measured 0.69 to
     # above 0.8; another object would give about 0)
     assert (after & (inst == 1)).sum() > 0.5 * after.sum()
+
+
+RESAVE_UNDER_NUMPY = """
+import sys, numpy as np, torch
+from sa3d_ns.nerf.checkpoints import load_checkpoint
+state = load_checkpoint(sys.argv[1])
+torch.save(state, sys.argv[1])
+print(np.__version__)
+"""
+
+
+def test_a_nerfacto_run_saved_under_numpy_2(scene, tmp_path, numpy2):
+    """A real nerfacto checkpoint as a numpy-2 environment writes it (read and saved again by a
+    process running numpy 2, so its numpy scalars carry numpy 2's module name): ns-train sa3d,
+    --pipeline.add-to and nerfstudio's own loading (ns-viewer / ns-render / ns-export) take it."""
+    copy = tmp_path / "nerfacto_numpy2"
+    shutil.copytree(scene["nerfacto"].parent, copy)
+    ckpt = next((copy / "nerfstudio_models").glob("*.ckpt"))
+    r = run(["python", "-c", RESAVE_UNDER_NUMPY, ckpt], tmp_path, env={"PYTHONPATH": str(numpy2)})
+    assert r.returncode == 0 and r.stdout.startswith("2."), r.stderr[-2000:]
+    with zipfile.ZipFile(ckpt) as z:
+        pickled = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert b"cnumpy._core.multiarray\nscalar" in pickled and b"cnumpy.core.multiarray" not in pickled
+
+    # nerfstudio's own loader (eval_setup, as ns-viewer / ns-render / ns-export call it)
+    code = (
+        "import sys; from pathlib import Path; import nerfstudio.configs.method_configs; "
+        "from nerfstudio.utils.eval_utils import eval_setup; from sa3d_ns.nerf.offline import lpips_disabled\n"
+        "with lpips_disabled():  # (offline: nerfacto builds LPIPS, whose AlexNet weights cannot be fetched)\n"
+        "    _, p, c, step = eval_setup(Path(sys.argv[1]), test_mode='inference')\n"
+        "print('loaded', step)"
+    )
+    r = run(["python", "-c", code, copy / "config.yml"], scene["root"])
+    assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-3000:]
+
+    # ns-train sa3d, then another object added to that run
+    first = sa3d({**scene, "nerfacto": copy / "config.yml"}, "--pipeline.prompt", scene["prompt"],
+                 "--pipeline.segmenter", "oracle", out="numpy2")  # fmt: skip
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    (run_dir,) = sa3d_runs(scene, "numpy2")
+    inst = np.asarray(Image.open(scene["root"] / "scene" / "instances" / "frame_00000.png"))
+    ys, xs = np.nonzero(inst == 2)
+    more = write(
+        tmp_path / "more.json",
+        json.dumps({"name": "crate", "view": 0, "points": [[float(np.median(xs)), float(np.median(ys))]]}),
+    )
+    r = sa3d({**scene, "nerfacto": copy / "config.yml"}, "--pipeline.prompt", more, "--pipeline.segmenter", "oracle",
+             "--pipeline.add-to", run_dir / "config.yml", out="numpy2")  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (added,) = set(sa3d_runs(scene, "numpy2")) - {run_dir}
+    names = [o["name"] for o in json.loads((added / "sa3d" / "summary.json").read_text())["objects"]]
+    assert names == ["object", "crate"]
+
+
+def camera_path_json(scene, run_dir: Path, frames: list[int]) -> dict:
+    """A nerfstudio camera path (as the viewer's Render tab writes it) through training cameras, in
+    the run's world frame (the dataparser's transform and scale applied)."""
+    meta = json.loads((scene["root"] / "scene" / "transforms.json").read_text())
+    tf = json.loads((run_dir / "dataparser_transforms.json").read_text())
+    transform, scale = np.array(tf["transform"]), tf["scale"]
+    path = []
+    for i in frames:
+        c2w = np.array(meta["frames"][i]["transform_matrix"])
+        world = transform @ c2w
+        world[:3, 3] *= scale
+        path.append({"camera_to_world": np.vstack([world, [0, 0, 0, 1]]).ravel().tolist(),
+                     "fov": float(np.degrees(2 * np.arctan(meta["h"] / (2 * meta["fl_y"])))), "aspect": 1.0})  # fmt: skip
+    return {"camera_type": "perspective", "render_height": 64, "render_width": 64, "camera_path": path,
+            "seconds": len(frames) / 4, "fps": 4}  # fmt: skip
+
+
+def read_video(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255)
+    cap.release()
+    return frames
+
+
+@pytest.mark.parametrize("kind", ["spiral", "interpolate", "camera-path"])
+def test_segmented_videos(scene, tmp_path, kind):
+    """ns-render spiral / interpolate / camera-path of an sa3d run write mp4 videos of the object
+    alone, the scene without it and the overlay, side by side."""
+    assert shutil.which("ffmpeg"), "ns-render's videos need ffmpeg (scripts/test.sh and demo.sh install it)"
+    run_dir = finished_run(scene)
+    video = tmp_path / f"{kind}.mp4"
+    extra = {
+        "spiral": ["--seconds", "1", "--frame-rate", "6"],
+        "interpolate": ["--pose-source", "eval", "--interpolation-steps", "4", "--frame-rate", "6"],
+        "camera-path": ["--camera-path-filename", write(tmp_path / "path.json", json.dumps(camera_path_json(scene, run_dir, [0, 3, 6, 9, 12])))],
+    }[kind]  # fmt: skip
+    r = run(["ns-render", kind, "--load-config", run_dir / "config.yml", "--output-path", video,
+             "--rendered-output-names", "rgb_object", "rgb_removed", "rgb_overlay", *extra], scene["root"])  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    frames = read_video(video)
+    assert len(frames) >= 4, len(frames)
+    h, w, _ = frames[0].shape
+    assert w == 3 * h  # rgb_object | rgb_removed | rgb_overlay
+    alone = np.stack([f[:, :h] for f in frames])
+    removed = np.stack([f[:, h : 2 * h] for f in frames])
+    overlay = np.stack([f[:, 2 * h :] for f in frames])
+    white = (alone > 0.9).all(-1)
+    assert white.mean() > 0.6  # the object alone, on white
+    assert (~white).mean(axis=(1, 2)).max() > 0.01  # and the object shows
+    assert np.abs(overlay - removed).mean() > 0.01  # the scene without it is not the overlay
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(scene, tmp_path):
+    """The free space of the cache folder's disk (a real 2 MB tmpfs) is checked before any view is
+    rendered: a clear message with the size needed and the flags that shrink it, exit 2, no run."""
+    import subprocess
+
+    small = tmp_path / "small_disk"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode()[-200:]}")
+    try:
+        before = set(sa3d_runs(scene, "full"))
+        r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", "oracle",
+                 "--pipeline.cache-dir", small / "cache", out="full")  # fmt: skip
+        output = " ".join((r.stdout + r.stderr).split())
+        assert r.returncode == 2, output[-3000:]
+        assert "Not enough free disk space for the view cache" in output and "--pipeline.segment-max-size" in output
+        assert "--pipeline.cache-samples" in output and "--pipeline.cache-dir" in output
+        assert "Traceback" not in output
+        assert set(sa3d_runs(scene, "full")) == before
+        assert not list(small.rglob("*.pt"))  # nothing half-written where a later run would read it
+        # what will be built was said first
+        assert "sa3d: segmenting 22 views at 64x64" in output
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)

@@ -1,5 +1,7 @@
 """The method is registered with nerfstudio and its command line answers --help."""
 
+from pathlib import Path
+
 import pytest
 from helpers import run
 from nerfstudio.engine.trainer import TrainerConfig
@@ -85,3 +87,30 @@ def test_footprint_budget_defaults_to_a_bounded_share_of_free_memory(monkeypatch
     monkeypatch.setattr(pipeline, "free_memory", lambda device: 1000 * mb)
     assert footprint_budget(None, "cpu", touches=3000 * mb) == 250 * mb
     assert footprint_budget(0, "cpu") == 0 and footprint_budget(3, "cpu") == 3 * mb
+
+
+def test_a_runs_data_is_found_from_where_it_was_trained(tmp_path, monkeypatch):
+    """A nerfacto run names its data relative to the folder it was trained in; run from another
+    folder (or with the project folder moved whole), the data is found from the run's location, and
+    a message names --data when it is nowhere."""
+    from types import SimpleNamespace
+
+    from sa3d_ns.core.errors import SA3DError
+    from sa3d_ns.nerf.resolve import find_data, training_folder
+
+    project = tmp_path / "moved" / "project"
+    (project / "data" / "scene").mkdir(parents=True)
+    config_path = project / "outputs" / "scene" / "nerfacto" / "2026-01-01_000000" / "config.yml"
+    src = SimpleNamespace(config=SimpleNamespace(output_dir=Path("outputs")), config_path=config_path)
+    assert training_folder(src) == project
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert find_data(Path("data/scene"), src) == (project / "data" / "scene").resolve()
+    monkeypatch.chdir(project)
+    assert find_data(Path("data/scene"), src) == Path("data/scene")
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(SA3DError, match="Pass --data PATH"):
+        find_data(Path("data/other"), src)
+    absolute = SimpleNamespace(config=SimpleNamespace(output_dir=tmp_path / "abs"), config_path=config_path)
+    assert training_folder(absolute) is None

@@ -175,7 +175,7 @@ def test_panel_widgets_on_a_real_viser_server():
     try:
         pipe = FakePipeline()
         pipe.datamanager = SimpleNamespace(train_dataset=SimpleNamespace(cameras=FakeCamera()))
-        pipe.config = SimpleNamespace(render_downscale=1.0)
+        pipe.downscale = 1.0
         panel = SA3DPanel(pipe)
         panel.install(server)
         h = panel.handles

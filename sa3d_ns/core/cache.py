@@ -41,6 +41,12 @@ def prune_samples(positions: torch.Tensor, weights: torch.Tensor, k: int) -> tup
     return p, w, (float(w.sum()) / total) if total > 0 else 1.0
 
 
+def cache_dir(root: Path, key: dict) -> Path:
+    """The folder of ``key``'s entries under ``root`` (a digest of the key)."""
+    text = json.dumps(key, sort_keys=True, default=str)
+    return Path(root) / hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class ViewCache:
     """Tensors per view (``name``) on disk under ``root/<digest of key>``.
 
@@ -51,8 +57,7 @@ class ViewCache:
 
     def __init__(self, root: Path, key: dict) -> None:
         self.key = key
-        text = json.dumps(key, sort_keys=True, default=str)
-        self.dir = Path(root) / hashlib.sha256(text.encode()).hexdigest()[:16]
+        self.dir = cache_dir(root, key)
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "key.json"
         if not meta.is_file():
@@ -89,6 +94,12 @@ class ViewCache:
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob("*.pt"))
+
+
+def view_bytes(height: int, width: int, samples: int, rgb: bool) -> int:
+    """Bytes one view takes in the cache: per ray ``samples`` positions (3 x float32) and weights
+    (float16), a float32 depth and, when the segmenter sees the render, 3 bytes of colour."""
+    return height * width * (samples * (3 * 4 + 2) + 4 + (3 if rgb else 0))
 
 
 def tensor_bytes(data: dict[str, torch.Tensor]) -> int:

@@ -43,3 +43,14 @@ def view_order(
         visited[nxt] = True
         best = np.minimum(best, dist[nxt])
     return order
+
+
+def auto_downscale(width: int, height: int, max_size: int) -> float:
+    """The smallest downscale factor (>= 1) that brings the longer side of a ``width`` x ``height``
+    image to at most ``max_size`` pixels (``max_size`` <= 0: 1, the full resolution).
+
+    Example: 1000 x 750 with max_size 500 -> 2.0; 320 x 240 with max_size 500 -> 1.0.
+    """
+    if max_size <= 0:
+        return 1.0
+    return max(1.0, max(width, height) / max_size)

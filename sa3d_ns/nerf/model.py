@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MethodType
@@ -229,18 +230,39 @@ class SA3DModel(NerfactoModel):
         return []
 
     @torch.no_grad()
-    def sample_rays(self, ray_bundle: RayBundle, rgb: bool = True, per_sample: bool = False) -> dict:
+    def sample_rays(
+        self,
+        ray_bundle: RayBundle,
+        rgb: bool = True,
+        per_sample: bool = False,
+        sample_scale: float = 1.0,
+        own_appearance: bool = False,
+    ) -> dict:
         """The frozen NeRF on a flat bundle: sample positions R x S x 3, volume weights R x S,
         median depth, accumulation and (unless ``rgb`` is False: geometry only, no colour
-        network) rgb. ``per_sample`` adds the samples, their densities and colours."""
+        network) rgb. ``per_sample`` adds the samples, their densities and colours.
+        ``sample_scale`` scales nerfacto's sample counts; ``own_appearance`` colours each ray
+        with the appearance embedding of its ``camera_indices`` (a training image's own, as the
+        run learned it; otherwise nerfacto's inference rule, the mean embedding). Both act on
+        shallow copies of the sampler and field, so renders running meanwhile are not affected."""
         if self.collider is not None and ray_bundle.nears is None:
             ray_bundle = self.collider(ray_bundle)
-        ray_samples, _, _ = self.proposal_sampler(ray_bundle, density_fns=self.density_fns)
+        sampler, field = self.proposal_sampler, self.field
+        if sample_scale != 1.0:
+            sampler = copy.copy(sampler)
+            sampler.num_proposal_samples_per_ray = tuple(
+                max(4, round(n * sample_scale)) for n in sampler.num_proposal_samples_per_ray
+            )
+            sampler.num_nerf_samples_per_ray = max(4, round(sampler.num_nerf_samples_per_ray * sample_scale))
+        if own_appearance and rgb:
+            field = copy.copy(field)
+            field.training = True  # (NerfactoField embeds camera_indices' appearance only in training mode)
+        ray_samples, _, _ = sampler(ray_bundle, density_fns=self.density_fns)
         if rgb:
-            field_outputs = self.field.forward(ray_samples)
+            field_outputs = field.forward(ray_samples)
             density = field_outputs[FieldHeadNames.DENSITY]
         else:
-            density, _ = self.field.get_density(ray_samples)
+            density, _ = field.get_density(ray_samples)
         weights = ray_samples.get_weights(density)
         out = {
             "positions": ray_samples.frustums.get_positions(),

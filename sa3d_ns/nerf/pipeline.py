@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +23,15 @@ from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConf
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from sa3d_ns.core.cache import ViewCache, file_identity, prune_samples, tensor_bytes
+from sa3d_ns.core.cache import ViewCache, cache_dir, file_identity, prune_samples, tensor_bytes, view_bytes
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import FootprintCache, MaskLifter
 from sa3d_ns.core.metrics import binarize_score, iou
 from sa3d_ns.core.objects import robust_bounds, surface_samples
 from sa3d_ns.core.prompts import Prompt, check_inside, load_prompts, resolve_view
 from sa3d_ns.core.self_prompt import select_self_prompts
-from sa3d_ns.core.views import view_order
+from sa3d_ns.core.views import auto_downscale, view_order
+from sa3d_ns.nerf.cameras import learned_camera
 from sa3d_ns.nerf.checkpoints import load_checkpoint
 from sa3d_ns.nerf.model import MASK_PREFIX, SA3DModelConfig
 
@@ -97,8 +99,10 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """Order of views after the prompt view: dataset order, or nearest-first growth from the prompt view."""
     num_passes: int = 1
     """Passes over the training views (authors' main version: 1)."""
-    render_downscale: float = 1.0
-    """Segment at the training resolution divided by this (>= 1; bounds time, memory and cache size on large images). The mask field renders at any resolution afterwards."""
+    render_downscale: float | None = None
+    """Segment at the training resolution divided by this (>= 1). Default: the smallest factor that brings the longer image side to --pipeline.segment-max-size. The mask field renders at any resolution afterwards."""
+    segment_max_size: int = 512
+    """Without --pipeline.render-downscale: segment views downscaled so that their longer side is at most this many pixels (bounds time, memory and cache size on large images; 0 = the training resolution)."""
     cache: bool = True
     """Keep per-view NeRF samples, depth, images (and SAM image embeddings) on disk and reuse them for every later object in the scene; False = re-render every view (the authors' way)."""
     cache_dir: Path | None = None
@@ -111,6 +115,8 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """With the cache: scale nerfacto's proposal and NeRF sample counts for the segmentation renders (e.g. 0.5 halves them; the NeRF's cost is mostly its samples)."""
     segment_image: Literal["render", "train"] = "render"
     """Image the 2D segmenter sees: the NeRF's render, or the training image itself (then the NeRF renders geometry only)."""
+    match_training_views: bool = True
+    """Render each training view at the pose the nerfacto run optimised for it (its camera optimizer, e.g. nerfacto's default SO3xR3) and with its own appearance embedding, so renders line up with the training images and their instance masks (False: the dataset's poses and nerfacto's mean appearance)."""
     save_view_images: bool = True
     """Write each view's 2D mask and prompt points as images into the run folder (sa3d/)."""
 
@@ -143,6 +149,7 @@ class SA3DPipeline(VanillaPipeline):
         self.kept: list[dict] = []  # the summaries of objects kept from --pipeline.add-to
         self.surface_points: list[list[torch.Tensor]] = [[] for _ in range(n)]  # what each object's masks saw
         self.last_view: dict | None = None
+        self._started = time.perf_counter()  # (when the run's first view began: the log's time left)
         self.camera_started: set[int] = set()  # objects whose prompt was in a viewer camera, not a training view
         # the SA3D panel of the nerfstudio viewer (picked up by the viewer when there is one)
         from sa3d_ns.nerf.viewer_panel import SA3DPanel, SA3DViewerControl
@@ -153,6 +160,15 @@ class SA3DPipeline(VanillaPipeline):
             self._setup_segmentation()
 
     # ------------------------------------------------------------------ setup
+    @property
+    def downscale(self) -> float:
+        """The factor training views are downscaled by for segmentation: --pipeline.render-downscale,
+        or the smallest that fits the longer side of the largest image into --pipeline.segment-max-size."""
+        if self.config.render_downscale is not None:
+            return float(self.config.render_downscale)
+        cams = self.datamanager.train_dataset.cameras
+        return auto_downscale(int(cams.width.max()), int(cams.height.max()), self.config.segment_max_size)
+
     @property
     def image_names(self) -> list[str]:
         return [str(p) for p in self.datamanager.train_dataset.image_filenames]
@@ -332,36 +348,39 @@ class SA3DPipeline(VanillaPipeline):
     # ------------------------------------------------------------------ rendering
     @torch.no_grad()
     def render_view(self, view: int, rgb: bool = True) -> dict:
-        """Render training view ``view`` at the segmentation resolution with the frozen NeRF."""
+        """Render training view ``view`` at the segmentation resolution with the frozen NeRF (at
+        the pose and with the appearance the nerfacto run learned for it, unless
+        --pipeline.match-training-views False)."""
         cams = self.datamanager.train_dataset.cameras
-        cam = cams[view : view + 1].to(self.device)
-        if self.config.render_downscale != 1.0:
-            cam.rescale_output_resolution(1.0 / self.config.render_downscale)
-        return self.render_camera(cam, rgb)
+        match = self.config.match_training_views
+        cam = (learned_camera(self.model, cams, view) if match else cams[view : view + 1]).to(self.device)
+        if self.downscale != 1.0:
+            cam.rescale_output_resolution(1.0 / self.downscale)
+        return self.render_camera(cam, rgb, appearance=view if match else None)
 
     @torch.no_grad()
-    def render_camera(self, cam, rgb: bool = True) -> dict:
-        """Render one camera (on the device) with the frozen NeRF: samples, weights, depth, rgb."""
+    def render_camera(self, cam, rgb: bool = True, appearance: int | None = None) -> dict:
+        """Render one camera (on the device) with the frozen NeRF: samples, weights, depth, rgb
+        (with training image ``appearance``'s appearance embedding, else nerfacto's mean one)."""
         bundle = cam.generate_rays(camera_indices=0, keep_shape=True)
+        if appearance is not None:
+            bundle.camera_indices = torch.full_like(bundle.camera_indices, appearance)
         h, w = bundle.shape[:2]
-        sampler = self.model.proposal_sampler
-        counts = (sampler.num_proposal_samples_per_ray, sampler.num_nerf_samples_per_ray)
-        if self.config.cache and self.config.sample_scale != 1.0:
-            scale = self.config.sample_scale
-            sampler.num_proposal_samples_per_ray = tuple(max(4, round(n * scale)) for n in counts[0])
-            sampler.num_nerf_samples_per_ray = max(4, round(counts[1] * scale))
+        scale = self.config.sample_scale if self.config.cache else 1.0
         chunk = self.model.config.eval_num_rays_per_chunk
         was_training = self.model.training
         self.model.eval()
         parts: dict[str, list[torch.Tensor]] = {}
         try:
             for start in range(0, h * w, chunk):
-                out = self.model.sample_rays(bundle.get_row_major_sliced_ray_bundle(start, start + chunk), rgb=rgb)
+                ray_chunk = bundle.get_row_major_sliced_ray_bundle(start, start + chunk)
+                out = self.model.sample_rays(
+                    ray_chunk, rgb=rgb, sample_scale=scale, own_appearance=appearance is not None
+                )
                 for k, v in out.items():
                     parts.setdefault(k, []).append(v)
         finally:
             self.model.train(was_training)
-            sampler.num_proposal_samples_per_ray, sampler.num_nerf_samples_per_ray = counts
         out = {k: torch.cat(v) for k, v in parts.items()}
         out["height"], out["width"] = h, w
         return out
@@ -389,10 +408,11 @@ class SA3DPipeline(VanillaPipeline):
             "version": CACHE_VERSION,
             "checkpoint": file_identity(cfg.nerfacto_checkpoint),
             "cameras": h.hexdigest(),
-            "render_downscale": cfg.render_downscale,
+            "render_downscale": self.downscale,
             "cache_samples": cfg.cache_samples,
             "sample_scale": cfg.sample_scale,
             "rgb": self._needs_rgb(),
+            "match_training_views": cfg.match_training_views,
             "nerf": {
                 "implementation": m.implementation,
                 "num_nerf_samples_per_ray": m.num_nerf_samples_per_ray,
@@ -407,11 +427,44 @@ class SA3DPipeline(VanillaPipeline):
         root = self.cache_root()
         if not self.config.cache or root is None or self.view_cache is not None:
             return
+        self.check_cache_space(root)
         self.view_cache = ViewCache(root, self.cache_key())
         seg = self.get_segmenter()
         identity = getattr(seg, "identity", None)
         if identity is not None and hasattr(seg, "embedding_cache"):
             seg.embedding_cache = ViewCache(root, {**self.cache_key(), "segmenter": identity})
+
+    def segment_size(self) -> tuple[int, int]:
+        """(height, width) of the largest training view at the segmentation resolution."""
+        cams = self.datamanager.train_dataset.cameras
+        h, w = int(cams.height.max()), int(cams.width.max())
+        return round(h / self.downscale), round(w / self.downscale)
+
+    def check_cache_space(self, root: Path) -> None:
+        """Say what the cache will hold, and refuse (before writing anything) when the free disk
+        space cannot hold it."""
+        cfg, m = self.config, self.model.config
+        folder = cache_dir(root, self.cache_key())
+        n = len(self.datamanager.train_dataset)
+        todo = sum(not (folder / f"view{v:05d}.pt").is_file() for v in range(n))
+        h, w = self.segment_size()
+        rendered = max(4, round(m.num_nerf_samples_per_ray * cfg.sample_scale))
+        samples = min(cfg.cache_samples, rendered) if cfg.cache_samples > 0 else rendered
+        need = todo * view_bytes(h, w, samples, self._needs_rgb())
+        CONSOLE.log(
+            f"sa3d: segmenting {n} views at {w}x{h} (downscale {self.downscale:.3g}); caching {samples} NeRF samples "
+            f"per ray: {todo} views to render, ~{need / 2**30:.2f} GB in {folder} ({n - todo} already there)"
+        )
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        if need > 0 and free < need * 1.05 + 64 * 2**20:
+            raise SA3DError(
+                f"Not enough free disk space for the view cache in {folder.parent}: it needs ~{need / 2**30:.2f} GB "
+                f"({todo} views of {w}x{h} rays, {samples} samples each), {free / 2**30:.2f} GB is free. Segment smaller "
+                "views (--pipeline.segment-max-size, e.g. 256, or --pipeline.render-downscale), keep fewer samples "
+                "(--pipeline.cache-samples, e.g. 8), put the cache elsewhere (--pipeline.cache-dir PATH), or turn it "
+                "off (--pipeline.cache False, slower)."
+            )
 
     def view_data(self, view: int) -> dict:
         """What a view needs from the NeRF: positions R x K x 3, weights R x K, depth H x W, rgb
@@ -563,11 +616,14 @@ class SA3DPipeline(VanillaPipeline):
         total = len(self.plan)
         if self.output_dir is not None:
             self.write_summary(complete=len(self.records) == total)
+        done = len(self.records)
+        if done == 1:
+            self._started = time.perf_counter() - t_total
+        left = (time.perf_counter() - self._started) / done * (total - done)
+        eta = f" (~{format_duration(left)} left)" if done < total else ""
         iou_txt = f" IoU {rec['iou']:.3f}" if "iou" in rec else ""
         what = f"{rec['object']}: " if len(self.model.mask_fields) > 1 else ""
-        CONSOLE.log(
-            f"sa3d: {what}view {len(self.records)}/{total} (#{rec['view']} {rec['image']}): {rec['status']}{iou_txt}"
-        )
+        CONSOLE.log(f"sa3d: {what}view {done}/{total} (#{rec['view']} {rec['image']}): {rec['status']}{iou_txt}{eta}")
         return rec
 
     def cache_summary(self) -> dict:
@@ -633,6 +689,16 @@ class SA3DPipeline(VanillaPipeline):
 
     def get_param_groups(self):
         return self.model.get_param_groups()
+
+
+def format_duration(seconds: float) -> str:
+    """e.g. 42 s, 3 min 05 s, 2 h 10 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def free_memory(device) -> int:

@@ -21,13 +21,17 @@ def check_settings(pipe) -> None:
     """The numeric settings of an SA3DPipelineConfig, each a clear error when out of range."""
     if pipe.num_passes < 1:
         raise SA3DError(f"--pipeline.num-passes must be >= 1, got {pipe.num_passes}.")
-    if pipe.render_downscale < 1:
+    if pipe.render_downscale is not None and pipe.render_downscale < 1:
         raise SA3DError(f"--pipeline.render-downscale must be >= 1, got {pipe.render_downscale}.")
     if pipe.sample_scale <= 0:
         raise SA3DError(f"--pipeline.sample-scale must be > 0, got {pipe.sample_scale}.")
     if pipe.footprint_memory_mb is not None and pipe.footprint_memory_mb < 0:
         raise SA3DError(
             f"--pipeline.footprint-memory-mb must be >= 0 (0 keeps no footprints; leave it out for the default), got {pipe.footprint_memory_mb}."
+        )
+    if pipe.segment_max_size < 0:
+        raise SA3DError(
+            f"--pipeline.segment-max-size must be >= 0 (0 = the training resolution), got {pipe.segment_max_size}."
         )
     if pipe.cache_samples < 0:
         raise SA3DError(f"--pipeline.cache-samples must be >= 0 (0 keeps all samples), got {pipe.cache_samples}.")
@@ -41,12 +45,14 @@ def resolve_config(config) -> None:
     src_dm = src.config.pipeline.datamanager
     dm = pipe.datamanager
     dm.dataparser = copy.deepcopy(src_dm.dataparser)
-    data = dm.data or src_dm.data or src_dm.dataparser.data
-    if data is None or not Path(data).exists():
-        raise SA3DError(
-            f"The nerfacto run's data {data} does not exist (relative paths are taken from the current folder). "
-            "Run from the folder you trained nerfacto in, or pass --data PATH to the dataset."
-        )
+    if dm.data is not None:
+        if not Path(dm.data).exists():
+            raise SA3DError(
+                f"--data {dm.data}: no such folder or file. Give the dataset the nerfacto run was trained on."
+            )
+        data = Path(dm.data)
+    else:
+        data = find_data(src_dm.data or src_dm.dataparser.data, src)
     dm.data = Path(data)
     dm.dataparser.data = Path(data)
     copy_nerfacto_settings(src.config.pipeline.model, pipe.model)
@@ -85,6 +91,37 @@ def resolve_config(config) -> None:
             if not 0 <= getattr(pipe, name) <= 1:
                 raise SA3DError(f"--pipeline.{name.replace('_', '-')} must be in [0, 1], got {getattr(pipe, name)}.")
         resolve_text_checkpoint(pipe.text_model, pipe.text_checkpoint)
+
+
+def training_folder(src) -> Path | None:
+    """The folder ``ns-train nerfacto`` ran in, inferred from where its run folder is
+    (<folder>/<output-dir>/<experiment>/<method>/<timestamp>/config.yml); None when the output
+    folder was absolute."""
+    out = Path(src.config.output_dir)
+    if out.is_absolute():
+        return None
+    up = 3 + len(out.parts)  # experiment, method, timestamp, then the output folder's own parts
+    parents = src.config_path.parents
+    return parents[up] if len(parents) > up else None
+
+
+def find_data(data, src) -> Path:
+    """The nerfacto run's dataset: as its config names it (relative paths from the current
+    folder), else relative to the folder nerfacto was trained in (a project folder moved or
+    copied whole, or sa3d run from another working directory)."""
+    if data is not None and Path(data).exists():
+        return Path(data)
+    tried = [str(data)]
+    home = training_folder(src)
+    if data is not None and not Path(data).is_absolute() and home is not None:
+        if (home / data).exists():
+            return (home / data).resolve()
+        tried.append(str(home / data))
+    raise SA3DError(
+        f"The nerfacto run's data {data} does not exist (tried {' and '.join(tried)}; relative paths are taken from the "
+        "current folder, then from the folder the run was trained in). Pass --data PATH to the dataset (e.g. when the "
+        "run was trained from another working directory or the data moved), or run from the folder you trained it in."
+    )
 
 
 def checkpoint_implementation(checkpoint: Path) -> str:

@@ -570,9 +570,7 @@ class SA3DPanel(ViewerElement):
             return None
         client = clients.get(client_id) or next(iter(clients.values()))
         cams = self.logic.pipeline.datamanager.train_dataset.cameras
-        side = min(
-            MAX_SIDE, int(max(cams.width.max(), cams.height.max()) / self.logic.pipeline.config.render_downscale)
-        )
+        side = min(MAX_SIDE, int(max(cams.width.max(), cams.height.max()) / self.logic.pipeline.downscale))
         height, width = render_size(float(client.camera.aspect), side)
         return self.control.get_camera(height, width, client_id=client.client_id)
 

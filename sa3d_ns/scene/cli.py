@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 
 @dataclass
@@ -19,6 +20,8 @@ class MakeSceneArgs:
     """Image height in pixels."""
     elevations: tuple[float, ...] = (20.0, 45.0)
     """Camera elevations in degrees, used in turn."""
+    texture: Literal["plain", "rich"] = "plain"
+    """rich: non-repeating mosaics on the support and the sky (for COLMAP / ns-process-data, whose SIFT matching fails on the plain scene's checkerboard and gradient)."""
 
 
 def entrypoint() -> None:
@@ -31,7 +34,9 @@ def entrypoint() -> None:
         print("sa3d-make-scene: need --num-views >= 2 and --width/--height >= 8.", file=sys.stderr)
         sys.exit(2)
     try:
-        path = make_scene(args.output, args.num_views, args.width, args.height, tuple(args.elevations))
+        path = make_scene(
+            args.output, args.num_views, args.width, args.height, tuple(args.elevations), texture=args.texture
+        )
     except FileExistsError as err:
         print(f"sa3d-make-scene: {err}", file=sys.stderr)
         sys.exit(2)

@@ -44,6 +44,7 @@ OBJECTS = [
     Obj("purple_cube", "box", (0.4, -0.55, 0.16), (0.16, 0.16, 0.16), ((0.55, 0.2, 0.7), (1.0, 0.6, 0.2)), "dots"),
 ]
 SUPPORT_HALF = 1.4
+WALL_RADIUS, WALL_HEIGHT = 6.0, 3.0  # the "rich" scene's backdrop
 
 
 def _texture(obj: Obj, p: np.ndarray) -> np.ndarray:
@@ -109,10 +110,23 @@ def _intersect(obj: Obj, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.n
     return t, n
 
 
+MOSAIC = np.random.default_rng(7).uniform(0.15, 0.95, size=(4096, 3))
+
+
+def mosaic(u: np.ndarray, v: np.ndarray, cell: float) -> np.ndarray:
+    """A non-repeating mosaic: cells of side ``cell`` in (u, v), each of a colour picked by a hash
+    of its integer coordinates (what feature matchers such as COLMAP's SIFT need; a checkerboard
+    repeats and is ambiguous)."""
+    iu, iv = np.floor(u / cell).astype(np.int64), np.floor(v / cell).astype(np.int64)
+    return MOSAIC[((iu * 73856093) ^ (iv * 19349663)) % len(MOSAIC)]
+
+
 def render(
-    c2w: np.ndarray, w: int, h: int, focal: float, objects=OBJECTS, ss: int = 2
+    c2w: np.ndarray, w: int, h: int, focal: float, objects=OBJECTS, ss: int = 2, texture: str = "plain"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ray-cast one view: (H x W x 3 uint8 image, H x W uint8 instance ids)."""
+    """Ray-cast one view: (H x W x 3 uint8 image, H x W uint8 instance ids). ``texture`` "rich"
+    gives the support a non-repeating mosaic (two scales) instead of a checkerboard, and puts a
+    wall with a mosaic around the scene."""
     light = np.array([0.4, 0.3, 0.85])
     light /= np.linalg.norm(light)
     acc = np.zeros((h, w, 3))
@@ -131,9 +145,22 @@ def render(
             tp = -o[:, 2] / d[:, 2]
         pp = o + d * np.nan_to_num(tp)[:, None]
         on_support = (tp > 1e-4) & (np.abs(pp[:, 0]) < SUPPORT_HALF) & (np.abs(pp[:, 1]) < SUPPORT_HALF)
+        if texture == "rich":  # the floor reaches the wall
+            on_support = (tp > 1e-4) & ((pp[:, :2] ** 2).sum(-1) < WALL_RADIUS**2)
         best_t = np.where(on_support, tp, best_t)
         normal[on_support] = [0, 0, 1]
         best_id[on_support] = -1
+        if texture == "rich":  # a wall around the scene (radius WALL_RADIUS, up to WALL_HEIGHT): parallax, unlike a sky
+            a = (d[:, :2] ** 2).sum(-1)
+            b = (o[:, :2] * d[:, :2]).sum(-1)
+            c = (o[:, :2] ** 2).sum(-1) - WALL_RADIUS**2
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tw = (-b + np.sqrt(np.maximum(b * b - a * c, 0))) / a
+            zw = o[:, 2] + tw * d[:, 2]
+            on_wall = (tw > 1e-4) & (zw > 0) & (zw < WALL_HEIGHT) & (tw < best_t)
+            best_t = np.where(on_wall, tw, best_t)
+            normal[on_wall] = 0
+            best_id[on_wall] = -2
         for i, obj in enumerate(objects, start=1):
             t, n = _intersect(obj, o, d)
             closer = t < best_t
@@ -143,15 +170,21 @@ def render(
         hit = o + d * np.where(np.isfinite(best_t), best_t, 0)[:, None]
         col = np.zeros_like(d)
         sky = best_id == 0
-        col[sky] = (0.55 + 0.35 * d[sky, 2:3].clip(-1, 1)) * np.array([0.75, 0.85, 1.0])
         sup = best_id == -1
-        chk = ((np.floor(hit[sup, 0] * 4) + np.floor(hit[sup, 1] * 4)) % 2)[:, None]
-        col[sup] = np.array([0.72, 0.62, 0.48]) * (1 - chk) + np.array([0.45, 0.36, 0.26]) * chk
+        col[sky] = (0.55 + 0.35 * d[sky, 2:3].clip(-1, 1)) * np.array([0.75, 0.85, 1.0])
+        if texture == "rich":
+            col[sup] = 0.6 * mosaic(hit[sup, 0], hit[sup, 1], 0.16) + 0.4 * mosaic(hit[sup, 0] + 9, hit[sup, 1], 0.04)
+            wall = best_id == -2
+            u = np.arctan2(hit[wall, 1], hit[wall, 0]) * WALL_RADIUS
+            col[wall] = 0.6 * mosaic(u, hit[wall, 2], 0.3) + 0.4 * mosaic(u + 7, hit[wall, 2], 0.08)
+        else:
+            chk = ((np.floor(hit[sup, 0] * 4) + np.floor(hit[sup, 1] * 4)) % 2)[:, None]
+            col[sup] = np.array([0.72, 0.62, 0.48]) * (1 - chk) + np.array([0.45, 0.36, 0.26]) * chk
         for i, obj in enumerate(objects, start=1):
             sel = best_id == i
             if sel.any():
                 col[sel] = _texture(obj, hit[sel])
-        lit = ~sky
+        lit = ~sky & (best_id != -2)
         shade = 0.4 + 0.6 * np.clip((normal[lit] * light).sum(-1), 0, 1)
         col[lit] *= shade[:, None]
         if k < len(offsets):
@@ -183,6 +216,7 @@ def make_scene(
     radius: float = 3.4,
     fov_deg: float = 50.0,
     progress: bool = True,
+    texture: str = "plain",
 ) -> Path:
     """Write the dataset to ``out``; returns the transforms.json path."""
     out = Path(out)
@@ -206,7 +240,7 @@ def make_scene(
         iterator = track(iterator, description=f"Rendering {num_views} views")
     for i in iterator:
         c2w = views[i]
-        img, ids = render(c2w, width, height, focal)
+        img, ids = render(c2w, width, height, focal, texture=texture)
         name = f"frame_{i:05d}.png"
         Image.fromarray(img).save(out / "images" / name)
         Image.fromarray(ids).save(out / "instances" / name)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import sys
 
 # nerfacto sized for a CPU (~0.3 s per step at 64 x 64): fewer samples per ray (nerfacto: 48 +
-# 256/96), smaller hash tables (nerfacto: 2^19), torch implementation, no pose refinement.
+# 256/96), smaller hash tables (nerfacto: 2^19), torch implementation; nerfacto's own pose
+# refinement (SO3xR3) and appearance embeddings stay on, as users train it.
 CPU_NERFACTO_FLAGS = [
     "--pipeline.model.implementation", "torch",
     "--pipeline.model.num-nerf-samples-per-ray", "24",
     "--pipeline.model.num-proposal-samples-per-ray", "48", "24",
     "--pipeline.model.log2-hashmap-size", "15",
-    "--pipeline.model.camera-optimizer.mode", "off",
     "--pipeline.datamanager.train-num-rays-per-batch", "1024",
 ]  # fmt: skip
 
