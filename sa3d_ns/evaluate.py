@@ -282,14 +282,17 @@ def evaluate_run(
 
 
 def prompted_instance(dm, data: Path, obj: dict) -> int:
-    """The instance id under an object's prompt, in its prompt view's instance mask."""
+    """The instance id under an object's prompt, in its prompt view's instance mask (at the
+    training image's size: a dataparser's downscale makes it smaller than the mask file)."""
     from sa3d_ns.data import instance_mask_paths
     from sa3d_ns.segmenters.oracle import read_instance_mask
 
     prompt_view = obj["views"][0]
     train_names = [str(p) for p in dm.train_dataset.image_filenames]
-    prompt_image = next(n for n in train_names if Path(n).name == prompt_view["image"])
-    inst = read_instance_mask(instance_mask_paths(data, [prompt_image])[0])
+    index = next(i for i, n in enumerate(train_names) if Path(n).name == prompt_view["image"])
+    cams = dm.train_dataset.cameras
+    size = (int(cams.width[index]), int(cams.height[index]))  # the prompt's pixels are the training image's
+    inst = read_instance_mask(instance_mask_paths(data, [train_names[index]])[0], size)
     return prompted_object_id(inst, obj["prompt"])
 
 

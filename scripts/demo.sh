@@ -9,6 +9,11 @@ OUT=${1:-demo_out}
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q -e . 
 export PATH="$PWD/.venv/bin:$PATH" PYTHONWARNINGS=ignore
+# ns-render's videos need ffmpeg (Debian's package); installed here when we may
+if ! command -v ffmpeg >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q ffmpeg >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q ffmpeg >/dev/null; } || true
+fi
 
 if python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   DEVICE=cuda; SIZE=128; VIEWS=64; STEPS=3000; RAYS=4096; IMPL=tcnn; SAMPLES=(48 256 96); HASH=19
@@ -51,6 +56,12 @@ for SEG in $SEGMENTERS; do
   if [ "$SEG" = weightfree ]; then
     sa3d-export pointcloud --load-config "$RUN/config.yml" --num-points 20000 >/dev/null
     sa3d-export mesh --load-config "$RUN/config.yml" --resolution 96 >/dev/null
+    if command -v ffmpeg >/dev/null 2>&1; then  # a video: the object alone | the scene without it | the overlay
+      ns-render spiral --load-config "$RUN/config.yml" --output-path "$OUT/video_$SEG.mp4" --seconds 3 --frame-rate 12 \
+        --rendered-output-names rgb_object rgb_removed rgb_overlay >/dev/null
+    else
+      echo "(no ffmpeg: 'sudo apt-get install ffmpeg' for the demo's video)"
+    fi
   fi
   rm -rf "$OUT/figures_$SEG"
   python -m sa3d_ns.tools.figures "$RUN" "$OUT/figures_$SEG" >/dev/null
@@ -73,6 +84,7 @@ echo "== Done. Look at:"
 echo "   $OUT/views_*.png          every view's 2D mask and prompt points (blue frame: prompt view, green: accepted, red: rejected)"
 echo "   $OUT/figures_*/           held-out renders (overlay | object alone | object removed | mask), the point cloud and mesh from 3 sides"
 echo "   $OUT/figures_objects/     three objects in one run: instance overlay | the crate removed | the can alone"
+echo "   $OUT/video_weightfree.mp4     ns-render spiral: the ball alone | the scene without it | the overlay"
 echo "   $OUT/outputs/scene/sa3d/demo_weightfree/sa3d/export/object_points.ply   the object as a coloured point cloud"
 echo "   $OUT/outputs/scene/sa3d/demo_*/renders/test/   held-out views: mask, overlay, the object alone (rgb_object) and the scene without it (rgb_removed)"
 echo "   $OUT/outputs/scene/sa3d/demo_*/sa3d/summary.json  accepted / rejected views with their IoU"

@@ -23,10 +23,10 @@ def test_instance_masks_are_the_pixels_each_object_paints():
     c2w = look_at(np.array([2.6, 1.5, 1.6]), np.array([0.0, 0.0, 0.25]))
     w = h = 64
     focal = 0.5 * w / np.tan(np.radians(25))
-    img, ids = render(c2w, w, h, focal)
+    img, ids, _ = render(c2w, w, h, focal)
     assert set(np.unique(ids)) >= {0, 1, 2}  # background and at least two objects in this view
     for k in [int(i) for i in np.unique(ids) if i > 0]:
-        without, _ = render(c2w, w, h, focal, objects=[o for i, o in enumerate(OBJECTS, start=1) if i != k])
+        without, _, _ = render(c2w, w, h, focal, objects=[o for i, o in enumerate(OBJECTS, start=1) if i != k])
         changed = np.abs(img.astype(int) - without.astype(int)).sum(-1) > 6
         mask = ids == k
         kernel = np.ones((3, 3), np.uint8)
@@ -47,7 +47,24 @@ def test_dataset_files_and_ids(small_scene):
         ids = np.asarray(Image.open(small_scene / f["instance_mask_path"]))
         assert img.shape == (48, 48, 3) and ids.shape == (48, 48) and ids.dtype == np.uint8
         seen |= set(np.unique(ids).tolist())
+        # z-depth in mm: the camera's distance to the scene centre (3.4) along its axis, give or take the scene
+        depth = np.asarray(Image.open(small_scene / f["depth_file_path"])).astype(np.float64) / 1000
+        assert depth.shape == (48, 48) and 1.5 < np.median(depth[ids > 0]) < 3.4
+        assert (depth[ids > 0] > 0).all()
     assert seen == set(range(0, len(OBJECTS) + 1))  # every object appears somewhere, nothing else does
+
+
+def test_rich_texture_paints_a_mosaic_floor_and_keeps_the_objects():
+    c2w = look_at(np.array([3.3, 0.0, 0.9]), np.array([0.0, 0.0, 0.25]))
+    focal = 0.5 * 64 / np.tan(np.radians(25))
+    plain, ids_plain, _ = render(c2w, 64, 64, focal)
+    rich, ids_rich, _ = render(c2w, 64, 64, focal, texture="rich")
+    assert np.array_equal(ids_plain, ids_rich)  # the same objects, the same instance masks
+    on = ids_plain > 0
+    assert np.abs(plain.astype(int) - rich.astype(int))[on].mean() < 1  # objects look the same
+    # the background has many more distinct colours (what SIFT needs) than the checkerboard
+    colours = lambda img: len({tuple(c) for c in img[~on].reshape(-1, 3)})  # noqa: E731
+    assert colours(rich) > 3 * colours(plain)
 
 
 def test_cameras_look_at_the_scene_from_all_around(small_scene):

@@ -3,7 +3,8 @@
 Several textured objects (spheres, boxes, a cylinder) stand on a checkered support; cameras look
 inwards from all around at several elevations. Images are ray-cast analytically (numpy), with 2x2
 supersampling; each frame gets an integer instance-id PNG (0 = background/support) written as
-``instance_mask_path`` in transforms.json, and ``objects.json`` names the objects.
+``instance_mask_path`` in transforms.json, a z-depth PNG (uint16 millimetres) as ``depth_file_path``
+(what depth-nerfacto trains with), and ``objects.json`` names the objects.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def mosaic(u: np.ndarray, v: np.ndarray, cell: float) -> np.ndarray:
 def render(
     c2w: np.ndarray, w: int, h: int, focal: float, objects=OBJECTS, ss: int = 2, texture: str = "plain"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ray-cast one view: (H x W x 3 uint8 image, H x W uint8 instance ids). ``texture`` "rich"
+    """Ray-cast one view: (H x W x 3 uint8 image, H x W uint8 instance ids, H x W z-depth, 0 where
+    a ray hits nothing). ``texture`` "rich"
     gives the support a non-repeating mosaic (two scales) instead of a checkerboard, and puts a
     wall with a mosaic around the scene."""
     light = np.array([0.4, 0.3, 0.85])
@@ -191,8 +193,10 @@ def render(
             acc += col.reshape(h, w, 3)
         else:
             ids_centre = np.clip(best_id, 0, None).reshape(h, w)
+            forward = -c2w[:3, 2]
+            depth = np.where(np.isfinite(best_t), best_t * (d @ forward), 0.0).reshape(h, w)
     img = (np.clip(acc / len(offsets), 0, 1) * 255).round().astype(np.uint8)
-    return img, ids_centre.astype(np.uint8)
+    return img, ids_centre.astype(np.uint8), depth
 
 
 def look_at(eye: np.ndarray, target: np.ndarray, up=np.array([0.0, 0.0, 1.0])) -> np.ndarray:
@@ -224,6 +228,7 @@ def make_scene(
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder (nothing was overwritten).")
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "instances").mkdir(parents=True, exist_ok=True)
+    (out / "depths").mkdir(parents=True, exist_ok=True)
     focal = 0.5 * width / math.tan(math.radians(fov_deg) / 2)
     target = np.array([0.0, 0.0, 0.25])
     frames = []
@@ -240,13 +245,16 @@ def make_scene(
         iterator = track(iterator, description=f"Rendering {num_views} views")
     for i in iterator:
         c2w = views[i]
-        img, ids = render(c2w, width, height, focal, texture=texture)
+        img, ids, depth = render(c2w, width, height, focal, texture=texture)
         name = f"frame_{i:05d}.png"
         Image.fromarray(img).save(out / "images" / name)
         Image.fromarray(ids).save(out / "instances" / name)
+        # z-depth in millimetres (nerfstudio's depth_unit_scale_factor 1e-3), for depth-nerfacto
+        Image.fromarray(np.round(depth * 1000).clip(0, 65535).astype(np.uint16)).save(out / "depths" / name)
         frames.append(
-            {"file_path": f"images/{name}", "instance_mask_path": f"instances/{name}", "transform_matrix": c2w.tolist()}
-        )
+            {"file_path": f"images/{name}", "instance_mask_path": f"instances/{name}",
+             "depth_file_path": f"depths/{name}", "transform_matrix": c2w.tolist()}
+        )  # fmt: skip
     meta = {
         "camera_model": "OPENCV",
         "fl_x": focal,

@@ -1,0 +1,96 @@
+"""A capture as users bring it: images only, cameras recovered by COLMAP through nerfstudio's
+``ns-process-data images`` (Debian's colmap, on the CPU), nerfacto trained on the result with the
+nerfstudio dataparser (at --downscale-factor 2, from the images_2 folder) and with the colmap
+dataparser, then ns-train sa3d, ns-render and sa3d-eval on each (the generator's instance masks
+follow the processed images by file name)."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from helpers import TINY_NERFACTO, run
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory):
+    assert shutil.which("colmap"), "ns-process-data needs COLMAP (scripts/test.sh installs Debian's colmap)"
+    root = tmp_path_factory.mktemp("capture")
+    r = run(["sa3d-make-scene", "--output", root / "scene", "--num-views", "32", "--width", "256", "--height", "256",
+             "--texture", "rich", "--elevations", "8", "22"], root)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run(["python", "-m", "sa3d_ns.scene.capture", "--scene", root / "scene", "--output", root / "data"], root)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return {"root": root, "scene": root / "scene", "data": root / "data"}
+
+
+def test_ns_process_data_recovers_the_cameras(capture):
+    data = capture["data"]
+    meta = json.loads((data / "transforms.json").read_text())
+    truth = json.loads((capture["scene"] / "transforms.json").read_text())
+    assert len(meta["frames"]) >= 28  # COLMAP registered nearly every image (32 of 32 measured)
+    assert meta["camera_model"] == "OPENCV" and "applied_transform" in meta and "k1" in meta
+    assert (data / "images_2").is_dir() and (data / "colmap" / "sparse" / "0" / "cameras.bin").is_file()
+    assert math.isclose(meta["fl_x"], truth["fl_x"], rel_tol=0.05)  # the focal length, from the images alone
+    for frame in meta["frames"]:  # the instance masks follow the renamed images
+        inst = np.asarray(Image.open(data / frame["instance_mask_path"]))
+        assert inst.shape == (256, 256)
+        orig = np.asarray(Image.open(capture["scene"] / "instances" / frame["source_image"]))
+        assert np.array_equal(inst, orig)
+
+
+def segment_and_evaluate(capture, nerfacto_config, tag):
+    root = capture["root"]
+    meta = json.loads((capture["data"] / "transforms.json").read_text())
+    frame = max(
+        meta["frames"], key=lambda f: (np.asarray(Image.open(capture["data"] / f["instance_mask_path"])) == 1).sum()
+    )
+    inst = np.asarray(Image.open(capture["data"] / frame["instance_mask_path"])) == 1
+    ys, xs = np.nonzero(inst)
+    # (prompts are in pixels of the training image: here images_2, half the size of the masks)
+    point = [float(np.median(xs)) / 2, float(np.median(ys)) / 2]
+    prompt = root / f"prompt_{tag}.json"
+    prompt.write_text(json.dumps({"view": frame["file_path"].split("/")[-1], "points": [point]}))
+    r = run(["ns-train", "sa3d", "--pipeline.nerfacto-config", nerfacto_config, "--machine.device-type", "cpu", "--vis", "tensorboard",
+             "--output-dir", root / f"sa3d_{tag}", "--pipeline.prompt", prompt, "--pipeline.segmenter", "oracle",
+             "--pipeline.segment-max-size", "96"], root)  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "at 96x96 (downscale" in " ".join(out.split())  # segmented below the training size
+    (run_dir,) = sorted((root / f"sa3d_{tag}").glob("*/sa3d/*"))
+    r = run(["ns-render", "dataset", "--load-config", run_dir / "config.yml", "--output-path", run_dir / "renders",
+             "--rendered-output-names", "rgb_object", "--split", "test", "--image-format", "png"], root)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list((run_dir / "renders" / "test" / "rgb_object").glob("*.png"))
+    r = run(["sa3d-eval", "--load-config", run_dir / "config.yml", "--split", "test"], root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((run_dir / "sa3d" / "eval_test" / "eval.json").read_text())
+    print(f"{tag}: held-out mIoU {result['miou']:.4f}")
+    return result
+
+
+def train_nerfacto(capture, tag, *dataparser):
+    root = capture["root"]
+    r = run(["sa3d-train-nerfacto", "nerfacto", "--output-dir", root / f"nerfacto_{tag}", "--max-num-iterations", "300",
+             "--viewer.quit-on-train-completion", "True", *TINY_NERFACTO, *dataparser], root)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return next((root / f"nerfacto_{tag}").rglob("nerfacto/*/config.yml"))
+
+
+def test_processed_capture_at_downscale_2_segments(capture):
+    """The nerfstudio dataparser on ns-process-data's output at --downscale-factor 2 (images_2)."""
+    config = train_nerfacto(capture, "ns", "--data", capture["data"], "nerfstudio-data", "--downscale-factor", "2")
+    result = segment_and_evaluate(capture, config, "ns")
+    assert result["object_id"] == 1 and result["miou"] > 0.5
+
+
+def test_processed_capture_with_the_colmap_dataparser_segments(capture):
+    """The colmap dataparser reading COLMAP's sparse model directly; instance masks by file name
+    (instances/<image>.png)."""
+    config = train_nerfacto(capture, "colmap", "--data", capture["data"], "colmap", "--downscale-factor", "2")
+    result = segment_and_evaluate(capture, config, "colmap")
+    assert result["object_id"] == 1 and result["miou"] > 0.5
