@@ -118,6 +118,26 @@ def object_prompt(
     return {"view": Path(train_names[view]).name, "points": [[float(x), float(y)]], "labels": [1]}, obj, view
 
 
+def scene_prompts(
+    scene: Path, objects: list[str], workdir: Path, tag: str = ""
+) -> tuple[list[str], list[str], list[int]]:
+    """The scene's training image names, and a prompt file (written to ``workdir``) and instance id
+    for each object: the second object prompted in the first one's view when it shows well there."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    outputs = NerfstudioDataParserConfig(data=scene).setup().get_dataparser_outputs("train")
+    train_names = [str(p) for p in outputs.image_filenames]
+    prompts, ids, first_view = [], [], None
+    for name in objects:
+        prompt, obj, view = object_prompt(scene, train_names, name, first_view)
+        first_view = view if first_view is None else first_view
+        path = workdir / f"prompt_{tag}{name}.json"
+        path.write_text(json.dumps(prompt))
+        prompts.append(str(path))
+        ids.append(obj)
+    return train_names, prompts, ids
+
+
 # --------------------------------------------------------------------------- one path in one process
 def parse_setting(current, value):
     """A --set value (a string) as the type of the setting it replaces."""
@@ -286,7 +306,6 @@ def fit_power_law(views: list[int], pixels: list[int], values: list[float]) -> t
 
 
 def scale_table(args, device: str, workdir: Path) -> int:
-    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
     from rich.console import Console
     from rich.table import Table
 
@@ -295,18 +314,7 @@ def scale_table(args, device: str, workdir: Path) -> int:
     for size in args.scale_sizes:
         for views in args.scale_views:
             scene, nerfacto_config = prepare_scene(workdir, views, size, steps, device)
-            train_names = [
-                str(p)
-                for p in NerfstudioDataParserConfig(data=scene).setup().get_dataparser_outputs("train").image_filenames
-            ]
-            prompts, ids, first_view = [], [], None
-            for name in args.objects:
-                prompt, obj, view = object_prompt(scene, train_names, name, first_view)
-                first_view = view if first_view is None else first_view
-                path = workdir / f"prompt_v{views}_s{size}_{name}.json"
-                path.write_text(json.dumps(prompt))
-                prompts.append(str(path))
-                ids.append(obj)
+            train_names, prompts, ids = scene_prompts(scene, args.objects, workdir, f"v{views}_s{size}_")
             log(f"scale: {len(train_names)} training views of {size}x{size} ...")
             spec = {
                 "path": "default", "segmenter": "oracle", "device": device, "nerfacto_config": str(nerfacto_config),
@@ -448,19 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             f"benchmark: {scene} has no objects.json; the benchmark runs on a generated scene (sa3d-make-scene)."
         )
 
-    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
-
-    train_names = [
-        str(p) for p in NerfstudioDataParserConfig(data=scene).setup().get_dataparser_outputs("train").image_filenames
-    ]
-    prompts, ids, first_view = [], [], None
-    for name in args.objects:
-        prompt, obj, view = object_prompt(scene, train_names, name, first_view)
-        first_view = view if first_view is None else first_view
-        path = workdir / f"prompt_{name}.json"
-        path.write_text(json.dumps(prompt))
-        prompts.append(str(path))
-        ids.append(obj)
+    train_names, prompts, ids = scene_prompts(scene, args.objects, workdir)
 
     overrides: dict[str, dict] = {}
     for item in args.set:

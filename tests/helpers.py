@@ -1,5 +1,6 @@
 """Shared helpers for the end-to-end tests: run the installed command-line tools."""
 
+import json
 import os
 import subprocess
 import sys
@@ -23,3 +24,13 @@ def run(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 900) -> su
     return subprocess.run(
         [exe, *map(str, cmd[1:])], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def point_prompt(scene: Path, out: Path, obj: int = 1, image: str = "frame_00000.png") -> Path:
+    """A one-point prompt file on object ``obj`` (its mask's median pixel) in a generated scene's view."""
+    import numpy as np
+    from PIL import Image
+
+    ys, xs = np.nonzero(np.asarray(Image.open(scene / "instances" / image)) == obj)
+    out.write_text(json.dumps({"view": image, "points": [[float(np.median(xs)), float(np.median(ys))]], "labels": [1]}))
+    return out

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_NERFACTO, run
+from helpers import TINY_NERFACTO, point_prompt, run
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -40,12 +40,7 @@ def scene(tmp_path_factory):
              "--max-num-iterations", "300", "--viewer.quit-on-train-completion", "True", *TINY_NERFACTO], root)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     nerfacto_config = next((root / "outputs").rglob("nerfacto/*/config.yml"))
-    inst = np.asarray(Image.open(root / "scene" / "instances" / "frame_00000.png"))
-    ys, xs = np.nonzero(inst == 1)
-    prompt = root / "prompt.json"
-    prompt.write_text(
-        json.dumps({"view": "frame_00000.png", "points": [[float(np.median(xs)), float(np.median(ys))]], "labels": [1]})
-    )
+    prompt = point_prompt(root / "scene", root / "prompt.json")
     return {"root": root, "nerfacto": nerfacto_config, "prompt": prompt, "digest": tree_digest(nerfacto_config.parent)}
 
 
@@ -123,7 +118,7 @@ def write(path: Path, text: str) -> Path:
     "case, match",
     [
         ("missing_config", "file not found"),
-        ("not_nerfacto", "sa3d needs a nerfacto run"),
+        ("not_nerfacto", "sa3d segments runs of the nerfacto family (ns-train nerfacto, nerfacto-big"),
         ("tcnn_checkpoint", "trained with tiny-cuda-nn"),
         ("malformed_json", "not valid JSON"),
         ("point_outside", "outside view"),
@@ -933,6 +928,11 @@ def test_segmented_videos(scene, tmp_path, kind):
     assert white.mean() > 0.6  # the object alone, on white
     assert (~white).mean(axis=(1, 2)).max() > 0.01  # and the object shows
     assert np.abs(overlay - removed).mean() > 0.01  # the scene without it is not the overlay
+    if kind == "spiral":  # the README's kind of picture of a video
+        from sa3d_ns.tools.frame_strip import frame_strip
+
+        strip = np.asarray(Image.open(frame_strip(video, tmp_path / "strip.png", 3)))
+        assert strip.shape == (3 * h + 2 * 4, w, 3)
 
 
 def test_a_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(scene, tmp_path):

@@ -6,11 +6,9 @@ evaluated by sa3d-eval."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from helpers import run
-from PIL import Image
+from helpers import point_prompt, run
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +28,15 @@ def family(tmp_path_factory):
         ["sa3d-make-scene", "--output", root / "scene", "--num-views", "24", "--width", "64", "--height", "64"], root
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    inst = np.asarray(Image.open(root / "scene" / "instances" / "frame_00000.png"))
-    ys, xs = np.nonzero(inst == 1)
-    prompt = root / "prompt.json"
-    prompt.write_text(json.dumps({"view": "frame_00000.png", "points": [[float(np.median(xs)), float(np.median(ys))]]}))
-    return {"root": root, "prompt": prompt, "runs": {}}
+    return {"root": root, "prompt": point_prompt(root / "scene", root / "prompt.json"), "runs": {}}
 
 
 def trained(family, method: str):
     if method not in family["runs"]:
         steps, rays = METHODS[method]
         root = family["root"]
-        r = run(["sa3d-train-nerfacto", method, "--data", root / "scene", "--output-dir", root / method, "--machine.device-type", "cpu",
+        # (relative paths, from the project folder, as users type them)
+        r = run(["sa3d-train-nerfacto", method, "--data", "scene", "--output-dir", method, "--machine.device-type", "cpu",
                  "--vis", "tensorboard", "--viewer.quit-on-train-completion", "True", "--max-num-iterations", str(steps),
                  "--steps-per-save", "100000", "--pipeline.datamanager.train-num-rays-per-batch", str(rays)], root)  # fmt: skip
         assert r.returncode == 0, r.stderr[-3000:]
@@ -93,3 +88,30 @@ def test_the_nerfacto_family_segments(family, method):
     saved = (result["run"] / "config.yml").read_text()
     if method != "depth-nerfacto":
         assert "log2_hashmap_size: 21" in saved  # big and huge settings were carried over
+
+
+def test_a_project_folder_moved_whole_and_run_from_elsewhere(family, tmp_path):
+    """A nerfacto run names its data relative to the folder it was trained in. The project folder
+    copied elsewhere (another machine) and sa3d run from another working directory: the data is
+    found from the run's own location; a run whose data is nowhere names --data."""
+    import shutil
+
+    moved = tmp_path / "moved_project"
+    config = trained(family, "nerfacto")
+    shutil.copytree(family["root"] / "scene", moved / "scene")
+    shutil.copytree(family["root"] / "nerfacto", moved / "nerfacto")
+    moved_config = moved / config.relative_to(family["root"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    base = ["ns-train", "sa3d", "--pipeline.nerfacto-config", moved_config, "--machine.device-type", "cpu",
+            "--vis", "tensorboard", "--pipeline.prompt", family["prompt"], "--pipeline.segmenter", "oracle"]  # fmt: skip
+    r = run([*base, "--output-dir", elsewhere / "outputs"], elsewhere)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    (run_dir,) = sorted((elsewhere / "outputs").glob("*/sa3d/*"))
+    assert str(moved / "scene") in (run_dir / "config.yml").read_text()  # the moved copy's data, not the original's
+    shutil.rmtree(moved / "scene")
+    r = run([*base, "--output-dir", elsewhere / "outputs2"], elsewhere)
+    output = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2 and "Pass --data PATH" in output and "Traceback" not in output, output[-3000:]
+    r = run([*base, "--output-dir", elsewhere / "outputs3", "--data", family["root"] / "scene"], elsewhere)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]

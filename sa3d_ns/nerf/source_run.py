@@ -43,8 +43,8 @@ def load_source_run(config_path: Path | None) -> SourceRun:
     model = getattr(config.pipeline, "model", None)
     if not isinstance(model, NerfactoModelConfig) or type(model).__name__ == "SA3DModelConfig":
         raise SA3DError(
-            f"{FLAG} {config_path}: this is a '{config.method_name}' run; sa3d needs a nerfacto run "
-            "(ns-train nerfacto ...), whose config.yml you pass here."
+            f"{FLAG} {config_path}: this is a '{config.method_name}' run; sa3d segments runs of the nerfacto family "
+            "(ns-train nerfacto, nerfacto-big, nerfacto-huge or depth-nerfacto), whose config.yml you pass here."
         )
     checkpoint = latest_checkpoint(config_path.parent / config.relative_model_dir)
     return SourceRun(config_path=config_path.resolve(), config=config, checkpoint=checkpoint.resolve())
