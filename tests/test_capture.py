@@ -78,7 +78,7 @@ def segment_and_evaluate(capture, nerfacto_config, tag, render=False):
 
 def train_nerfacto(capture, tag, *dataparser):
     root = capture["root"]
-    r = run(["sa3d-train-nerfacto", "nerfacto", "--output-dir", root / f"nerfacto_{tag}", "--max-num-iterations", "300",
+    r = run(["sa3d-train-nerfacto", "nerfacto", "--output-dir", root / f"nerfacto_{tag}", "--max-num-iterations", "250",
              "--viewer.quit-on-train-completion", "True", *TINY_NERFACTO, *dataparser], root)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     return next((root / f"nerfacto_{tag}").rglob("nerfacto/*/config.yml"))

@@ -5,16 +5,18 @@ and rays per batch cut down for a CPU, segmented by ns-train sa3d, rendered by n
 evaluated by sa3d-eval."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import point_prompt, run
 
 pytestmark = pytest.mark.slow
 
 # (method, iterations, rays per batch): as few as give a NeRF the oracle can be lifted into on a CPU
 METHODS = {
-    "nerfacto": (120, 512),
+    "nerfacto": (100, 512),
     "nerfacto-big": (8, 256),
     "nerfacto-huge": (4, 128),
     "depth-nerfacto": (8, 256),
@@ -44,12 +46,12 @@ def trained(family, method: str):
     return family["runs"][method]
 
 
-def segment(family, method: str, segmenter: str, render: bool = True) -> dict:
+def segment(family, method: str, segmenter: str, render: bool = True, *extra) -> dict:
     root = family["root"]
     out = root / f"sa3d_{method}_{segmenter}"
     r = run(["ns-train", "sa3d", "--pipeline.nerfacto-config", trained(family, method), "--machine.device-type", "cpu",
              "--vis", "tensorboard", "--output-dir", out, "--pipeline.prompt", family["prompt"],
-             "--pipeline.segmenter", segmenter], root)  # fmt: skip
+             "--pipeline.segmenter", segmenter, *extra], root)  # fmt: skip
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     (run_dir,) = sorted(out.glob("*/sa3d/*"))
     if render:
@@ -58,7 +60,7 @@ def segment(family, method: str, segmenter: str, render: bool = True) -> dict:
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((run_dir / "sa3d" / "eval_test" / "eval.json").read_text())
     print(f"{method}, {segmenter}: held-out mIoU {result['miou']:.4f}")
-    return {"run": run_dir, **result}
+    return {**result, "run": run_dir}
 
 
 def render_held_out(run_dir, root):
@@ -75,10 +77,11 @@ def test_nerfacto_as_ns_train_sets_it(family, segmenter):
         next((config.parent / "nerfstudio_models").glob("*.ckpt")), map_location="cpu", weights_only=False
     )
     pipeline = state["pipeline"]
-    assert pipeline["_model.field.mlp_base_grid.hash_table"].shape[0] == 16 * 2**19  # nerfacto's own table size
+    (table,) = [v for k, v in pipeline.items() if k.startswith("_model.field.mlp_base") and k.endswith("hash_table")]
+    assert table.shape[0] == 16 * 2**19  # nerfacto's own table size
     assert pipeline["_model.camera_optimizer.pose_adjustment"].abs().max() > 0  # poses were refined
     assert pipeline["_model.field.embedding_appearance.embedding.weight"].shape[0] == 22
-    result = segment(family, "nerfacto", segmenter)
+    result = segment(family, "nerfacto", segmenter, segmenter == "oracle")
     assert result["object_id"] == 1
     assert result["miou"] > (0.6 if segmenter == "oracle" else 0.3)
 
@@ -88,7 +91,9 @@ def test_the_nerfacto_family_segments(family, method):
     """The same model with other settings (big, huge) and with depth supervision (depth-nerfacto,
     from the scene's depth maps): their checkpoints load into sa3d with their own settings, and a
     run segments, renders and evaluates (a few CPU steps make a poor NeRF: no mIoU bar)."""
-    result = segment(family, method, "oracle", render=method == "nerfacto-huge")
+    # (big and huge sample up to 1024 points a ray: their segmentation renders take a quarter)
+    scale = ["--pipeline.sample-scale", "0.25"] if method != "depth-nerfacto" else []
+    result = segment(family, method, "oracle", False, *scale)
     assert result["object_id"] == 1 and 0 <= result["miou"] <= 1
     saved = (result["run"] / "config.yml").read_text()
     if method != "depth-nerfacto":
@@ -113,7 +118,8 @@ def test_a_project_folder_moved_whole_and_run_from_elsewhere(family, tmp_path):
     r = run([*base, "--output-dir", elsewhere / "outputs"], elsewhere)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     (run_dir,) = sorted((elsewhere / "outputs").glob("*/sa3d/*"))
-    assert str(moved / "scene") in (run_dir / "config.yml").read_text()  # the moved copy's data, not the original's
+    saved = yaml.load((run_dir / "config.yml").read_text(), Loader=yaml.Loader)
+    assert Path(saved.pipeline.datamanager.data) == (moved / "scene").resolve()  # the moved copy's, not the original
     shutil.rmtree(moved / "scene")
     r = run([*base, "--output-dir", elsewhere / "outputs2"], elsewhere)
     output = " ".join((r.stdout + r.stderr).split())
