@@ -162,18 +162,16 @@ def evaluate_views(pipeline, truths: list[GroundTruth], k: int = 0) -> list[dict
     ground truth and render."""
     from rich.progress import track
 
-    from sa3d_ns.nerf.cameras import learned_camera
+    from sa3d_ns.nerf.cameras import training_camera
 
     dm = pipeline.datamanager
     rows = []
     pipeline.model.eval()
     for gt in track(truths, description=f"Rendering {len(truths)} views", transient=True):
-        if gt.dataset == "train" and getattr(pipeline.config, "match_training_views", True):
-            # (the pose the nerfacto run learned for the image, which its masks line up with)
-            cam = learned_camera(pipeline.model, dm.train_dataset.cameras, gt.index).to(pipeline.device)
+        if gt.dataset == "train":  # (at the pose the run learned for the image, which its masks line up with)
+            cam = training_camera(pipeline, gt.index).to(pipeline.device)
         else:
-            ds = dm.train_dataset if gt.dataset == "train" else dm.eval_dataset
-            cam = ds.cameras[gt.index : gt.index + 1].to(pipeline.device)
+            cam = dm.eval_dataset.cameras[gt.index : gt.index + 1].to(pipeline.device)
         w, h = int(cam.width[0, 0]), int(cam.height[0, 0])
         gh, gw = gt.mask.shape
         if (gw, gh) != (w, h):

@@ -67,12 +67,9 @@ def training_views(pipeline):
 def render_camera(pipeline, dataset, index: int, size: tuple[int, int] | None = None) -> dict:
     """Training view ``index`` at the pose the nerfacto run learned for it (so masks line up with
     the training image), at ``size`` (width, height) or the dataset's resolution."""
-    from sa3d_ns.nerf.cameras import learned_camera
+    from sa3d_ns.nerf.cameras import training_camera
 
-    if getattr(pipeline.config, "match_training_views", True):
-        cam = learned_camera(pipeline.model, dataset.cameras, index).to(pipeline.device)
-    else:
-        cam = dataset.cameras[index : index + 1].to(pipeline.device)
+    cam = training_camera(pipeline, index).to(pipeline.device)
     if size is not None and size[0] != int(cam.width[0, 0]):
         cam.rescale_output_resolution(size[0] / int(cam.width[0, 0]))
     out = pipeline.model.get_outputs_for_camera(cam)

@@ -23,3 +23,13 @@ def learned_camera(model, cameras: Cameras, index: int) -> Cameras:
     )  # fmt: skip
     cam.camera_to_worlds = optimizer.apply_to_camera(probe).to(cam.camera_to_worlds)
     return cam
+
+
+def training_camera(pipeline, index: int) -> Cameras:
+    """Training view ``index`` of ``pipeline`` as renders of it should see it: at the learned pose
+    (``learned_camera``) unless the run says --pipeline.match-training-views False (runs made
+    before the setting existed: the learned pose)."""
+    cameras = pipeline.datamanager.train_dataset.cameras
+    if getattr(pipeline.config, "match_training_views", True):
+        return learned_camera(pipeline.model, cameras, index)
+    return cameras[index : index + 1]

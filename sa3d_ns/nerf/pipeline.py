@@ -31,7 +31,7 @@ from sa3d_ns.core.objects import robust_bounds, surface_samples
 from sa3d_ns.core.prompts import Prompt, check_inside, load_prompts, resolve_view
 from sa3d_ns.core.self_prompt import select_self_prompts
 from sa3d_ns.core.views import auto_downscale, view_order
-from sa3d_ns.nerf.cameras import learned_camera
+from sa3d_ns.nerf.cameras import training_camera
 from sa3d_ns.nerf.checkpoints import load_checkpoint
 from sa3d_ns.nerf.model import MASK_PREFIX, SA3DModelConfig
 
@@ -351,12 +351,10 @@ class SA3DPipeline(VanillaPipeline):
         """Render training view ``view`` at the segmentation resolution with the frozen NeRF (at
         the pose and with the appearance the nerfacto run learned for it, unless
         --pipeline.match-training-views False)."""
-        cams = self.datamanager.train_dataset.cameras
-        match = self.config.match_training_views
-        cam = (learned_camera(self.model, cams, view) if match else cams[view : view + 1]).to(self.device)
+        cam = training_camera(self, view).to(self.device)
         if self.downscale != 1.0:
             cam.rescale_output_resolution(1.0 / self.downscale)
-        return self.render_camera(cam, rgb, appearance=view if match else None)
+        return self.render_camera(cam, rgb, appearance=view if self.config.match_training_views else None)
 
     @torch.no_grad()
     def render_camera(self, cam, rgb: bool = True, appearance: int | None = None) -> dict:
