@@ -65,15 +65,18 @@ def bin_path(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- scene and nerfacto
-def prepare_scene(workdir: Path, num_views: int, size: int, steps: int, device: str) -> tuple[Path, Path]:
-    """Generate the scene and train nerfacto once per (views, size, steps, device); reuse them after."""
-    tag = f"v{num_views}_s{size}_n{steps}_{device}"
+def prepare_scene(
+    workdir: Path, num_views: int, size: int, steps: int, device: str, objects: str = "demo"
+) -> tuple[Path, Path]:
+    """Generate the scene (object set ``objects``) and train nerfacto once per (objects, views,
+    size, steps, device); reuse them after."""
+    tag = f"v{num_views}_s{size}_n{steps}_{device}" + ("" if objects == "demo" else f"_{objects}")
     scene = workdir / f"scene_{tag}"
     if not (scene / "transforms.json").is_file():
-        log(f"generating the scene ({num_views} views, {size}x{size}) in {scene}")
+        log(f"generating the scene ({num_views} views, {size}x{size}, objects {objects}) in {scene}")
         subprocess.run(
             [bin_path("sa3d-make-scene"), "--output", str(scene), "--num-views", str(num_views),
-             "--width", str(size), "--height", str(size)], check=True)  # fmt: skip
+             "--width", str(size), "--height", str(size), "--objects", objects], check=True)  # fmt: skip
     outputs = workdir / f"nerfacto_{tag}"
     configs = sorted(outputs.glob("*/nerfacto/*/config.yml"))
     done = [c for c in configs if list((c.parent / "nerfstudio_models").glob("*.ckpt"))]
@@ -186,7 +189,7 @@ def run_path(spec: dict) -> dict:
     import torch
 
     from sa3d_ns.core.prompts import load_prompt, resolve_view
-    from sa3d_ns.evaluate import evaluate_views, instance_ground_truth
+    from sa3d_ns.evaluate import CUTOUT_KEYS, evaluate_views, instance_ground_truth
 
     cuda = spec["device"] == "cuda"
     if cuda:
@@ -196,6 +199,7 @@ def run_path(spec: dict) -> dict:
     setup_s = time.perf_counter() - t0
     data = Path(pipeline.datamanager.dataparser.config.data)
     objects = []
+    names = spec.get("object_names") or [str(i) for i in spec["object_ids"]]
     for i, (prompt_file, obj_id) in enumerate(zip(spec["prompts"], spec["object_ids"], strict=True)):
         t = time.perf_counter()
         if i > 0:
@@ -217,6 +221,8 @@ def run_path(spec: dict) -> dict:
         rows = evaluate_views(pipeline, instance_ground_truth(pipeline.datamanager, data, "test", obj_id))
         objects.append(
             {
+                "name": names[i],
+                **{key: float(np.nanmean([r[key] for r in rows])) for key in CUTOUT_KEYS if key in rows[0]},
                 "seconds": seconds,
                 "views": len(records),
                 "accepted": sum(r["status"] in ("prompt", "accepted") for r in records),
@@ -376,6 +382,20 @@ def report(results: list[dict], device: str, header: str) -> str:
             f"{o1['miou']:.4f}", f"{o2['miou']:.4f}" if o2 else "-", f"{o1['macc']:.4f}",
         )  # fmt: skip
     Console(width=160).print(table)
+    cut = Table(title="cut-outs per object, held-out views (sa3d-eval's figures)")
+    for col in ("segmenter", "path", "object", "mIoU", "specks %", "ghost %", "removal PSNR", "NeRF PSNR",
+                "unseen %", "outside changed %"):  # fmt: skip
+        cut.add_column(col, justify="left" if col in ("segmenter", "path", "object") else "right")
+    for r in results:
+        for o in r["objects"]:
+            if "specks" in o:
+                cut.add_row(
+                    r["segmenter"], r["path"], o.get("name", "?"), f"{o['miou']:.4f}", f"{100 * o['specks']:.3f}",
+                    f"{100 * o.get('ghost', float('nan')):.1f}", f"{o.get('removal_psnr', float('nan')):.2f}",
+                    f"{o.get('nerf_psnr', float('nan')):.2f}", f"{100 * o.get('unseen', float('nan')):.1f}",
+                    f"{100 * o['outside_changed']:.3f}",
+                )  # fmt: skip
+    Console(width=160).print(cut)
     parts = []
     for seg in dict.fromkeys(r["segmenter"] for r in results):
         ref = next((r for r in results if r["segmenter"] == seg and r["path"] == "reference"), None)
@@ -410,7 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sam-variant", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
     parser.add_argument("--sam2-variant", default="hiera_t", choices=["hiera_t", "hiera_s", "hiera_b+", "hiera_l"])
     parser.add_argument("--sam-hq-variant", default="vit_tiny", choices=["vit_tiny", "vit_b", "vit_l", "vit_h"])
-    parser.add_argument("--objects", nargs="+", default=["red_ball", "blue_crate"], help="first and second object")
+    parser.add_argument(
+        "--objects", nargs="+", default=["red_ball", "blue_crate"], help="objects, in turn (all: every object)"
+    )
+    parser.add_argument(
+        "--scene-objects", default="demo", choices=["demo", "touching"], help="the generated scene's object set"
+    )
     parser.add_argument("--paths", nargs="+", default=["reference", "default"], choices=list(PATHS))
     parser.add_argument(
         "--set",
@@ -450,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         src = load_source_run(nerfacto_config)
         scene = Path(src.config.pipeline.datamanager.data or src.config.pipeline.datamanager.dataparser.data)
     else:
-        scene, nerfacto_config = prepare_scene(workdir, args.num_views, args.size, steps, device)
+        scene, nerfacto_config = prepare_scene(workdir, args.num_views, args.size, steps, device, args.scene_objects)
+    if args.objects == ["all"]:
+        args.objects = [o["name"] for o in json.loads((scene / "objects.json").read_text())["objects"]]
     if not (scene / "objects.json").is_file():
         raise SystemExit(
             f"benchmark: {scene} has no objects.json; the benchmark runs on a generated scene (sa3d-make-scene)."
@@ -473,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{seg}, {path} path: {len(args.objects)} object(s) ...")
             spec = {
                 "path": path, "segmenter": seg, "device": device, "nerfacto_config": str(nerfacto_config),
-                "prompts": prompts, "object_ids": ids, "sam_variant": args.sam_variant, "checkpoint": ckpt,
+                "prompts": prompts, "object_ids": ids, "object_names": args.objects, "sam_variant": args.sam_variant, "checkpoint": ckpt,
                 "sam2_variant": args.sam2_variant, "sam_hq_variant": args.sam_hq_variant,
                 "max_views": args.max_views, "overrides": overrides.get(path, {}),
             }  # fmt: skip

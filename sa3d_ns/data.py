@@ -43,3 +43,13 @@ def instance_mask_paths(data: Path, image_filenames: Sequence[Path]) -> list[Pat
             raise SA3DError(f"Instance mask {by_name[key]} (for image {key}) does not exist.")
         out.append(by_name[key])
     return out
+
+
+def removal_truth_paths(data: Path, obj: int, image_name: str) -> tuple[Path, Path] | tuple[None, None]:
+    """The view ``image_name`` rendered without object ``obj`` and the mask of what of it other
+    views see (``removed/<obj>/<stem>.png``, ``removed/<obj>/seen/<stem>.png``, as
+    ``sa3d-make-scene`` writes them), or (None, None) when the dataset has none."""
+    folder = transforms_path(data).parent / "removed" / str(obj)
+    stem = Path(image_name).stem
+    truth, seen = folder / f"{stem}.png", folder / "seen" / f"{stem}.png"
+    return (truth, seen) if truth.is_file() and seen.is_file() else (None, None)

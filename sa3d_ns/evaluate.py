@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 
 from sa3d_ns.core.errors import SA3DError
-from sa3d_ns.core.metrics import accuracy, iou
+from sa3d_ns.core.metrics import accuracy, cutout_figures, iou
 
 
 def prompted_object_id(instances: np.ndarray, prompt: dict) -> int:
@@ -47,6 +47,9 @@ class GroundTruth:
     index: int
     mask: np.ndarray  # H x W bool, at the resolution the ground truth ships in
     source: Path
+    image: Path | None = None  # the real image (for the NeRF's own PSNR)
+    removed: Path | None = None  # the view rendered without the object (generated scenes)
+    seen: Path | None = None  # which pixels of the object's footprint other views see
 
 
 def dataset_views(dm) -> dict[str, tuple[str, int, str]]:
@@ -62,7 +65,7 @@ def dataset_views(dm) -> dict[str, tuple[str, int, str]]:
 
 def instance_ground_truth(dm, data: Path, split: str, obj: int) -> list[GroundTruth]:
     """The dataset's own instance masks (``instance_mask_path`` in transforms.json), object ``obj``."""
-    from sa3d_ns.data import instance_mask_paths
+    from sa3d_ns.data import instance_mask_paths, removal_truth_paths
     from sa3d_ns.segmenters.oracle import read_instance_mask
 
     keys = {"test": ["eval"], "train": ["train"], "all": ["train", "eval"]}[split]
@@ -73,7 +76,9 @@ def instance_ground_truth(dm, data: Path, split: str, obj: int) -> list[GroundTr
             raise SA3DError(f"The run's dataset has no {split} views to evaluate.")
         names = [str(p) for p in ds.image_filenames]
         for i, path in enumerate(instance_mask_paths(data, names)):
-            out.append(GroundTruth(Path(names[i]).name, key, i, read_instance_mask(path) == obj, path))
+            name = Path(names[i]).name
+            removed, seen = removal_truth_paths(data, obj, name)
+            out.append(GroundTruth(name, key, i, read_instance_mask(path) == obj, path, Path(names[i]), removed, seen))
     if not any(g.mask.any() for g in out):
         raise SA3DError(
             f"Object {obj} appears in none of the {len(out)} {split} views' ground-truth masks: nothing to compare with. "
@@ -156,10 +161,23 @@ def nvos_ground_truth(dm, root: Path, task: str | None) -> list[GroundTruth]:
     return [GroundTruth(name, ds, idx, read_binary_mask(targets[0]), targets[0])]
 
 
+def read_rgb(path: Path | None, size: tuple[int, int]) -> np.ndarray | None:
+    """An image file as H x W x 3 floats in [0, 1] at ``size`` (w, h); None without a path."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    if img.size != size:
+        img = img.resize(size, Image.BILINEAR)
+    return np.asarray(img, np.float32) / 255
+
+
 def evaluate_views(pipeline, truths: list[GroundTruth], k: int = 0) -> list[dict]:
     """Render object ``k``'s mask in every ground-truth view at the ground truth's resolution and
-    compare. Rows carry the image name, IoU, accuracy and (under ``_`` keys) the prediction,
-    ground truth and render."""
+    compare. Rows carry the image name, IoU, accuracy, the cut-out figures
+    (:func:`sa3d_ns.core.metrics.cutout_figures`: specks, removal against the truth where the
+    dataset has it) and (under ``_`` keys) the prediction, ground truth and renders."""
     from rich.progress import track
 
     from sa3d_ns.nerf.cameras import training_camera
@@ -182,21 +200,35 @@ def evaluate_views(pipeline, truths: list[GroundTruth], k: int = 0) -> list[dict
                 )
             cam.rescale_output_resolution(gw / w)
         out = pipeline.model.get_outputs_for_camera(cam)
-        pred = out[pipeline.model.output_name("mask", k)][..., 0].cpu().numpy() > 0.5
+        name = pipeline.model.output_name
+        pred = out[name("mask", k)][..., 0].cpu().numpy() > 0.5
         rgb = out["rgb"].cpu().numpy()
+        removed = out[name("rgb_removed", k)].cpu().numpy()
+        alone = out[name("rgb_object", k)].cpu().numpy()
+        acc = out[name("accumulation_object", k)][..., 0].cpu().numpy()
         if pred.shape != gt.mask.shape:  # rounding of the rescaled size: at most a pixel or two
             import cv2
 
-            pred = cv2.resize(pred.astype(np.uint8), (gw, gh), interpolation=cv2.INTER_NEAREST).astype(bool)
-            rgb = cv2.resize(rgb, (gw, gh), interpolation=cv2.INTER_NEAREST)
+            pred, rgb, removed, alone, acc = (
+                cv2.resize(a, (gw, gh), interpolation=cv2.INTER_NEAREST)
+                for a in (pred.astype(np.uint8), rgb, removed, alone, acc)
+            )
+            pred = pred.astype(bool)
+        truth, image = read_rgb(gt.removed, (gw, gh)), read_rgb(gt.image, (gw, gh))
+        seen = None if gt.seen is None else read_binary_mask(gt.seen)
         rows.append(
             {
                 "image": gt.name,
                 "iou": iou(pred, gt.mask),
                 "accuracy": accuracy(pred, gt.mask),
+                **cutout_figures(gt.mask, acc, rgb, removed, image, truth, seen),
                 "_pred": pred,
                 "_gt": gt.mask,
                 "_rgb": rgb,
+                "_removed": removed,
+                "_alone": alone,
+                "_acc": acc,
+                "_truth": truth,
             }
         )
     return rows
@@ -255,6 +287,7 @@ def evaluate_run(
                 "object_id": obj,
                 "miou": float(np.mean([r["iou"] for r in rows])),
                 "macc": float(np.mean([r["accuracy"] for r in rows])),
+                "cutout": {key: float(np.nanmean([r[key] for r in rows])) for key in CUTOUT_KEYS if key in rows[0]},
                 "views": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
                 "_rows": rows,
             }
@@ -270,13 +303,22 @@ def evaluate_run(
     if len(results) == 1:  # one object: its views at the top level too
         result.update(object=results[0]["object"], object_id=results[0]["object_id"], views=results[0]["views"])
     if output is not None:
-        worst_rows = [
-            {**row, "image": f"{r['object']}_{row['image']}" if len(results) > 1 else row["image"]}
+
+        def tagged(r, row):
+            return {**row, "image": f"{r['object']}_{row['image']}" if len(results) > 1 else row["image"]}
+
+        worst_rows = [tagged(r, row) for r in results for row in sorted(r["_rows"], key=lambda x: x["iou"])[:worst]]
+        cutouts = [
+            (kind, tagged(r, max(r["_rows"], key=lambda x: x.get(kind, 0))))
             for r in results
-            for row in sorted(r["_rows"], key=lambda x: x["iou"])[:worst]
+            for kind in ("specks", "ghost")
+            if kind in r["_rows"][0]
         ]
-        write_outputs(Path(output), result, worst_rows)
+        write_outputs(Path(output), result, worst_rows, cutouts)
     return result
+
+
+CUTOUT_KEYS = ("specks", "ghost", "removal_psnr", "nerf_psnr", "unseen", "outside_psnr", "outside_changed")
 
 
 def prompted_instance(dm, data: Path, obj: dict) -> int:
@@ -294,7 +336,28 @@ def prompted_instance(dm, data: Path, obj: dict) -> int:
     return prompted_object_id(inst, obj["prompt"])
 
 
-def write_outputs(out: Path, result: dict, worst_rows: list[dict]) -> None:
+def cutout_tile(row: dict, margin: int = 2) -> np.ndarray:
+    """One view's cut-outs side by side: the NeRF's render | the object alone, its specks (opaque
+    outside the ground truth grown by ``margin`` px) in magenta | the scene without it | the truth
+    without it (where the dataset has it) | ghost pixels (removal closer to the render than to the
+    truth) in red over the truth."""
+    from sa3d_ns.core.metrics import dilate
+
+    alone = row["_alone"].clip(0, 1).copy()
+    alone[(row["_acc"] > 0.5) & ~dilate(row["_gt"], margin)] = (1.0, 0.0, 1.0)
+    tiles = [row["_rgb"].clip(0, 1), alone, row["_removed"].clip(0, 1)]
+    if row.get("_truth") is not None:
+        truth = row["_truth"]
+        closer = np.linalg.norm(row["_removed"] - row["_rgb"], axis=-1) < np.linalg.norm(
+            row["_removed"] - truth, axis=-1
+        )
+        ghost = truth * 0.5
+        ghost[closer & dilate(row["_gt"], margin) & (np.abs(row["_rgb"] - truth).max(-1) > 0.1)] = (1.0, 0.0, 0.0)
+        tiles += [truth, ghost]
+    return (np.concatenate(tiles, 1) * 255).astype(np.uint8)
+
+
+def write_outputs(out: Path, result: dict, worst_rows: list[dict], cutouts: list[tuple[str, dict]] = ()) -> None:
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
@@ -306,6 +369,8 @@ def write_outputs(out: Path, result: dict, worst_rows: list[dict]) -> None:
         overlay = rgb * 0.5 + 0.5 * np.stack([r["_pred"], r["_gt"], np.zeros_like(r["_gt"])], -1)
         tile = (np.concatenate([gt, pred, overlay], 1) * 255).astype(np.uint8)
         Image.fromarray(tile).save(out / f"worst_{r['iou']:.3f}_{Path(r['image']).stem}.png")
+    for kind, r in cutouts:  # the view with the most specks, and with the most ghost
+        Image.fromarray(cutout_tile(r)).save(out / f"worst_{kind}_{r[kind]:.4f}_{Path(r['image']).stem}.png")
 
 
 @dataclass
@@ -354,9 +419,18 @@ def entrypoint() -> None:
         table.add_column("view")
         table.add_column("IoU", justify="right")
         table.add_column("accuracy", justify="right")
+        cut = [key for key in CUTOUT_KEYS if key in r["cutout"]]
+        for key in cut:
+            table.add_column(key.replace("_", " "), justify="right")
+
+        def fmt(key, value):
+            return f"{value:.2f}" if key.endswith("psnr") else f"{value:.4f}"
+
         for v in r["views"]:
-            table.add_row(v["image"], f"{v['iou']:.4f}", f"{v['accuracy']:.4f}")
-        table.add_row("[bold]mean", f"[bold]{r['miou']:.4f}", f"[bold]{r['macc']:.4f}")
+            table.add_row(v["image"], f"{v['iou']:.4f}", f"{v['accuracy']:.4f}", *(fmt(c, v[c]) for c in cut))
+        table.add_row(
+            "[bold]mean", f"[bold]{r['miou']:.4f}", f"[bold]{r['macc']:.4f}", *(fmt(c, r["cutout"][c]) for c in cut)
+        )
         console.print(table)
     if len(result["objects"]) > 1:
         console.print(

@@ -291,3 +291,38 @@ def test_power_law_fit_recovers_exponents():
     assert abs(a - 1.0) < 1e-9 and abs(b - 0.5) < 1e-9
     a, b = fit_power_law([25, 50], [100, 100], [2.0, 8.0])
     assert abs(a - 2.0) < 1e-9 and np.isnan(b)
+
+
+def test_cutout_figures_hand_checked():
+    """A 10 x 10 view, the object a 2 x 2 square: specks are opaque pixels beyond its 2-px
+    margin; ghost counts the footprint pixels where the removal stayed nearer the object than the
+    truth; outside the footprint removal must change nothing."""
+    from sa3d_ns.core.metrics import cutout_figures, dilate, psnr
+
+    gt = np.zeros((10, 10), bool)
+    gt[4:6, 4:6] = True
+    assert dilate(gt, 2).sum() == 36 and dilate(gt, 0).sum() == 4
+    acc = np.zeros((10, 10))
+    acc[4:6, 4:6] = 1.0
+    acc[0, 0] = acc[9, 9] = 0.9  # two specks
+    acc[3, 3] = 0.9  # inside the margin: not a speck
+    truth = np.full((10, 10, 3), 0.2)  # the scene without the object
+    image = truth.copy()
+    image[gt] = 0.9  # the object, bright
+    rgb = image.copy()  # a perfect NeRF
+    removed = truth.copy()
+    removed[4, 4] = 0.8  # one object pixel left behind: a ghost
+    f = cutout_figures(gt, acc, rgb, removed, image, truth, np.ones((10, 10), bool))
+    assert f["specks"] == pytest.approx(2 / 100)
+    assert f["ghost"] == pytest.approx(1 / 4)  # of the 4 pixels where the object shows
+    assert f["removal_psnr"] == pytest.approx(-10 * math.log10(0.36 / 36))  # one pixel off by 0.6 of 36
+    assert f["nerf_psnr"] == 100.0 and f["outside_psnr"] == 100.0 and f["outside_changed"] == 0.0
+    assert f["unseen"] == 0.0
+    removed[0, 9] = 0.5  # a change far from the object
+    seen = np.ones((10, 10), bool)
+    seen[4:6, 4:6] = False  # under the object: no other view sees it
+    f = cutout_figures(gt, acc, rgb, removed, image, truth, seen)
+    assert f["outside_changed"] == pytest.approx(1 / 64) and f["unseen"] == pytest.approx(4 / 36)
+    assert f["ghost"] == 0.0 and f["removal_psnr"] == 100.0  # the ghost pixel is unseen: reported apart
+    assert set(cutout_figures(gt, acc, rgb, removed)) == {"specks", "outside_psnr", "outside_changed"}
+    assert math.isnan(psnr(np.zeros(0), np.zeros(0)))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import point_prompt, run
+from helpers import TINY_NERFACTO, point_prompt, run
 
 pytestmark = pytest.mark.slow
 
@@ -63,11 +63,11 @@ def segment(family, method: str, segmenter: str, render: bool = True, *extra) ->
     return {**result, "run": run_dir}
 
 
-def render_held_out(run_dir, root):
+def render_held_out(run_dir, root, held_out=2):
     r = run(["ns-render", "dataset", "--load-config", run_dir / "config.yml", "--output-path", run_dir / "renders",
              "--rendered-output-names", "mask", "rgb_object", "--split", "test", "--image-format", "png"], root)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    assert len(list((run_dir / "renders" / "test" / "mask").glob("*.png"))) == 2
+    assert len(list((run_dir / "renders" / "test" / "mask").glob("*.png"))) == held_out
 
 
 @pytest.mark.parametrize("segmenter", ["oracle", "weightfree"])
@@ -128,3 +128,26 @@ def test_a_project_folder_moved_whole_and_run_from_elsewhere(family, tmp_path):
     output = " ".join((r.stdout + r.stderr).split())
     assert r.returncode == 2 and "Pass --data PATH" in output and "Traceback" not in output, output[-3000:]
     assert not (elsewhere / "outputs2").exists()
+
+
+def test_a_blender_data_scene_segments(tmp_path):
+    """nerfstudio's blender-data dataparser (transforms_{train,val}.json, images in train/ and
+    val/, its fixed scene box and no transform of its own): nerfacto trained on it, segmented,
+    rendered and evaluated, with the instance masks found by file name (instances/<stem>.png)."""
+    r = run(["sa3d-make-scene", "--output", tmp_path / "scene", "--num-views", "24", "--width", "64", "--height", "64",
+             "--layout", "blender"], tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (tmp_path / "scene" / "transforms.json").exists() and (tmp_path / "scene" / "val").is_dir()
+    r = run(["sa3d-train-nerfacto", "nerfacto", "--output-dir", tmp_path / "nerfacto", "--max-num-iterations", "300",
+             "--viewer.quit-on-train-completion", "True", *TINY_NERFACTO, "--data", tmp_path / "scene", "blender-data"],
+            tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    config = next((tmp_path / "nerfacto").rglob("nerfacto/*/config.yml"))
+    family = {"root": tmp_path, "prompt": point_prompt(tmp_path / "scene", tmp_path / "prompt.json"), "runs": {}}
+    family["runs"]["nerfacto"] = config
+    result = segment(family, "nerfacto", "oracle", False)
+    render_held_out(result["run"], tmp_path, 3)  # the blender layout's held-out views (val: every 8th of 24)
+    # (0.51 measured: blender-data keeps the scene at its own scale, the cameras 3.4 from its centre,
+    # where nerfacto's proposal sampler spaces samples by disparity: 300 CPU steps make a blurrier
+    # NeRF than of the same images recentred and rescaled by the nerfstudio dataparser)
+    assert result["object_id"] == 1 and len(result["views"]) == 3 and result["miou"] > 0.35

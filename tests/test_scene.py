@@ -2,6 +2,7 @@
 look at the scene from all around."""
 
 import json
+import math
 
 import cv2
 import numpy as np
@@ -96,3 +97,64 @@ def test_make_scene_never_overwrites(small_scene):
     with pytest.raises(FileExistsError):
         make_scene(small_scene, num_views=2, width=16, height=16, progress=False)
     assert (small_scene / "transforms.json").read_bytes() == before
+
+
+def test_removal_truth_is_the_view_without_the_object_and_seen_marks_what_others_see(tmp_path):
+    """removed/<id>/<frame>.png is the view rendered without object id; removed/<id>/seen/ marks,
+    in the object's footprint, the uncovered surface that another camera sees: never the floor
+    under a box standing on it, and the open floor around the object."""
+    from sa3d_ns.scene.generate import TOUCHING, seen_elsewhere
+
+    out = tmp_path / "t"
+    make_scene(out, num_views=8, width=48, height=48, objects="touching", progress=False)
+    objects = json.loads((out / "objects.json").read_text())
+    assert objects["set"] == "touching" and [o["name"] for o in objects["objects"]] == [o.name for o in TOUCHING]
+    meta = json.loads((out / "transforms.json").read_text())
+    for k in range(1, len(TOUCHING) + 1):
+        for f in meta["frames"][:3]:
+            name = f["file_path"].split("/")[-1]
+            c2w = np.array(f["transform_matrix"])
+            without, _, _ = render(c2w, 48, 48, meta["fl_x"], objects=[o for i, o in enumerate(TOUCHING, 1) if i != k])
+            assert np.array_equal(np.asarray(Image.open(out / "removed" / str(k) / name)), without)
+            seen = np.asarray(Image.open(out / "removed" / str(k) / "seen" / name)) > 0
+            ids = np.asarray(Image.open(out / f["instance_mask_path"]))
+            near = cv2.dilate((ids == k).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3) > 0
+            assert not (seen & ~near).any()  # only in the footprint
+    # the floor seen by a camera, checked against the same camera with the box in place: seen
+    # where the box does not hide it, unseen where it does
+    c2w = look_at(np.array([0.0, -3.0, 1.5]), np.array([0.0, 0.0, 0.25]))
+    focal = 40.0
+    _, _, floor = render(c2w, 32, 32, focal, objects=[])
+    _, ids_box, with_box = render(c2w, 32, 32, focal, objects=[TOUCHING[2]])
+    seen = seen_elsewhere(floor, c2w, [(c2w, with_box)], focal)
+    hidden = cv2.erode((ids_box == 1).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    assert (hidden & (floor > 0)).sum() > 20 and not seen[hidden].any()
+    assert seen[(ids_box == 0) & (floor > 0)].all()
+
+
+def test_touching_objects_touch():
+    from sa3d_ns.scene.generate import TOUCHING
+
+    mug, ball = TOUCHING[0], TOUCHING[1]
+    gap = np.linalg.norm(np.array(ball.centre[:2]) - np.array(mug.centre[:2])) - ball.size[0] - mug.size[0]
+    assert abs(gap) < 1e-9 and ball.centre[2] < 2 * mug.size[2]  # side by side, the ball at the mug's height
+
+
+def test_blender_layout(tmp_path):
+    """The blender-data dataparser's files: transforms_{train,val,test}.json with camera_angle_x,
+    images in train/ val/ test/ (names unique across splits), instances/ by image name."""
+    out = tmp_path / "b"
+    path = make_scene(out, num_views=16, width=32, height=32, progress=False, layout="blender", removal_truth=False)
+    assert path == out / "transforms_train.json" and not (out / "transforms.json").exists()
+    splits = {s: json.loads((out / f"transforms_{s}.json").read_text()) for s in ("train", "val", "test")}
+    names = {s: [f["file_path"] for f in m["frames"]] for s, m in splits.items()}
+    assert len(names["train"]) == 14 and len(names["val"]) == 2 and len(names["test"]) == 2
+    stems = [p.split("/")[-1] for p in names["train"] + names["val"]]
+    assert len(set(stems)) == 16
+    for s, paths in names.items():
+        for p in paths:
+            assert p.startswith(f"./{s}/") and (out / (p[2:] + ".png")).is_file()
+            assert (out / "instances" / (p.split("/")[-1] + ".png")).is_file()
+    assert math.isclose(
+        0.5 * 32 / math.tan(0.5 * splits["train"]["camera_angle_x"]), 0.5 * 32 / math.tan(math.radians(25))
+    )

@@ -59,3 +59,72 @@ def binarize_score(score: torch.Tensor, rule: str = "positive") -> torch.Tensor:
             return pos
         return pos & (score > score[pos].mean())
     raise ValueError(f"unknown binarisation rule {rule!r}; expected 'positive' or 'positive_mean'")
+
+
+def dilate(mask: np.ndarray, px: int) -> np.ndarray:
+    """Grow a binary mask by ``px`` pixels (8-connected: a (2 px + 1) square)."""
+    import cv2
+
+    m = _as_bool(mask).astype(np.uint8)
+    return m.astype(bool) if px <= 0 else cv2.dilate(m, np.ones((2 * px + 1, 2 * px + 1), np.uint8)) > 0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two float images (or pixel lists) in [0, 1], at most 100 (equal images);
+    nan when empty."""
+    if a.size == 0:
+        return float("nan")
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return 100.0 if mse < 1e-10 else float(-10 * np.log10(mse))
+
+
+def cutout_figures(
+    gt: np.ndarray,
+    acc_object: np.ndarray,
+    rgb: np.ndarray,
+    removed: np.ndarray,
+    image: np.ndarray | None = None,
+    truth: np.ndarray | None = None,
+    seen: np.ndarray | None = None,
+    margin: int = 2,
+    differs: float = 0.1,
+) -> dict:
+    """How clean one view's cut-outs are (masks H x W bool, images H x W x 3 floats in [0, 1]).
+
+    - ``specks``: the fraction of the image where the object alone is opaque
+      (``acc_object`` > 0.5) outside the ground-truth mask grown by ``margin`` px: density the 3D
+      mask claims away from the object;
+    - ``outside_psnr`` / ``outside_changed``: outside that footprint, removal must change nothing:
+      PSNR of ``removed`` against ``rgb``, and the fraction of pixels changed by more than 0.05;
+
+    with the truth (the view rendered without the object) and ``seen`` (the footprint pixels some
+    other view sees; the rest can only be inpainted), inside the seen footprint:
+
+    - ``removal_psnr``: PSNR of ``removed`` against the truth, beside ``nerf_psnr``, the NeRF's own
+      PSNR there (``rgb`` against the real ``image``): removal can do no better than the NeRF;
+    - ``ghost``: of the seen footprint pixels where the object shows (the real image and the truth
+      differ by more than ``differs`` in some channel), the fraction where ``removed`` is closer to
+      ``rgb`` (the object in place) than to the truth: a rim or a faint copy left behind;
+    - ``unseen``: the fraction of the footprint no other view sees (reported apart).
+    """
+    footprint = dilate(gt, margin)
+    out = {
+        "specks": float(np.mean((acc_object > 0.5) & ~footprint)),
+        "outside_psnr": psnr(removed[~footprint], rgb[~footprint]),
+        "outside_changed": float(np.mean(np.abs(removed - rgb).max(-1)[~footprint] > 0.05))
+        if (~footprint).any()
+        else 0.0,
+    }
+    if truth is None or image is None:
+        return out
+    seen_fp = footprint & (seen if seen is not None else np.ones_like(footprint))
+    shows = seen_fp & (np.abs(image - truth).max(-1) > differs)
+    to_rgb = np.linalg.norm(removed - rgb, axis=-1)
+    to_truth = np.linalg.norm(removed - truth, axis=-1)
+    out.update(
+        removal_psnr=psnr(removed[seen_fp], truth[seen_fp]),
+        nerf_psnr=psnr(rgb[seen_fp], image[seen_fp]),
+        ghost=float(np.mean((to_rgb < to_truth)[shows])) if shows.any() else 0.0,
+        unseen=float(np.mean(~seen_fp[footprint])) if footprint.any() else 0.0,
+    )
+    return out

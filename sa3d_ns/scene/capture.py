@@ -26,9 +26,30 @@ def bin_path(name: str) -> str:
     return str(exe) if exe.exists() else name
 
 
-def process_capture(scene: Path, output: Path, num_downscales: int = 2, matching: str = "exhaustive") -> dict:
+def write_photo(image: Path, target: Path, focal_px: float) -> Path:
+    """The image as a camera writes it: a JPEG (quality 95) whose EXIF names the lens's focal
+    length in 35 mm terms (FocalLengthIn35mmFilm, whole millimetres), which COLMAP reads as its
+    prior focal length (focal_px = f35 / 35 * max(width, height)), as it does for a phone's photos."""
+    from PIL import Image
+
+    img = Image.open(image).convert("RGB")
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "sa3d_ns", "generated scene"  # Make, Model
+    exif.get_ifd(0x8769)[0xA405] = round(focal_px / max(img.size) * 35)  # FocalLengthIn35mmFilm
+    target = target.with_suffix(".jpg")
+    img.save(target, "JPEG", quality=95, exif=exif)
+    return target
+
+
+def process_capture(
+    scene: Path, output: Path, num_downscales: int = 2, matching: str = "exhaustive", photos: str = "jpeg"
+) -> dict:
     """Run ``ns-process-data images`` on ``scene``'s images into ``output`` and attach the scene's
-    instance masks to the frames COLMAP registered. Returns {"frames": registered, "images": given}."""
+    instance masks to the frames COLMAP registered. ``photos`` "jpeg": the images given as a
+    camera writes them (:func:`write_photo`: JPEG with the focal length in EXIF); "png": the
+    rendered PNGs, without EXIF (COLMAP then starts from its guess, 1.2 x the image size, and its
+    focal estimate varies more from run to run: 285 and 343 measured against the true 343).
+    Returns {"frames": registered, "images": given}."""
     scene, output = Path(scene), Path(output)
     if shutil.which("colmap") is None:
         raise SA3DError("COLMAP is not installed: 'sudo apt-get install colmap' (Debian), then run again.")
@@ -39,8 +60,13 @@ def process_capture(scene: Path, output: Path, num_downscales: int = 2, matching
     raw = output.parent / f"{output.name}_raw_images"
     shutil.rmtree(raw, ignore_errors=True)
     raw.mkdir(parents=True)
+    if photos not in ("jpeg", "png"):
+        raise SA3DError(f"photos must be jpeg or png, not {photos!r}")
     for f in frames:  # the photos alone, as a user has them: no poses
-        shutil.copy(scene / f["file_path"], raw / Path(f["file_path"]).name)
+        if photos == "jpeg":
+            write_photo(scene / f["file_path"], raw / Path(f["file_path"]).name, float(meta["fl_x"]))
+        else:
+            shutil.copy(scene / f["file_path"], raw / Path(f["file_path"]).name)
     cmd = [bin_path("ns-process-data"), "images", "--data", str(raw), "--output-dir", str(output), "--no-gpu",
            "--matching-method", matching, "--num-downscales", str(num_downscales), "--sfm-tool", "colmap"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -73,6 +99,8 @@ class Args:
     """images_2, images_4, ... folders (ns-process-data's --num-downscales)."""
     matching: str = "exhaustive"
     """COLMAP matching (exhaustive: no vocabulary tree to download)."""
+    photos: str = "jpeg"
+    """jpeg: the images as a camera writes them (JPEG, focal length in EXIF); png: as rendered (no EXIF)."""
 
 
 def entrypoint() -> None:
@@ -80,7 +108,7 @@ def entrypoint() -> None:
 
     args = tyro.cli(Args)
     try:
-        result = process_capture(args.scene, args.output, args.num_downscales, args.matching)
+        result = process_capture(args.scene, args.output, args.num_downscales, args.matching, args.photos)
     except SA3DError as err:
         print(f"sa3d error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -22,6 +22,12 @@ class MakeSceneArgs:
     """Camera elevations in degrees, used in turn."""
     texture: Literal["plain", "rich"] = "plain"
     """rich: non-repeating mosaics on the support and the sky (for COLMAP / ns-process-data, whose SIFT matching fails on the plain scene's checkerboard and gradient)."""
+    layout: Literal["nerfstudio", "blender"] = "nerfstudio"
+    """nerfstudio: transforms.json (nerfstudio-data dataparser); blender: transforms_{train,val,test}.json and train/ val/ test/ image folders (blender-data dataparser; every 8th view held out)."""
+    objects: Literal["demo", "touching"] = "demo"
+    """demo: four separate primitives; touching: what breaks 2D segmenters (two red objects that touch, a two-coloured box, a thin pole, a tile coloured like the support)."""
+    removal_truth: bool = True
+    """Also render every view without each object (removed/<id>/, for sa3d-eval's removal figures) and which uncovered pixels other views see (removed/<id>/seen/)."""
 
 
 def entrypoint() -> None:
@@ -35,7 +41,15 @@ def entrypoint() -> None:
         sys.exit(2)
     try:
         path = make_scene(
-            args.output, args.num_views, args.width, args.height, tuple(args.elevations), texture=args.texture
+            args.output,
+            args.num_views,
+            args.width,
+            args.height,
+            tuple(args.elevations),
+            texture=args.texture,
+            layout=args.layout,
+            objects=args.objects,
+            removal_truth=args.removal_truth,
         )
     except FileExistsError as err:
         print(f"sa3d-make-scene: {err}", file=sys.stderr)

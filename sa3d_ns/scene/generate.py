@@ -44,6 +44,18 @@ OBJECTS = [
     Obj("green_can", "cylinder", (-0.15, 0.62, 0.38), (0.22, 0, 0.38), ((0.1, 0.6, 0.2), (0.05, 0.25, 0.1)), "rings"),
     Obj("purple_cube", "box", (0.4, -0.55, 0.16), (0.16, 0.16, 0.16), ((0.55, 0.2, 0.7), (1.0, 0.6, 0.2)), "dots"),
 ]
+# What breaks 2D segmenters: two red objects that touch (a mug and a ball), an object of two
+# colours split across its height, a thin pole, a flat tile coloured like the support beside it.
+TOUCHING = [
+    Obj("red_mug", "cylinder", (0.25, 0.15, 0.3), (0.22, 0, 0.3), ((0.8, 0.12, 0.1), (0.6, 0.08, 0.08)), "rings"),
+    Obj("red_ball", "sphere", (0.75, 0.15, 0.28), (0.28, 0, 0), ((0.85, 0.15, 0.1), (0.7, 0.1, 0.1)), "dots"),
+    Obj(
+        "two_tone_box", "box", (-0.5, -0.25, 0.35), (0.22, 0.22, 0.35), ((0.95, 0.85, 0.2), (0.15, 0.25, 0.8)), "halves"
+    ),
+    Obj("thin_pole", "cylinder", (-0.2, 0.65, 0.5), (0.05, 0, 0.5), ((0.9, 0.9, 0.9), (0.3, 0.3, 0.3)), "stripes"),
+    Obj("flat_tile", "box", (0.3, -0.65, 0.03), (0.3, 0.25, 0.03), ((0.7, 0.58, 0.45), (0.5, 0.38, 0.28)), "checker"),
+]
+OBJECT_SETS = {"demo": OBJECTS, "touching": TOUCHING}
 SUPPORT_HALF = 1.4
 WALL_RADIUS, WALL_HEIGHT = 6.0, 3.0  # the "rich" scene's backdrop
 
@@ -55,6 +67,8 @@ def _texture(obj: Obj, p: np.ndarray) -> np.ndarray:
         t = (np.sin(q[:, 2] * 22.0) > 0).astype(np.float32)
     elif obj.pattern == "checker":
         t = ((np.floor(q[:, 0] * 8) + np.floor(q[:, 1] * 8) + np.floor(q[:, 2] * 8)) % 2).astype(np.float32)
+    elif obj.pattern == "halves":  # the lower half one colour, the upper half the other
+        t = (q[:, 2] > 0).astype(np.float32)
     elif obj.pattern == "rings":
         t = (np.sin(q[:, 2] * 30.0 + np.arctan2(q[:, 1], q[:, 0]) * 3) > 0.3).astype(np.float32)
     else:
@@ -221,11 +235,23 @@ def make_scene(
     fov_deg: float = 50.0,
     progress: bool = True,
     texture: str = "plain",
+    layout: str = "nerfstudio",
+    objects: str = "demo",
+    removal_truth: bool = True,
 ) -> Path:
-    """Write the dataset to ``out``; returns the transforms.json path."""
+    """Write the dataset to ``out``; returns the transforms.json path (``layout`` "blender":
+    the blender-data dataparser's layout, see :func:`write_blender`; returns transforms_train.json).
+    ``objects`` names an object set of :data:`OBJECT_SETS`. ``removal_truth``: also write, for
+    every object and view, the view rendered with that object taken out and which of the pixels
+    it uncovers some other view sees (:func:`write_removal_truth`)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder (nothing was overwritten).")
+    if layout not in ("nerfstudio", "blender"):
+        raise ValueError(f"layout must be nerfstudio or blender, not {layout!r}")
+    if objects not in OBJECT_SETS:
+        raise ValueError(f"objects must be one of {sorted(OBJECT_SETS)}, not {objects!r}")
+    scene_objects = OBJECT_SETS[objects]
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "instances").mkdir(parents=True, exist_ok=True)
     (out / "depths").mkdir(parents=True, exist_ok=True)
@@ -243,9 +269,11 @@ def make_scene(
         from rich.progress import track
 
         iterator = track(iterator, description=f"Rendering {num_views} views")
+    depths = []
     for i in iterator:
         c2w = views[i]
-        img, ids, depth = render(c2w, width, height, focal, texture=texture)
+        img, ids, depth = render(c2w, width, height, focal, objects=scene_objects, texture=texture)
+        depths.append(depth)
         name = f"frame_{i:05d}.png"
         Image.fromarray(img).save(out / "images" / name)
         Image.fromarray(ids).save(out / "instances" / name)
@@ -269,10 +297,101 @@ def make_scene(
         "p2": 0.0,
         "frames": frames,
     }
-    (out / "transforms.json").write_text(json.dumps(meta, indent=1))
-    objects = [
+    listed = [
         {"id": i, "name": o.name, "kind": o.kind, "bounds_min": o.bounds()[0], "bounds_max": o.bounds()[1]}
-        for i, o in enumerate(OBJECTS, start=1)
+        for i, o in enumerate(scene_objects, start=1)
     ]
-    (out / "objects.json").write_text(json.dumps({"background_id": 0, "objects": objects}, indent=1))
+    (out / "objects.json").write_text(json.dumps({"background_id": 0, "set": objects, "objects": listed}, indent=1))
+    if removal_truth:
+        write_removal_truth(out, scene_objects, views, depths, focal, width, height, texture, progress)
+    if layout == "blender":
+        return write_blender(out, meta, fov_deg)
+    (out / "transforms.json").write_text(json.dumps(meta, indent=1))
     return out / "transforms.json"
+
+
+def project(points: np.ndarray, c2w: np.ndarray, focal: float, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """World points N x 3 -> (pixel indices N x 2 as (column, row), z-depth N) in a camera of
+    :func:`render` (OpenGL axes: looks along -z, y up; pixel centres at +0.5)."""
+    cam = (points - c2w[:3, 3]) @ c2w[:3, :3]
+    z = -cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = focal * cam[:, 0] / z + w / 2
+        v = -focal * cam[:, 1] / z + h / 2
+    return np.stack([np.floor(u), np.floor(v)], -1), z
+
+
+def seen_elsewhere(
+    depth: np.ndarray, c2w: np.ndarray, others: list[tuple[np.ndarray, np.ndarray]], focal: float, tol: float = 0.02
+) -> np.ndarray:
+    """H x W: which pixels' surface (z-depth ``depth`` in the camera ``c2w``; 0 = nothing) some
+    other camera (c2w, its z-depth map of the whole scene) sees: projected there, in its image and
+    not hidden (its depth there within ``tol`` relative of the point's)."""
+    h, w = depth.shape
+    xs, ys = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    cam = np.stack([(xs - w / 2) / focal * depth, -(ys - h / 2) / focal * depth, -depth], -1).reshape(-1, 3)
+    points = cam @ c2w[:3, :3].T + c2w[:3, 3]
+    seen = np.zeros(h * w, bool)
+    for other_c2w, other_depth in others:
+        pix, z = project(points, other_c2w, focal, w, h)
+        inside = (z > 1e-3) & (pix[:, 0] >= 0) & (pix[:, 0] < w) & (pix[:, 1] >= 0) & (pix[:, 1] < h)
+        cols, rows = pix[inside, 0].astype(int), pix[inside, 1].astype(int)
+        visible = np.abs(other_depth[rows, cols] - z[inside]) < tol * z[inside]
+        seen[np.flatnonzero(inside)[visible]] = True
+    return (seen & (depth.reshape(-1) > 0)).reshape(h, w)
+
+
+def write_removal_truth(out, objects, views, depths, focal, width, height, texture, progress=True) -> None:
+    """``removed/<id>/<frame>.png``: each view rendered with object ``id`` taken out (what the
+    scene without it really looks like), and ``removed/<id>/seen/<frame>.png``: the pixels where
+    that object is (its instance mask grown by 3 px) whose uncovered surface at least one *other*
+    view sees (255) -- what a NeRF of the views can know there; the rest (under the object, in
+    its shadow for every camera) can only be inpainted."""
+    import cv2
+
+    jobs = [(k, i) for k in range(1, len(objects) + 1) for i in range(len(views))]
+    if progress:
+        from rich.progress import track
+
+        jobs = track(jobs, description=f"Rendering {len(views)} views without each of {len(objects)} objects")
+    for k, i in jobs:
+        folder = out / "removed" / str(k)
+        (folder / "seen").mkdir(parents=True, exist_ok=True)
+        rest = [o for j, o in enumerate(objects, start=1) if j != k]
+        img, _, depth = render(views[i], width, height, focal, objects=rest, texture=texture)
+        name = f"frame_{i:05d}.png"
+        Image.fromarray(img).save(folder / name)
+        ids = np.asarray(Image.open(out / "instances" / name))
+        footprint = cv2.dilate((ids == k).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3) > 0
+        others = [(views[j], depths[j]) for j in range(len(views)) if j != i]
+        seen = np.zeros_like(footprint)
+        if footprint.any():
+            seen = seen_elsewhere(np.where(footprint, depth, 0.0), views[i], others, focal) & footprint
+        Image.fromarray((seen * 255).astype(np.uint8)).save(folder / "seen" / name)
+
+
+def write_blender(out: Path, meta: dict, fov_deg: float, every: int = 8) -> Path:
+    """Lay the written frames out as nerfstudio's ``blender-data`` dataparser reads them:
+    ``transforms_{train,val,test}.json`` (horizontal field of view ``camera_angle_x``, frames'
+    ``file_path`` without ".png") and the images moved into ``train/``, ``val/`` and ``test/``.
+    Every ``every``-th view is held out (val and test hold the same views). File names stay unique
+    across the splits, so ``instances/<image stem>.png`` (and ``depths/``) still name each image's
+    masks: the blender format has no per-frame fields of its own for them."""
+    import shutil
+
+    splits: dict[str, list[dict]] = {"train": [], "val": []}
+    for i, frame in enumerate(meta["frames"]):
+        split = "val" if i % every == every // 2 else "train"
+        name = Path(frame["file_path"]).name
+        (out / split).mkdir(exist_ok=True)
+        shutil.move(out / frame["file_path"], out / split / name)
+        splits[split].append(
+            {"file_path": f"./{split}/{Path(name).stem}", "transform_matrix": frame["transform_matrix"]}
+        )
+    (out / "images").rmdir()
+    shutil.copytree(out / "val", out / "test")
+    angle = math.radians(fov_deg)
+    for split, frames in [*splits.items(), ("test", [
+        {**f, "file_path": f["file_path"].replace("./val/", "./test/")} for f in splits["val"]])]:  # fmt: skip
+        (out / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": angle, "frames": frames}, indent=1))
+    return out / "transforms_train.json"
