@@ -66,17 +66,19 @@ def bin_path(name: str) -> str:
 
 # --------------------------------------------------------------------------- scene and nerfacto
 def prepare_scene(
-    workdir: Path, num_views: int, size: int, steps: int, device: str, objects: str = "demo"
+    workdir: Path, num_views: int, size: int, steps: int, device: str, objects: str = "demo", texture: str = "plain"
 ) -> tuple[Path, Path]:
-    """Generate the scene (object set ``objects``) and train nerfacto once per (objects, views,
-    size, steps, device); reuse them after."""
+    """Generate the scene (object set ``objects``, ``texture``) and train nerfacto once per
+    (objects, texture, views, size, steps, device); reuse them after."""
     tag = f"v{num_views}_s{size}_n{steps}_{device}" + ("" if objects == "demo" else f"_{objects}")
+    tag += "" if texture == "plain" else f"_{texture}"
     scene = workdir / f"scene_{tag}"
     if not (scene / "transforms.json").is_file():
         log(f"generating the scene ({num_views} views, {size}x{size}, objects {objects}) in {scene}")
         subprocess.run(
             [bin_path("sa3d-make-scene"), "--output", str(scene), "--num-views", str(num_views),
-             "--width", str(size), "--height", str(size), "--objects", objects], check=True)  # fmt: skip
+             "--width", str(size), "--height", str(size), "--objects", objects, "--texture", texture],
+            check=True)  # fmt: skip
     outputs = workdir / f"nerfacto_{tag}"
     configs = sorted(outputs.glob("*/nerfacto/*/config.yml"))
     done = [c for c in configs if list((c.parent / "nerfstudio_models").glob("*.ckpt"))]
@@ -436,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scene-objects", default="demo", choices=["demo", "touching"], help="the generated scene's object set"
     )
+    parser.add_argument(
+        "--scene-texture", default="plain", choices=["plain", "rich"], help="the generated scene's support and sky"
+    )
     parser.add_argument("--paths", nargs="+", default=["reference", "default"], choices=list(PATHS))
     parser.add_argument(
         "--set",
@@ -475,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         src = load_source_run(nerfacto_config)
         scene = Path(src.config.pipeline.datamanager.data or src.config.pipeline.datamanager.dataparser.data)
     else:
-        scene, nerfacto_config = prepare_scene(workdir, args.num_views, args.size, steps, device, args.scene_objects)
+        scene, nerfacto_config = prepare_scene(
+            workdir, args.num_views, args.size, steps, device, args.scene_objects, args.scene_texture
+        )
     if args.objects == ["all"]:
         args.objects = [o["name"] for o in json.loads((scene / "objects.json").read_text())["objects"]]
     if not (scene / "objects.json").is_file():

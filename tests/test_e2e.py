@@ -106,6 +106,16 @@ def test_segment_render_and_evaluate(scene, segmenter, min_miou):
     print(f"{segmenter}: held-out mIoU {result['miou']:.4f}, per view {[round(v['iou'], 4) for v in result['views']]}")
     assert result["object_id"] == 1
     assert result["miou"] >= min_miou
+    # the cut-outs, against the scene rendered without the ball (removed/1/), with pictures of the
+    # worst views: the NeRF | the ball alone | without it | the truth | its ghost
+    cut = result["objects"][0]["cutout"]
+    print(f"{segmenter}: cut-outs {cut}")
+    assert set(cut) == {"specks", "ghost", "removal_psnr", "nerf_psnr", "unseen", "outside_psnr", "outside_changed"}
+    assert 0 <= cut["specks"] < 0.01 and 0 <= cut["ghost"] <= 1 and 0 < cut["unseen"] < 1
+    assert cut["outside_changed"] < 0.01 and cut["removal_psnr"] > 10
+    for kind in ("specks", "ghost"):
+        (tile,) = (run_dir / "sa3d" / "eval_test").glob(f"worst_{kind}_*.png")
+        assert Image.open(tile).size == (5 * 64, 64)
     assert tree_digest(scene["nerfacto"].parent) == scene["digest"]  # the nerfacto run is never modified
 
 

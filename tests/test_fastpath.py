@@ -277,3 +277,31 @@ def test_footprint_cache_holds_room_for_touches_first():
     roomy = FootprintCache(2000, reserve=800)
     roomy.put((0, "footprint"), [chunk])
     assert (0, "footprint") in roomy.items and roomy.room("footprint") == 2000 - 800 - 512
+
+
+def test_removal_margin_grows_what_rgb_removed_leaves_out():
+    """rgb_removed leaves out the samples in the object's 3D mask and, with removal-margin d (in
+    coarsest cells: d x 4 / mask-min-res scene units), those within d of it along an axis, where
+    the NeRF has density; never empty space, never beyond d."""
+    from nerfstudio.data.scene_box import SceneBox
+
+    from sa3d_ns.nerf.model import SA3DModelConfig
+
+    box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
+    model = SA3DModelConfig(implementation="torch", log2_hashmap_size=12).setup(
+        scene_box=box, num_train_data=2, metadata={}
+    )
+    model.object_values = lambda x: (0.2 - x.norm(dim=-1, keepdim=True))  # a ball of radius 0.2 (threshold 0)
+    model.object_bounds[0, 0], model.object_bounds[0, 1] = torch.full((3,), -0.25), torch.full((3,), 0.25)
+    step = 0.5 * 4 / model.config.mask_min_res  # 0.015625
+    xs = torch.tensor([0.1, 0.2 + step / 2, 0.2 + step / 2, 0.2 + 1.5 * step, 0.5])
+    positions = torch.zeros(1, 5, 3)
+    positions[0, :, 0] = xs
+    alpha = torch.tensor([[0.9, 0.5, 0.0, 0.5, 0.5]])  # the third sample is empty space
+    values = model.object_values(positions.reshape(-1, 3)).reshape(1, 5, 1)
+    model.config.removal_margin = 0.0
+    assert model.removed_samples(positions, values, alpha)[0, :, 0].tolist() == [True, False, False, False, False]
+    model.config.removal_margin = 0.5
+    assert model.removed_samples(positions, values, alpha)[0, :, 0].tolist() == [True, True, False, False, False]
+    model.object_bounds[0, 0], model.object_bounds[0, 1] = -torch.inf, torch.inf  # an object not yet bounded
+    assert model.removed_samples(positions, values, alpha)[0, :, 0].tolist() == [True, False, False, False, False]

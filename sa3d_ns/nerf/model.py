@@ -84,6 +84,8 @@ class SA3DModelConfig(NerfactoModelConfig):
     """Opacity of the colour in the ``rgb_overlay`` output."""
     crop_to_bounds: bool = True
     """Each object's 3D mask is off outside a box around the surface its accepted 2D masks saw (grown by 15 %): removes far-off floaters (hash collisions of the mask field)."""
+    removal_margin: float = 0.5
+    """``rgb_removed`` (the scene without the object) also leaves out the samples within this distance of the object's 3D mask along an axis, in cells of the mask field's coarsest grid (4 / mask-min-res scene units inside the unit cube): the object's soft boundary density, which leaves a rim. Measured on 9 objects of two scenes: 0.5 lowers the ghost on 7 (e.g. 14.9 -> 13.0 %, 10.9 -> 8.6 %), removal PSNR -0.25 to +0.4 dB, pixels changed outside the object <= 0.01 %; 0 turns it off."""
     object_background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Background colour of the ``rgb_object`` output (the object alone)."""
     rgba_object: bool = True
@@ -290,7 +292,7 @@ class SA3DModel(NerfactoModel):
             samples, density, sample_rgb = s["ray_samples"], s["density"], s["sample_rgb"]
             background = torch.tensor(cfg.object_background, device=scores.device, dtype=sample_rgb.dtype)
 
-            def alone_and_removed(inside: torch.Tensor, suffix: str) -> None:
+            def alone_and_removed(inside: torch.Tensor, gone: torch.Tensor, suffix: str) -> None:
                 # the object's own density (samples inside its 3D mask), and the rest of the scene's
                 w_obj = samples.get_weights(density * inside)
                 acc_obj = w_obj.sum(dim=-2)
@@ -301,7 +303,7 @@ class SA3DModel(NerfactoModel):
                 # where the object's own density is along the ray (its expected depth)
                 steps = (samples.frustums.starts + samples.frustums.ends) / 2
                 out["depth_object" + suffix] = (w_obj * steps).sum(dim=-2) / acc_obj.clamp(min=1e-6)
-                w_rest = samples.get_weights(density * ~inside)
+                w_rest = samples.get_weights(density * ~gone)
                 out["rgb_removed" + suffix] = self.renderer_rgb(rgb=sample_rgb, weights=w_rest)
 
             # all objects together (the only ones with a single object)
@@ -315,13 +317,47 @@ class SA3DModel(NerfactoModel):
             alpha = cfg.overlay_alpha * out["mask"]
             out["rgb_overlay"] = s["rgb"] * (1 - alpha) + colors[best] * alpha
             inside = values > cfg.mask_threshold  # R x S x K
-            alone_and_removed(inside.any(-1, keepdim=True), "")
+            alpha = 1 - torch.exp(-(density * samples.deltas)[..., 0])
+            gone = self.removed_samples(s["positions"], values, alpha)  # R x S x K
+            alone_and_removed(inside.any(-1, keepdim=True), gone.any(-1, keepdim=True), "")
             if k_all > 1:  # and each object on its own
                 for k, name in enumerate(cfg.objects[:k_all]):
                     out[f"mask_{name}"] = on[:, k : k + 1].float()
                     out[f"mask_score_{name}"] = scores[:, k : k + 1]
-                    alone_and_removed(inside[..., k : k + 1], f"_{name}")
+                    alone_and_removed(inside[..., k : k + 1], gone[..., k : k + 1], f"_{name}")
         return out
+
+    @torch.no_grad()
+    def removed_samples(self, positions: torch.Tensor, values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """positions R x S x 3, mask values R x S x K, sample opacities R x S -> which samples
+        ``rgb_removed`` leaves out for each object: those in its 3D mask and, with
+        ``removal-margin`` d, those within d of it along an axis (a 6-neighbour dilation). Only
+        samples that are not empty space (opacity > 1e-3; their volume weight would not do: what
+        the object hides has none until it is removed) and lie in a bounded object's box grown by
+        d are looked up again."""
+        cfg = self.config
+        gone = values > cfg.mask_threshold
+        k = values.shape[-1]
+        if cfg.removal_margin <= 0 or k == 0:
+            return gone
+        step = cfg.removal_margin * 4.0 / cfg.mask_min_res
+        bounds = self.object_bounds[:k]
+        p = positions[..., None, :]
+        boxed = torch.isfinite(bounds).all(-1).all(-1)  # (an object not yet bounded gets no margin)
+        near = ((p >= bounds[:, 0] - step) & (p <= bounds[:, 1] + step)).all(-1) & boxed
+        near = near.any(-1)
+        todo = (near & (alpha > 1e-3) & ~gone.all(-1)).nonzero(as_tuple=True)
+        if len(todo[0]) == 0:
+            return gone
+        flat = positions[todo]
+        grown = gone[todo]
+        for axis in range(3):
+            for sign in (-1.0, 1.0):
+                offset = torch.zeros(3, device=flat.device, dtype=flat.dtype)
+                offset[axis] = sign * step
+                grown |= self.object_values(flat + offset) > cfg.mask_threshold
+        gone[todo] = grown
+        return gone
 
     def get_rgba_image(self, outputs: dict[str, torch.Tensor], output_name: str = "rgb") -> torch.Tensor:
         """``ns-render --rendered-output-names rgba`` of an sa3d run: the object alone on a
