@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         "--segmenters",
         nargs="+",
         default=["oracle", "weightfree"],
-        choices=["oracle", "weightfree", "sam", "sam2", "sam-hq"],
+        choices=["oracle", "oracle-noisy", "weightfree", "sam", "sam2", "sam-hq"],
         help="the SAM family runs its real architecture with random weights (true timing)",
     )
     parser.add_argument("--sam-variant", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])

@@ -428,19 +428,24 @@ def entrypoint() -> None:
         table.add_column("view")
         table.add_column("IoU", justify="right")
         table.add_column("accuracy", justify="right")
-        cut = [key for key in CUTOUT_KEYS if key in r["cutout"]]
-        for key in cut:
-            table.add_column(CUTOUT_HEADERS[key], justify="right")
-
-        def fmt(key, value):
-            return f"{value:.1f}" if key.endswith("psnr") else f"{100 * value:.2f}"
-
         for v in r["views"]:
-            table.add_row(v["image"], f"{v['iou']:.4f}", f"{v['accuracy']:.4f}", *(fmt(c, v[c]) for c in cut))
-        table.add_row(
-            "[bold]mean", f"[bold]{r['miou']:.4f}", f"[bold]{r['macc']:.4f}", *(fmt(c, r["cutout"][c]) for c in cut)
-        )
+            table.add_row(v["image"], f"{v['iou']:.4f}", f"{v['accuracy']:.4f}")
+        table.add_row("[bold]mean", f"[bold]{r['miou']:.4f}", f"[bold]{r['macc']:.4f}")
         console.print(table)
+        cut = [key for key in CUTOUT_KEYS if key in r["cutout"] and key != "outside_psnr"]
+        if cut:  # (a table of its own: both fit an 80-column terminal)
+            table = Table(title=f"cut-outs: {r['object']}")
+            table.add_column("view")
+            for key in cut:
+                table.add_column(CUTOUT_HEADERS[key], justify="right")
+
+            def fmt(key, value):
+                return f"{value:.1f}" if key.endswith("psnr") else f"{100 * value:.2f}"
+
+            for v in r["views"]:
+                table.add_row(v["image"], *(fmt(c, v[c]) for c in cut))
+            table.add_row("[bold]mean", *(f"[bold]{fmt(c, r['cutout'][c])}" for c in cut))
+            console.print(table)
     if len(result["objects"]) > 1:
         console.print(
             f"mean over {len(result['objects'])} objects: mIoU {result['miou']:.4f}, accuracy {result['macc']:.4f}"

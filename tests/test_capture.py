@@ -21,7 +21,7 @@ def capture(tmp_path_factory):
     assert shutil.which("colmap"), "ns-process-data needs COLMAP (scripts/test.sh installs Debian's colmap)"
     root = tmp_path_factory.mktemp("capture")
     r = run(["sa3d-make-scene", "--output", root / "scene", "--num-views", "40", "--width", "320", "--height", "320",
-             "--texture", "rich", "--elevations", "8", "22"], root)  # fmt: skip
+             "--texture", "rich", "--elevations", "8", "22", "--no-removal-truth"], root)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     r = run(["python", "-m", "sa3d_ns.scene.capture", "--scene", root / "scene", "--output", root / "data"], root)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

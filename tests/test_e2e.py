@@ -3,6 +3,7 @@ sa3d-make-scene -> sa3d-train-nerfacto (ns-train nerfacto) -> ns-train sa3d (ora
 -> ns-render dataset of `mask` -> sa3d-eval; and every bad input of `ns-train sa3d`."""
 
 import hashlib
+import io
 import json
 import shutil
 import sys
@@ -797,6 +798,9 @@ def test_viewer_panel_in_headless_chromium(scene, tmp_path):
             h, w, fy = int(cam.height[0, 0]), int(cam.width[0, 0]), float(cam.fy[0, 0])
             client.camera.fov = 2 * np.arctan(h / 2 / fy)
 
+            # (a user looking through a training camera hides the training cameras: their frustums
+            # show the training image itself right in front of the render)
+            page.get_by_role("button", name="Hide Train Cams").click()
             page.get_by_role("button", name="Delete").click()
             wait_for(lambda: pipeline.model.object_names == [], 60, "the Delete button to remove the object")
             page.get_by_role("button", name="positive").click()
@@ -813,6 +817,24 @@ def test_viewer_panel_in_headless_chromium(scene, tmp_path):
             page.get_by_text("mask 1: score").first.scroll_into_view_if_needed()
             page.wait_for_timeout(1000)
             page.screenshot(path=str(artifacts / "viewer_candidates.png"))
+            # the canvas's own pixels where the ball is, and far from it (the render is drawn
+            # centred, its height filling the canvas)
+            scale = bb["height"] / h
+            ball = cv2.erode((inst == 1).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+            far = ~(cv2.dilate((inst == 1).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0)
+
+            def canvas_shot():
+                return np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), np.float32) / 255
+
+            def pixels(shot, region):
+                ys, xs = np.nonzero(region)
+                cols = (bb["width"] / 2 + (xs + 0.5 - w / 2) * scale).astype(int)
+                rows = ((ys + 0.5) * scale).astype(int)
+                return shot[rows.clip(0, shot.shape[0] - 1), cols.clip(0, shot.shape[1] - 1)]
+
+            plain = canvas_shot()
+            Image.fromarray((plain * 255).astype(np.uint8)).save(artifacts / "viewer_canvas_rgb.png")
+            plain_ball, plain_far = pixels(plain, ball), pixels(plain, far)
             page.get_by_role("button", name="Segment").click()
             wait_for(lambda: logic.progress["total"] > 0 and not logic.busy, 600, "the segmentation to finish")
             assert len(pipeline.model.object_names) == 1 and logic.progress["done"] == 22, logic.progress
@@ -820,6 +842,39 @@ def test_viewer_panel_in_headless_chromium(scene, tmp_path):
             page.get_by_text(f"{name}: done").first.wait_for(timeout=30_000)  # the panel's message
             page.get_by_text(f"{name}: finished, view 22/22").first.wait_for(timeout=30_000)  # its status
             page.screenshot(path=str(artifacts / "viewer_panel.png"), full_page=True)
+
+            # the finished run is shown as the panel's Display says (rgb_overlay): the ball tinted
+            # with the object's colour (1, 0.2, 0.2) at half opacity (its yellow stripes turn
+            # orange: green drops), the rest as it was; then the ball alone on white, and removed
+            def shows(display, check, what):
+                import time
+
+                if display != panel.handles["display"].value:
+                    panel.handles["display"].value = display
+                wait_for(
+                    lambda: viewer.control_panel._output_render.value == display, 30, f"the viewer to show {display}"
+                )
+                deadline = time.time() + 120
+                while True:
+                    shot = canvas_shot()
+                    b, f = pixels(shot, ball), pixels(shot, far)
+                    figures = {
+                        "ball green drop": float((plain_ball[:, 1] - b[:, 1]).mean()),
+                        "ball change": float(np.abs(b - plain_ball).mean()),
+                        "far change": float(np.abs(f - plain_far).mean()),
+                        "far mean": float(f.mean()),
+                    }
+                    if check(figures) or time.time() > deadline:
+                        break
+                    time.sleep(1)
+                Image.fromarray((shot * 255).astype(np.uint8)).save(artifacts / f"viewer_canvas_{display}.png")
+                assert check(figures), f"{display}: expected {what}; measured {figures}"
+
+            shows("rgb_overlay", lambda m: m["ball green drop"] > 0.03 and m["far change"] < 0.03,
+                  "the ball tinted, the rest unchanged")  # fmt: skip
+            shows("rgb_object", lambda m: m["far mean"] > 0.9 and m["ball change"] < 0.15, "the ball alone on white")
+            shows("rgb_removed", lambda m: m["ball change"] > 0.1 and m["far change"] < 0.03,
+                  "the scene without the ball")  # fmt: skip
             browser.close()
     finally:
         viewer.viser_server.stop()

@@ -3,6 +3,7 @@ segment-anything architecture at small random weights)."""
 
 import urllib.error
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -185,3 +186,56 @@ def test_sam_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     torch.save(tiny_sam().state_dict(), path)
     with pytest.raises(SA3DError, match="Is it a vit_b checkpoint"):
         sam.build_sam("vit_b", path)
+
+
+def test_noisy_oracle_errors_are_sams_kinds():
+    """Each injected error, on a view with a ball (1) touching a box (2) and a far can (3)."""
+    from sa3d_ns.segmenters.noisy import inject_error
+
+    inst = np.zeros((40, 60), np.int64)
+    inst[10:20, 10:20] = 1
+    inst[10:20, 20:30] = 2  # touches object 1
+    inst[30:36, 50:56] = 3
+    ball = inst == 1
+    rng = np.random.default_rng(0)
+    assert not inject_error(ball, inst, "miss", rng).any()
+    part = inject_error(ball, inst, "part", rng, points=np.array([[11.0, 11.0]]))
+    assert part[11, 11] and (part & ~ball).sum() == 0 and 0 < part.sum() < ball.sum()  # the clicked part
+    merged = inject_error(ball, inst, "merge", rng)
+    assert np.array_equal(merged, (inst == 1) | (inst == 2))  # the touching box, not the far can
+    lone = inject_error(inst == 3, inst, "merge", rng)  # nothing touches the can: it bleeds around
+    assert lone.sum() > (inst == 3).sum() and lone[inst == 3].all()
+    stray = inject_error(ball, inst, "stray", rng)
+    extra = stray & ~ball
+    assert stray[ball].all() and extra.sum() > 5
+    n, _ = cv2.connectedComponents(stray.astype(np.uint8))
+    assert n - 1 == 2  # the object and a blob apart from it
+    with pytest.raises(ValueError, match="unknown error"):
+        inject_error(ball, inst, "wrong", rng)
+
+
+def test_noisy_oracle_is_wrong_in_its_share_of_views_and_the_same_each_time():
+    from sa3d_ns.core.errors import SA3DError
+    from sa3d_ns.segmenters.noisy import NoisyOracleSegmenter
+
+    inst = np.zeros((64, 64), np.int64)
+    inst[8:24, 8:24] = 1
+    seg = NoisyOracleSegmenter(lambda view, size: inst, rate=0.3, seed=1)
+    image = np.zeros((64, 64, 3), np.uint8)
+    wrong, kinds = 0, set()
+    for view in range(200):
+        seg.set_image(image, view_id=view)
+        mask = seg.predict(np.array([[16.0, 16.0]]), np.array([1])).masks[0]
+        assert (seg.last_error is None) == np.array_equal(mask, inst == 1)
+        wrong += seg.last_error is not None
+        kinds.add(seg.last_error)
+        again = seg.predict(np.array([[16.0, 16.0]]), np.array([1])).masks[0]
+        assert np.array_equal(mask, again)  # a view always gets the same answer
+    assert 0.2 < wrong / 200 < 0.4 and kinds == {None, "part", "merge", "stray", "miss"}
+    clean = NoisyOracleSegmenter(lambda view, size: inst, rate=0.0)
+    clean.set_image(image, view_id=3)
+    assert np.array_equal(clean.predict(np.array([[16.0, 16.0]])).masks[0], inst == 1)
+    with pytest.raises(SA3DError, match="noise-rate"):
+        NoisyOracleSegmenter(lambda view, size: inst, rate=1.5)
+    with pytest.raises(SA3DError, match="noise-kinds"):
+        NoisyOracleSegmenter(lambda view, size: inst, kinds=("typo",))

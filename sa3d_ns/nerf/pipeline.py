@@ -55,8 +55,14 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """config.yml of a finished sa3d run of the same nerfacto: its objects are kept as they are (not segmented again) and the prompt's objects are added, in a new run."""
     add_to_checkpoint: Path | None = None
     """Filled from --pipeline.add-to: the checkpoint the kept objects' mask fields are loaded from."""
-    segmenter: Literal["sam", "sam2", "sam-hq", "weightfree", "oracle"] = "sam"
-    """2D segmenter: sam (segment-anything), sam2 (SAM 2.1, extra [sam2]), sam-hq (HQ-SAM, its vit_tiny is light; extra [hq]), weightfree (GrabCut + depth, no learned weights) or oracle (the dataset's instance masks)."""
+    segmenter: Literal["sam", "sam2", "sam-hq", "weightfree", "oracle", "oracle-noisy"] = "sam"
+    """2D segmenter: sam (segment-anything), sam2 (SAM 2.1, extra [sam2]), sam-hq (HQ-SAM, its vit_tiny is light; extra [hq]), weightfree (GrabCut + depth, no learned weights), oracle (the dataset's instance masks) or oracle-noisy (those masks with a 2D segmenter's mistakes in a fraction of the views: --pipeline.noise-*)."""
+    noise_rate: float = 0.2
+    """oracle-noisy: the fraction of views whose 2D mask is wrong (drawn per view from noise-seed, the prompt view included)."""
+    noise_kinds: tuple[str, ...] = ("part", "merge", "stray", "miss")
+    """oracle-noisy: the mistakes drawn from: part (a part for the whole), merge (joined with the touching neighbour), stray (a disconnected blob added), miss (an empty mask)."""
+    noise_seed: int = 0
+    """oracle-noisy: the seed of the draws."""
     sam_variant: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
     """SAM image encoder size."""
     sam_checkpoint: Path | None = None
@@ -302,7 +308,7 @@ class SA3DPipeline(VanillaPipeline):
     def segment_camera(self, data: dict, prompt: Prompt):
         """The segmenter's candidates for ``prompt`` (pixels of the camera's render)."""
         seg = self.get_segmenter()
-        if seg.name == "oracle":
+        if seg.name.startswith("oracle"):
             raise SA3DError(
                 "The oracle segmenter only knows the training views' instance masks; prompts in the viewer need "
                 "sam, sam2, sam-hq or weightfree (set --pipeline.segmenter when the run is made)."
@@ -387,7 +393,7 @@ class SA3DPipeline(VanillaPipeline):
     def _needs_rgb(self) -> bool:
         if not self.config.cache:
             return True  # the faithful path renders full views
-        return self.config.segment_image == "render" and self.config.segmenter != "oracle"
+        return self.config.segment_image == "render" and not self.config.segmenter.startswith("oracle")
 
     def cache_root(self) -> Path | None:
         if self.config.cache_dir is not None:
@@ -558,6 +564,8 @@ class SA3DPipeline(VanillaPipeline):
                 rec["text"] = {"text": p.text, **det.to_json()}
             result = seg.predict(p.points, p.labels, p.box, prior=None, multimask=True)
             rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
+            if getattr(seg, "last_error", None):  # (oracle-noisy: the mistake it made here, for the record)
+                rec["injected_error"] = seg.last_error
             mask, choice = result.best(p.mask_choice)
             if not mask.any():
                 raise SA3DError(
@@ -575,6 +583,8 @@ class SA3DPipeline(VanillaPipeline):
                 return self._finish(rec, image, None, points, labels, t_render, time.perf_counter() - t0)
             result = seg.predict(points, labels, None, prior=score.numpy(), multimask=len(pts) == 1)
             rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
+            if getattr(seg, "last_error", None):  # (oracle-noisy: the mistake it made here, for the record)
+                rec["injected_error"] = seg.last_error
             mask, _ = result.best()
             rec["iou"] = round(iou(binarize_score(score, cfg.iou_binarize), mask), 4)
             if rec["iou"] < cfg.iou_threshold:

@@ -76,7 +76,7 @@ def resolve_config(config) -> None:
     pipe.model.objects = kept + new_object_names(kept, prompts, str(pipe.prompt))
     config.max_num_iterations = len(names) * pipe.num_passes * len(prompts)
 
-    if pipe.segmenter == "oracle":
+    if pipe.segmenter in ("oracle", "oracle-noisy"):
         from sa3d_ns.data import instance_mask_paths
 
         instance_mask_paths(dm.data, names)

@@ -493,6 +493,7 @@ class SA3DPanel(ViewerElement):
         self.handles: dict = {}
         self.click_mode = "off"
         self.message = ""
+        self._was_busy = False
 
     # nerfstudio calls install() inside the Control tab
     def _create_gui_handle(self, viser_server) -> None:
@@ -667,5 +668,10 @@ class SA3DPanel(ViewerElement):
             options = tuple(str(i + 1) for i in range(len(p.masks)))
             if tuple(h["choice"].options) != options:
                 h["choice"].options = options
+        if self._was_busy and not logic.busy and logic.pipeline.model.object_names:
+            # a run just ended: show its result as the Display dropdown says (the viewer's own
+            # output dropdown still shows what it showed before, usually the plain rgb)
+            self._show_output(h["display"].value)
+        self._was_busy = logic.busy
         if self.viewer is not None:
             self.viewer._trigger_rerender()

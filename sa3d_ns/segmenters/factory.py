@@ -8,7 +8,7 @@ from pathlib import Path
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.segmenters.base import Segmenter
 
-SEGMENTERS = ("sam", "sam2", "sam-hq", "weightfree", "oracle")
+SEGMENTERS = ("sam", "sam2", "sam-hq", "weightfree", "oracle", "oracle-noisy")
 
 
 def resolve_segmenter_weights(config) -> Path | None:
@@ -28,7 +28,7 @@ def resolve_segmenter_weights(config) -> Path | None:
 
         require("segment_anything_hq", "hq")
         return resolve_sam_hq_checkpoint(config.sam_hq_variant, config.sam_hq_checkpoint)
-    if name in ("weightfree", "oracle"):
+    if name in ("weightfree", "oracle", "oracle-noisy"):
         return None
     raise SA3DError(f"Unknown segmenter {name!r}; choose one of {list(SEGMENTERS)} with --pipeline.segmenter.")
 
@@ -42,12 +42,21 @@ def make_segmenter(config, image_names: Sequence[str], data: Path, device="cpu")
         from sa3d_ns.segmenters.weightfree import WeightFreeSegmenter
 
         return WeightFreeSegmenter()
-    if name == "oracle":
+    if name in ("oracle", "oracle-noisy"):
         from sa3d_ns.data import instance_mask_paths
         from sa3d_ns.segmenters.oracle import OracleSegmenter, read_instance_mask
 
         paths = instance_mask_paths(data, image_names)
-        return OracleSegmenter(lambda view, size: read_instance_mask(paths[view], size))
+        if name == "oracle":
+            return OracleSegmenter(lambda view, size: read_instance_mask(paths[view], size))
+        from sa3d_ns.segmenters.noisy import NoisyOracleSegmenter
+
+        return NoisyOracleSegmenter(
+            lambda view, size: read_instance_mask(paths[view], size),
+            config.noise_rate,
+            config.noise_kinds,
+            config.noise_seed,
+        )
     path = resolve_segmenter_weights(config)
     if name == "sam":
         from sa3d_ns.segmenters.sam import SamSegmenter, build_sam
