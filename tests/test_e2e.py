@@ -140,6 +140,7 @@ def write(path: Path, text: str) -> Path:
         ("no_instance_masks", "instance_mask_path"),
         ("missing_text_model", "Grounding DINO tiny (text prompts) checkpoint not found"),
         ("text_threshold", "--pipeline.text-box-threshold must be in [0, 1], got 1.5"),
+        ("noise_rate", "--pipeline.noise-rate must be in [0, 1], got 1.5"),
     ],
 )
 def test_bad_input(scene, tmp_path, case, match):
@@ -179,6 +180,9 @@ def test_bad_input(scene, tmp_path, case, match):
     elif case == "text_threshold":
         extra[1] = write(tmp_path / "p.json", json.dumps({"view": 0, "text": "the red ball"}))
         extra += ["--pipeline.text-box-threshold", "1.5"]
+    elif case == "noise_rate":
+        extra[3] = "oracle-noisy"
+        extra += ["--pipeline.noise-rate", "1.5"]
     elif case == "no_instance_masks":
         data = tmp_path / "data"
         shutil.copytree(root / "scene", data)
@@ -197,6 +201,27 @@ def test_bad_input(scene, tmp_path, case, match):
     assert "Traceback" not in output
     assert set(sa3d_runs(scene, "bad")) == before  # no half-written run is left behind
     assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
+
+
+def test_noisy_oracle_runs_and_records_its_mistakes(scene):
+    """--pipeline.segmenter oracle-noisy: the run goes through with half of its later views given
+    a wrong 2D mask (seed 1 leaves the prompt view right: 11 of 22 views wrong), each recorded in
+    summary.json, and the IoU check keeps the 3D mask on the ball."""
+    r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", "oracle-noisy",
+             "--pipeline.noise-rate", "0.5", "--pipeline.noise-kinds", "part", "merge", "stray",
+             "--pipeline.noise-seed", "1", out="noisy")  # fmt: skip
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    (run_dir,) = sa3d_runs(scene, "noisy")
+    views = json.loads((run_dir / "sa3d" / "summary.json").read_text())["objects"][0]["views"]
+    wrong = [v for v in views if "injected_error" in v]
+    assert 8 <= len(wrong) <= 11 and views[0]["status"] == "prompt" and "injected_error" not in views[0]
+    assert {v["injected_error"] for v in wrong} <= {"part", "merge", "stray"}
+    print("noisy oracle:", [(v["injected_error"], v["status"], v.get("iou")) for v in wrong])
+    r = run(["sa3d-eval", "--load-config", run_dir / "config.yml", "--split", "test"], scene["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((run_dir / "sa3d" / "eval_test" / "eval.json").read_text())
+    print(f"noisy oracle: held-out mIoU {result['miou']:.4f}")
+    assert result["object_id"] == 1 and result["miou"] > 0.5
 
 
 def test_nerfacto_checkpoint_loads_in_nerfstudio_under_torch_2_6(scene, tmp_path):

@@ -80,6 +80,10 @@ def resolve_config(config) -> None:
         from sa3d_ns.data import instance_mask_paths
 
         instance_mask_paths(dm.data, names)
+        if pipe.segmenter == "oracle-noisy":
+            from sa3d_ns.segmenters.noisy import check_noise
+
+            check_noise(pipe.noise_rate, pipe.noise_kinds)
     else:
         from sa3d_ns.segmenters.factory import resolve_segmenter_weights
 

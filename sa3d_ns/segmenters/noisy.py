@@ -75,6 +75,15 @@ def inject_error(
     return mask  # (no room for a blob apart from the object)
 
 
+def check_noise(rate: float, kinds: Sequence[str]) -> None:
+    """The noisy oracle's settings, checked before anything runs."""
+    if not 0 <= rate <= 1:
+        raise SA3DError(f"--pipeline.noise-rate must be in [0, 1], got {rate}.")
+    unknown = [k for k in kinds if k not in ERRORS]
+    if unknown or not kinds:
+        raise SA3DError(f"--pipeline.noise-kinds: unknown {unknown or 'none given'}; choose from {list(ERRORS)}.")
+
+
 class NoisyOracleSegmenter(OracleSegmenter):
     """:class:`OracleSegmenter` whose answer is wrong in a fraction ``rate`` of the views, with
     an error drawn from ``kinds`` (the module's docstring); ``last_error`` names the last one."""
@@ -89,11 +98,7 @@ class NoisyOracleSegmenter(OracleSegmenter):
         seed: int = 0,
     ):
         super().__init__(mask_loader)
-        if not 0 <= rate <= 1:
-            raise SA3DError(f"--pipeline.noise-rate must be in [0, 1], got {rate}.")
-        unknown = [k for k in kinds if k not in ERRORS]
-        if unknown or not kinds:
-            raise SA3DError(f"--pipeline.noise-kinds: unknown {unknown or 'none given'}; choose from {list(ERRORS)}.")
+        check_noise(rate, kinds)
         self.rate, self.kinds, self.seed = rate, tuple(kinds), seed
         self.view_id: int | None = None
         self.last_error: str | None = None
