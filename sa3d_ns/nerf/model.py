@@ -317,8 +317,8 @@ class SA3DModel(NerfactoModel):
             alpha = cfg.overlay_alpha * out["mask"]
             out["rgb_overlay"] = s["rgb"] * (1 - alpha) + colors[best] * alpha
             inside = values > cfg.mask_threshold  # R x S x K
-            alpha = 1 - torch.exp(-(density * samples.deltas)[..., 0])
-            gone = self.removed_samples(s["positions"], values, alpha)  # R x S x K
+            opacity = 1 - torch.exp(-(density * samples.deltas)[..., 0])  # R x S
+            gone = self.removed_samples(s["positions"], values, opacity)  # R x S x K
             alone_and_removed(inside.any(-1, keepdim=True), gone.any(-1, keepdim=True), "")
             if k_all > 1:  # and each object on its own
                 for k, name in enumerate(cfg.objects[:k_all]):
@@ -328,7 +328,7 @@ class SA3DModel(NerfactoModel):
         return out
 
     @torch.no_grad()
-    def removed_samples(self, positions: torch.Tensor, values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def removed_samples(self, positions: torch.Tensor, values: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
         """positions R x S x 3, mask values R x S x K, sample opacities R x S -> which samples
         ``rgb_removed`` leaves out for each object: those in its 3D mask and, with
         ``removal-margin`` d, those within d of it along an axis (a 6-neighbour dilation). Only
@@ -346,7 +346,7 @@ class SA3DModel(NerfactoModel):
         boxed = torch.isfinite(bounds).all(-1).all(-1)  # (an object not yet bounded gets no margin)
         near = ((p >= bounds[:, 0] - step) & (p <= bounds[:, 1] + step)).all(-1) & boxed
         near = near.any(-1)
-        todo = (near & (alpha > 1e-3) & ~gone.all(-1)).nonzero(as_tuple=True)
+        todo = (near & (opacity > 1e-3) & ~gone.all(-1)).nonzero(as_tuple=True)
         if len(todo[0]) == 0:
             return gone
         flat = positions[todo]
@@ -355,7 +355,10 @@ class SA3DModel(NerfactoModel):
             for sign in (-1.0, 1.0):
                 offset = torch.zeros(3, device=flat.device, dtype=flat.dtype)
                 offset[axis] = sign * step
-                grown |= self.object_values(flat + offset) > cfg.mask_threshold
+                shifted = self.object_values(flat + offset)
+                if shifted.shape[-1] != k:  # (an object added or removed meanwhile, by the viewer)
+                    return gone
+                grown |= shifted > cfg.mask_threshold
         gone[todo] = grown
         return gone
 
