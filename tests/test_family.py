@@ -138,7 +138,7 @@ def test_a_blender_data_scene_segments(tmp_path):
              "--layout", "blender"], tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (tmp_path / "scene" / "transforms.json").exists() and (tmp_path / "scene" / "val").is_dir()
-    r = run(["sa3d-train-nerfacto", "nerfacto", "--output-dir", tmp_path / "nerfacto", "--max-num-iterations", "300",
+    r = run(["sa3d-train-nerfacto", "nerfacto", "--output-dir", tmp_path / "nerfacto", "--max-num-iterations", "200",
              "--viewer.quit-on-train-completion", "True", *TINY_NERFACTO, "--data", tmp_path / "scene", "blender-data"],
             tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -147,7 +147,8 @@ def test_a_blender_data_scene_segments(tmp_path):
     family["runs"]["nerfacto"] = config
     result = segment(family, "nerfacto", "oracle", False)
     render_held_out(result["run"], tmp_path, 3)  # the blender layout's held-out views (val: every 8th of 24)
-    # (0.51 measured: blender-data keeps the scene at its own scale, the cameras 3.4 from its centre,
-    # where nerfacto's proposal sampler spaces samples by disparity: 300 CPU steps make a blurrier
-    # NeRF than of the same images recentred and rescaled by the nerfstudio dataparser)
-    assert result["object_id"] == 1 and len(result["views"]) == 3 and result["miou"] > 0.35
+    # (0.40 measured at these 200 steps, 0.51 at 300: blender-data keeps the scene at its own scale,
+    # the cameras 3.4 from its centre, where nerfacto's proposal sampler spaces samples by
+    # disparity: a short CPU training makes a blurrier NeRF than of the same images recentred and
+    # rescaled by the nerfstudio dataparser; a wrong pose convention would give about 0)
+    assert result["object_id"] == 1 and len(result["views"]) == 3 and result["miou"] > 0.25
