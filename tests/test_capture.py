@@ -102,7 +102,9 @@ def test_processed_capture_at_downscale_2_segments(capture):
     """The nerfstudio dataparser on ns-process-data's output at --downscale-factor 2 (images_2)."""
     config = train_nerfacto(capture, "ns", "--data", capture["data"], "nerfstudio-data", "--downscale-factor", "2")
     result = segment_and_evaluate(capture, config, "ns", render=True)
-    assert result["object_id"] == 1 and result["miou"] > 0.4  # (0.85 at 150 steps, 0.90 at 250; 0.78 / 0.34 before the EXIF focal)
+    assert (
+        result["object_id"] == 1 and result["miou"] > 0.4
+    )  # (0.85 at 150 steps, 0.90 at 250; 0.78 / 0.34 before the EXIF focal)
 
 
 def test_processed_capture_with_the_colmap_dataparser_segments(capture):
@@ -110,4 +112,6 @@ def test_processed_capture_with_the_colmap_dataparser_segments(capture):
     (instances/<image>.png)."""
     config = train_nerfacto(capture, "colmap", "--data", capture["data"], "colmap", "--downscale-factor", "2")
     result = segment_and_evaluate(capture, config, "colmap")
-    assert result["object_id"] == 1 and result["miou"] > 0.4  # (0.65 at 150 steps, 0.75 at 250; 0.93 / 0.59 before the EXIF focal)
+    assert (
+        result["object_id"] == 1 and result["miou"] > 0.4
+    )  # (0.65 at 150 steps, 0.75 at 250; 0.93 / 0.59 before the EXIF focal)
