@@ -229,6 +229,8 @@ def evaluate_views(pipeline, truths: list[GroundTruth], k: int = 0) -> list[dict
                 "_alone": alone,
                 "_acc": acc,
                 "_truth": truth,
+                "_image": image,
+                "_seen": seen,
             }
         )
     return rows
@@ -348,20 +350,18 @@ def prompted_instance(dm, data: Path, obj: dict) -> int:
 def cutout_tile(row: dict, margin: int = 2) -> np.ndarray:
     """One view's cut-outs side by side: the NeRF's render | the object alone, its specks (opaque
     outside the ground truth grown by ``margin`` px) in magenta | the scene without it | the truth
-    without it (where the dataset has it) | ghost pixels (removal closer to the render than to the
-    truth) in red over the truth."""
-    from sa3d_ns.core.metrics import dilate
+    without it (where the dataset has it) | the ghost pixels ``cutout_figures``
+    counts (removal nearer the render than the truth where the object shows) in red over the truth."""
+    from sa3d_ns.core.metrics import dilate, ghost_pixels, seen_footprint
 
     alone = row["_alone"].clip(0, 1).copy()
     alone[(row["_acc"] > 0.5) & ~dilate(row["_gt"], margin)] = (1.0, 0.0, 1.0)
     tiles = [row["_rgb"].clip(0, 1), alone, row["_removed"].clip(0, 1)]
     if row.get("_truth") is not None:
         truth = row["_truth"]
-        closer = np.linalg.norm(row["_removed"] - row["_rgb"], axis=-1) < np.linalg.norm(
-            row["_removed"] - truth, axis=-1
-        )
+        _, shows = seen_footprint(row["_gt"], row["_image"], truth, row["_seen"], margin)
         ghost = truth * 0.5
-        ghost[closer & dilate(row["_gt"], margin) & (np.abs(row["_rgb"] - truth).max(-1) > 0.1)] = (1.0, 0.0, 0.0)
+        ghost[ghost_pixels(row["_removed"], row["_rgb"], truth, shows)] = (1.0, 0.0, 0.0)
         tiles += [truth, ghost]
     return (np.concatenate(tiles, 1) * 255).astype(np.uint8)
 

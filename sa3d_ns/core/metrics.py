@@ -78,6 +78,23 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 100.0 if mse < 1e-10 else float(-10 * np.log10(mse))
 
 
+def seen_footprint(
+    gt: np.ndarray, image: np.ndarray, truth: np.ndarray, seen: np.ndarray | None, margin: int = 2, differs: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the footprint, ``gt`` grown by ``margin`` px, where another view sees the surface; its
+    pixels where the object shows: the real image and the truth differ by more than ``differs``
+    in some channel)."""
+    footprint = dilate(gt, margin)
+    seen_fp = footprint & (seen if seen is not None else np.ones_like(footprint))
+    return seen_fp, seen_fp & (np.abs(image - truth).max(-1) > differs)
+
+
+def ghost_pixels(removed: np.ndarray, rgb: np.ndarray, truth: np.ndarray, shows: np.ndarray) -> np.ndarray:
+    """Where the object shows (``shows``) but ``removed`` is nearer ``rgb`` (the object in place)
+    than the truth (the scene without it): a rim or a faint copy left behind."""
+    return shows & (np.linalg.norm(removed - rgb, axis=-1) < np.linalg.norm(removed - truth, axis=-1))
+
+
 def cutout_figures(
     gt: np.ndarray,
     acc_object: np.ndarray,
@@ -117,14 +134,11 @@ def cutout_figures(
     }
     if truth is None or image is None:
         return out
-    seen_fp = footprint & (seen if seen is not None else np.ones_like(footprint))
-    shows = seen_fp & (np.abs(image - truth).max(-1) > differs)
-    to_rgb = np.linalg.norm(removed - rgb, axis=-1)
-    to_truth = np.linalg.norm(removed - truth, axis=-1)
+    seen_fp, shows = seen_footprint(gt, image, truth, seen, margin, differs)
     out.update(
         removal_psnr=psnr(removed[seen_fp], truth[seen_fp]),
         nerf_psnr=psnr(rgb[seen_fp], image[seen_fp]),
-        ghost=float(np.mean((to_rgb < to_truth)[shows])) if shows.any() else 0.0,
+        ghost=float(ghost_pixels(removed, rgb, truth, shows).sum() / shows.sum()) if shows.any() else 0.0,
         unseen=float(np.mean(~seen_fp[footprint])) if footprint.any() else 0.0,
     )
     return out

@@ -564,7 +564,7 @@ class SA3DPipeline(VanillaPipeline):
                 rec["text"] = {"text": p.text, **det.to_json()}
             result = seg.predict(p.points, p.labels, p.box, prior=None, multimask=True)
             rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
-            if getattr(seg, "last_error", None):  # (oracle-noisy: the mistake it made here, for the record)
+            if seg.last_error:  # (oracle-noisy: the mistake it made here, for the record)
                 rec["injected_error"] = seg.last_error
             mask, choice = result.best(p.mask_choice)
             if not mask.any():
@@ -583,7 +583,7 @@ class SA3DPipeline(VanillaPipeline):
                 return self._finish(rec, image, None, points, labels, t_render, time.perf_counter() - t0)
             result = seg.predict(points, labels, None, prior=score.numpy(), multimask=len(pts) == 1)
             rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
-            if getattr(seg, "last_error", None):  # (oracle-noisy: the mistake it made here, for the record)
+            if seg.last_error:  # (oracle-noisy: the mistake it made here, for the record)
                 rec["injected_error"] = seg.last_error
             mask, _ = result.best()
             rec["iou"] = round(iou(binarize_score(score, cfg.iou_binarize), mask), 4)

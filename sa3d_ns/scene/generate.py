@@ -347,7 +347,7 @@ def write_removal_truth(out, objects, views, depths, focal, width, height, textu
     that object is (its instance mask grown by 3 px) whose uncovered surface at least one *other*
     view sees (255) -- what a NeRF of the views can know there; the rest (under the object, in
     its shadow for every camera) can only be inpainted."""
-    import cv2
+    from sa3d_ns.core.metrics import dilate
 
     jobs = [(k, i) for k in range(1, len(objects) + 1) for i in range(len(views))]
     if progress:
@@ -362,7 +362,7 @@ def write_removal_truth(out, objects, views, depths, focal, width, height, textu
         name = f"frame_{i:05d}.png"
         Image.fromarray(img).save(folder / name)
         ids = np.asarray(Image.open(out / "instances" / name))
-        footprint = cv2.dilate((ids == k).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3) > 0
+        footprint = dilate(ids == k, 3)
         others = [(views[j], depths[j]) for j in range(len(views)) if j != i]
         seen = np.zeros_like(footprint)
         if footprint.any():

@@ -38,6 +38,8 @@ class Segmenter(ABC):
     """A promptable 2D segmenter."""
 
     name = "base"
+    last_error: str | None = None
+    """A mistake the segmenter made on purpose in its last answer (oracle-noisy), for the run's record."""
 
     @abstractmethod
     def set_image(self, image: np.ndarray, depth: np.ndarray | None = None, view_id: int | None = None) -> None:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import cv2
 import numpy as np
 
 from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.metrics import dilate
 from sa3d_ns.segmenters.base import Segmentation, default_labels
 from sa3d_ns.segmenters.oracle import OracleSegmenter
 
@@ -56,21 +56,22 @@ def inject_error(
         part = mask & side
         return part if part.any() else mask
     if kind == "merge":
-        ring = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        ring = dilate(mask, 2)
         me = np.bincount(instances[mask]).argmax()
         around = instances[ring & ~mask]
         around = around[(around > 0) & (around != me)]
         if len(around):
             return mask | (instances == np.bincount(around).argmax())
         grow = max(int(round(0.3 * radius)), 1)
-        return cv2.dilate(mask.astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)) > 0
+        return dilate(mask, grow)
     # stray: a disk away from the object (its centre at least 2 radii from the mask's), inside the image
     h, w = mask.shape
     r = max(radius / 2, 1.0)
+    near = dilate(mask, 2)
     for _ in range(50):
         c = (rng.uniform(r, w - r), rng.uniform(r, h - r))
         blob = _disk(mask.shape, c, r)
-        if not (blob & (cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)).any():
+        if not (blob & near).any():
             return mask | blob
     return mask  # (no room for a blob apart from the object)
 
@@ -101,7 +102,6 @@ class NoisyOracleSegmenter(OracleSegmenter):
         check_noise(rate, kinds)
         self.rate, self.kinds, self.seed = rate, tuple(kinds), seed
         self.view_id: int | None = None
-        self.last_error: str | None = None
 
     def set_image(self, image, depth=None, view_id=None) -> None:
         super().set_image(image, depth, view_id)
