@@ -25,8 +25,8 @@ fi
 # numpy 2 in a folder of its own: the tests write and read checkpoints as a numpy-2 environment does
 [ -d .venv/numpy2/numpy ] || .venv/bin/python -m pip install -q --no-deps --target .venv/numpy2 numpy==2.3.5
 .venv/bin/ruff check .
-# Two workers (SA3D_TEST_WORKERS; 0 runs in this process): much of an end-to-end test is one
-# process importing nerfstudio or COLMAP on one core, so two modules at once fill a 2-core machine
-# (a module's tests stay on one worker, with its shared scene and NeRF)
-WORKERS="${SA3D_TEST_WORKERS:-2}"
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider -n "$WORKERS" --dist loadscope "$@"
+# Every test but the extended ones (~20 min on 2 cores) unless a -m selection is given; CI runs
+# those too, with "scripts/test.sh -m extended" (~12 min).
+SELECT=(-m "not extended")
+for arg in "$@"; do [ "$arg" = "-m" ] && SELECT=(); done
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider "${SELECT[@]}" "$@"

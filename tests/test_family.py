@@ -12,7 +12,7 @@ import torch
 import yaml
 from helpers import TINY_NERFACTO, point_prompt, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 # (method, iterations, rays per batch): as few as give a NeRF the oracle can be lifted into on a CPU
 METHODS = {
