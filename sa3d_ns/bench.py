@@ -152,6 +152,8 @@ def parse_setting(current, value):
         if value.lower() not in ("true", "false", "1", "0"):
             raise SystemExit(f"benchmark: expected true or false, got {value!r}")
         return value.lower() in ("true", "1")
+    if isinstance(current, tuple):  # e.g. noise_kinds=part,merge
+        return tuple(v for v in value.split(",") if v)
     return type(current)(value) if isinstance(current, (int, float)) else value
 
 

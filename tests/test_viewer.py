@@ -162,6 +162,27 @@ def test_panel_logic_prompt_segment_refuse_and_stop():
     assert logic.next_name() == "object2"
 
 
+def test_panel_prefers_a_plausible_candidate_and_shows_warnings():
+    """Candidates reviewed by the pipeline (a warning per candidate): the first without an
+    implausible warning is preselected, every warning is in its caption's data, and a prompt
+    file's first mask that looks wrong is named in the status."""
+
+    class Warned(FakePipeline):
+        def segment_camera(self, data, prompt):
+            result = super().segment_camera(data, prompt)
+            result.warnings = [{"depth_layer": "it is 3.0 times the clicked surface's depth layer"}, {}, {}]
+            return result
+
+    pipe = Warned()
+    logic = PanelLogic(pipe, notify=lambda _: None)
+    logic.add_point(FakeCamera(), (0.25, 0.25), 1)
+    assert logic.current.choice == 1 and "depth_layer" in logic.current.warnings[0]
+    pipe.records = [{"object": "mug", "image": "frame_00010.png", "status": "prompt", "warnings": ["x is wrong"]}]
+    assert "first mask of **mug** (view frame_00010.png) may not be the clicked object: x is wrong" in (
+        logic.status_markdown()
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

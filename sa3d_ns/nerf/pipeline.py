@@ -23,17 +23,20 @@ from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConf
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from sa3d_ns.core.anchors import click_anchors, leaves_out, seen_anchors
 from sa3d_ns.core.cache import ViewCache, cache_dir, file_identity, prune_samples, tensor_bytes, view_bytes
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import FootprintCache, MaskLifter
 from sa3d_ns.core.metrics import binarize_score, iou
 from sa3d_ns.core.objects import robust_bounds, surface_samples
 from sa3d_ns.core.prompts import Prompt, check_inside, load_prompts, resolve_view
+from sa3d_ns.core.regions import keep_supported, review_first_masks
 from sa3d_ns.core.self_prompt import select_self_prompts
 from sa3d_ns.core.views import auto_downscale, view_order
 from sa3d_ns.nerf.cameras import training_camera
 from sa3d_ns.nerf.checkpoints import load_checkpoint
 from sa3d_ns.nerf.model import MASK_PREFIX, SA3DModelConfig
+from sa3d_ns.segmenters.base import Segmentation
 
 CACHE_VERSION = 1
 
@@ -104,6 +107,12 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     view_order: Literal["dataset", "nearest"] = "nearest"
     """Order of views after the prompt view: dataset order, or nearest-first growth from the prompt view."""
     num_passes: int = 1
+    drop_stray_regions: bool = True
+    """Before a view's 2D mask is lifted, leave out its connected regions that meet no evidence of the object: in the prompted view no positive click (with a box alone: mostly outside the box), in later views nowhere the rendered 3D mask is positive (a segmenter's stray region, e.g. a table edge of the object's colour, would otherwise be lifted and followed)."""
+    anchor_check: bool = True
+    """Reject a later view's 2D mask that leaves out a point the user clicked where the view sees it (the click's surface point in 3D, found among the view's rendered surface points): self-prompts come from the 3D mask alone, so without it a first mask holding a neighbour as well lets later views drift onto the neighbour."""
+    first_mask_pick: Literal["score", "plausible"] = "plausible"
+    """Without "mask_choice" in the prompt, the candidate lifted in the prompted view: the segmenter's best-scoring one, or the best-scoring one without a warning that it is not the clicked object (a click outside it, much larger than the clicked surface's depth layer). Every candidate's warnings are logged and kept in summary.json."""
     """Passes over the training views (authors' main version: 1)."""
     render_downscale: float | None = None
     """Segment at the training resolution divided by this (>= 1). Default: the smallest factor that brings the longer image side to --pipeline.segment-max-size. The mask field renders at any resolution afterwards."""
@@ -154,6 +163,7 @@ class SA3DPipeline(VanillaPipeline):
         self.active: list[int] = []  # the objects segmented by this run, in turn
         self.kept: list[dict] = []  # the summaries of objects kept from --pipeline.add-to
         self.surface_points: list[list[torch.Tensor]] = [[] for _ in range(n)]  # what each object's masks saw
+        self.anchors: list[torch.Tensor] = [torch.zeros((0, 3)) for _ in range(n)]  # its clicks' surface points
         self.last_view: dict | None = None
         self._started = time.perf_counter()  # (when the run's first view began: the log's time left)
         self.camera_started: set[int] = set()  # objects whose prompt was in a viewer camera, not a training view
@@ -213,6 +223,7 @@ class SA3DPipeline(VanillaPipeline):
             self.camera_started.discard(k)
             self.lifters[k].reset()
             self.surface_points[k] = []
+            self.anchors[k] = torch.zeros((0, 3))
             self.model.object_bounds[k, 0], self.model.object_bounds[k, 1] = -torch.inf, torch.inf
             self.active.append(k)
 
@@ -286,6 +297,7 @@ class SA3DPipeline(VanillaPipeline):
         self.prompts.append(None)
         self.orders.append([])
         self.surface_points.append([])
+        self.anchors.append(torch.zeros((0, 3)))
         return k
 
     def remove_object(self, k: int) -> None:
@@ -293,7 +305,7 @@ class SA3DPipeline(VanillaPipeline):
         viewer panel refuses while a run is going)."""
         name = self.model.object_names[k]
         self.model.remove_object(k)
-        for items in (self.lifters, self.prompts, self.orders, self.surface_points):
+        for items in (self.lifters, self.prompts, self.orders, self.surface_points, self.anchors):
             del items[k]
         self.camera_started = {i - (i > k) for i in self.camera_started if i != k}
         self.active = [i - (i > k) for i in self.active if i != k]
@@ -306,7 +318,8 @@ class SA3DPipeline(VanillaPipeline):
         return data
 
     def segment_camera(self, data: dict, prompt: Prompt):
-        """The segmenter's candidates for ``prompt`` (pixels of the camera's render)."""
+        """The segmenter's candidates for ``prompt`` (pixels of the camera's render), reviewed as the
+        first view of a prompt file is (stray regions left out, each one's warnings)."""
         seg = self.get_segmenter()
         if seg.name.startswith("oracle"):
             raise SA3DError(
@@ -315,8 +328,11 @@ class SA3DPipeline(VanillaPipeline):
             )
         h, w = (int(x) for x in data["size"])
         check_inside(prompt, w, h)
-        seg.set_image(data["rgb"].cpu().numpy(), data["depth"].view(h, w).cpu().float().numpy(), view_id=None)
-        return seg.predict(prompt.points, prompt.labels, prompt.box, prior=None, multimask=True)
+        depth = data["depth"].view(h, w).cpu().float().numpy()
+        seg.set_image(data["rgb"].cpu().numpy(), depth, view_id=None)
+        result = seg.predict(prompt.points, prompt.labels, prompt.box, prior=None, multimask=True)
+        review = self.review_first(result, prompt, depth)
+        return Segmentation(masks=review.masks, scores=result.scores, warnings=review.warnings)
 
     def start_object_from_camera(self, k: int, camera, data: dict, mask: np.ndarray, prompt: Prompt) -> None:
         """Start object ``k`` from its 2D ``mask`` in any camera: lift the mask there, then plan
@@ -335,6 +351,7 @@ class SA3DPipeline(VanillaPipeline):
         positions, weights = data["positions"].to(self.device), data["weights"].to(self.device)
         lifter.add_view(positions, weights, mask_t.to(self.device), self.config.neg_weight_first)
         self.surface_points[k] = [surface_samples(positions, weights, mask_t.to(self.device)).cpu()]
+        self.anchors[k] = click_anchors(positions, weights, int(data["size"][1]), prompt.points[prompt.labels == 1])
         self.prompts[k] = prompt
         self.orders[k] = order * max(self.config.num_passes, 1)
         self.camera_started.add(k)
@@ -566,7 +583,16 @@ class SA3DPipeline(VanillaPipeline):
             rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
             if seg.last_error:  # (oracle-noisy: the mistake it made here, for the record)
                 rec["injected_error"] = seg.last_error
-            mask, choice = result.best(p.mask_choice)
+            _, choice = result.best(p.mask_choice)  # (checks a mask_choice the segmenter cannot give)
+            review = self.review_first(result, p, depth.numpy(), p.mask_choice)
+            mask, choice = review.masks[review.choice], review.choice
+            rec["candidates"] = [
+                {"score": round(float(s), 4), "area": int(m.sum()), "warnings": sorted(w)}
+                for m, s, w in zip(review.masks, result.scores, review.warnings, strict=True)
+            ]
+            if review.warnings[choice]:
+                rec["warnings"] = list(review.warnings[choice].values())
+                self.warn_first_mask(rec, review, result.scores)
             if not mask.any():
                 raise SA3DError(
                     f"The prompt gave an empty mask in view {view} ({rec['image']}) with the {seg.name} segmenter. "
@@ -574,6 +600,7 @@ class SA3DPipeline(VanillaPipeline):
                 )
             points, labels = p.points, p.labels
             rec.update(status="prompt", mask_choice=choice, scores=[round(float(s), 4) for s in result.scores])
+            self.anchors[k] = click_anchors(data["positions"], data["weights"], w, p.points[p.labels == 1])
             neg = cfg.neg_weight_first
         else:
             pts = select_self_prompts(score, depth, cfg.num_prompts, cfg.prompt_distance_weight).numpy()
@@ -586,9 +613,19 @@ class SA3DPipeline(VanillaPipeline):
             if seg.last_error:  # (oracle-noisy: the mistake it made here, for the record)
                 rec["injected_error"] = seg.last_error
             mask, _ = result.best()
+            if cfg.drop_stray_regions:
+                kept = keep_supported(mask, support=score.numpy() > 0, points=points)
+                if kept.sum() < mask.sum():
+                    rec["dropped_px"] = int(mask.sum() - kept.sum())
+                mask = kept
             rec["iou"] = round(iou(binarize_score(score, cfg.iou_binarize), mask), 4)
-            if rec["iou"] < cfg.iou_threshold:
+            missed = []
+            if cfg.anchor_check and len(self.anchors[k]):
+                missed = leaves_out(mask, seen_anchors(self.anchors[k], data["positions"], data["weights"], w))
+            if rec["iou"] < cfg.iou_threshold or missed:
                 rec.update(status="rejected")
+                if missed:
+                    rec["reason"] = f"the mask leaves out the clicked point(s) {missed}, which this view sees"
                 return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
             rec.update(status="accepted")
             neg = cfg.neg_weight
@@ -598,6 +635,31 @@ class SA3DPipeline(VanillaPipeline):
         self.surface_points[k].append(surface_samples(data["positions"], data["weights"], mask_t).cpu())
         rec["lift_s"] = round(time.perf_counter() - t1, 4)
         return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
+
+    def review_first(self, result: Segmentation, prompt: Prompt, depth: np.ndarray, choice: int | None = None):
+        """The segmenter's candidates for a user's prompt, reviewed (stray regions left out,
+        warnings, the candidate to lift): see ``sa3d_ns.core.regions.review_first_masks``."""
+        cfg = self.config
+        return review_first_masks(
+            result.masks, result.scores, prompt.points, prompt.labels, prompt.box, depth,
+            drop_stray=cfg.drop_stray_regions, pick=cfg.first_mask_pick, choice=choice,
+        )  # fmt: skip
+
+    def warn_first_mask(self, rec: dict, review, scores) -> None:
+        """Say in the log that the first mask may not be the clicked object, and what to do."""
+        where = f" (overlays in {self.output_dir / 'views'})" if self.output_dir is not None else ""
+        lines = [
+            f"  candidate {i}: score {float(s):.3f}, {int(m.sum())} px"
+            + (f", warnings: {', '.join(sorted(w))}" if w else ", no warning")
+            + (" (chosen)" if i == review.choice else "")
+            for i, (m, s, w) in enumerate(zip(review.masks, scores, review.warnings, strict=True))
+        ]
+        CONSOLE.log(
+            f"[yellow]sa3d: the first mask of '{rec['object']}' in view {rec['view']} ({rec['image']}) may not be the "
+            f"clicked object: {'; '.join(rec['warnings'])}.[/yellow]\n" + "\n".join(lines) + "\n"
+            f'  If it is wrong, pick another with "mask_choice": N in the prompt file, or add clicks (a negative '
+            f"click, label 0, on what does not belong) and run again{where}."
+        )
 
     def _finish(self, rec, image, mask, points, labels, t_render, t_total) -> dict:
         k, local = self.plan[rec["step"]]
@@ -662,6 +724,8 @@ class SA3DPipeline(VanillaPipeline):
             "views_total": len(self.orders[k]),
             "views_done": len(records),
             "counts": counts,
+            "first_mask_warnings": next((r.get("warnings", []) for r in records if r["status"] == "prompt"), []),
+            "stray_px_dropped": sum(r.get("dropped_px", 0) for r in records),
             "views": records,
         }
 

@@ -29,6 +29,7 @@ from nerfstudio.viewer.viewer_elements import ViewerControl, ViewerElement
 
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.prompts import Prompt
+from sa3d_ns.core.regions import plausible_choice
 
 MAX_SIDE = 512  # the longest side a viewer camera is rendered at for segmentation
 
@@ -86,6 +87,7 @@ class ViewerPrompt:
     masks: np.ndarray | None = None
     scores: np.ndarray | None = None
     choice: int | None = None
+    warnings: list[dict[str, str]] | None = None
 
     def prompt(self, name: str) -> Prompt:
         pts = np.array([p[:2] for p in self.points], np.float32).reshape(-1, 2)
@@ -220,7 +222,8 @@ class PanelLogic:
             return
         result = self.pipeline.segment_camera(p.data, p.prompt("preview"))
         p.masks, p.scores = result.masks, result.scores
-        p.choice = int(np.argmax(result.scores))
+        p.warnings = result.warnings or [{} for _ in result.masks]
+        p.choice = plausible_choice(result.scores, p.warnings)  # (the user may choose another)
         self.changed()
 
     def choose(self, choice: int) -> None:
@@ -385,6 +388,13 @@ class PanelLogic:
         for name, color in zip(model.object_names, model.object_colors, strict=True):
             hexc = "#{:02x}{:02x}{:02x}".format(*(int(round(255 * c)) for c in color))
             lines.append(f"- {name} `{hexc}`")  # (viser's markdown shows a colour chip for the code)
+        for rec in self.pipeline.records:  # a prompt file's first mask that looks wrong
+            if rec.get("warnings"):
+                lines.append(
+                    f"\n⚠ first mask of **{rec['object']}** (view {rec['image']}) may not be the clicked object: "
+                    + "; ".join(rec["warnings"])
+                    + ' (pick another with "mask_choice" in the prompt file, or prompt it here)'
+                )
         pr = self.progress
         if pr["total"]:
             state = "running" if self.busy else "finished"
@@ -660,9 +670,11 @@ class SA3DPanel(ViewerElement):
             cells = [
                 png_markdown(
                     draw_prompt(p.image, m, p.prompt("preview")),
-                    f"mask {i + 1}: score {s:.3f}" + (" (chosen)" if i == p.choice else ""),
+                    f"mask {i + 1}: score {s:.3f}"
+                    + (" (chosen)" if i == p.choice else "")
+                    + ("".join(f"; ⚠ {text}" for text in w.values()) if w else ""),
                 )
-                for i, (m, s) in enumerate(zip(p.masks, p.scores, strict=True))
+                for i, (m, s, w) in enumerate(zip(p.masks, p.scores, p.warnings or [{}] * len(p.masks), strict=True))
             ]
             h["prompt"].content = "\n\n".join(cells)
             options = tuple(str(i + 1) for i in range(len(p.masks)))

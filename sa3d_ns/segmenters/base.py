@@ -19,6 +19,9 @@ class Segmentation:
 
     masks: np.ndarray
     scores: np.ndarray
+    warnings: list[dict[str, str]] | None = None
+    """Per candidate, what makes it look unlike the prompted object ({kind: words}), when reviewed
+    (``sa3d_ns.core.regions.review_first_masks``)."""
 
     def best(self, choice: int | None = None) -> tuple[np.ndarray, int]:
         """The chosen candidate (``choice``) or the highest-scoring one, with its index."""

@@ -26,14 +26,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from sa3d_ns.core.regions import DEPTH_TOLERANCES, components_with, depth_layers
 from sa3d_ns.segmenters.base import Segmentation, Segmenter, check_image, default_labels
 
-# Relative depth steps tried when growing a region from a point (see depth_hints).
-DEPTH_TOLERANCES = (0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.16)
-# An area growing this much from one tolerance to the next has leaked into what touches the object.
-LEAK_GROWTH = 2.0
-# ... and a region over this fraction of the image after such a jump is taken for the support or background.
-LEAK_AREA = 0.3
 # Without a usable depth region, probable foreground is a disc of this radius (fraction of min(H, W)).
 FALLBACK_RADIUS = 0.12
 
@@ -42,66 +37,11 @@ def _disc(mask: np.ndarray, x: float, y: float, radius: int, value: int) -> None
     cv2.circle(mask, (int(round(x)), int(round(y))), radius, int(value), thickness=-1)
 
 
-def depth_region(depth: np.ndarray, seeds: np.ndarray, tolerance: float) -> np.ndarray:
-    """Pixels connected to a seed through neighbours whose depths differ by less than
-    ``tolerance`` times the seed depth (a flood fill with a floating range)."""
-    h, w = depth.shape
-    region = np.zeros((h, w), dtype=bool)
-    d = depth.astype(np.float32).copy()
-    for x, y in seeds:
-        xi, yi = int(np.clip(round(x), 0, w - 1)), int(np.clip(round(y), 0, h - 1))
-        if region[yi, xi]:
-            continue
-        # the seed's depth is the median of its 3 x 3 neighbourhood: one noisy pixel must not decide
-        d_seed = float(np.median(depth[max(yi - 1, 0) : yi + 2, max(xi - 1, 0) : xi + 2]))
-        step = float(tolerance * max(abs(d_seed), 1e-6))
-        ff = np.zeros((h + 2, w + 2), np.uint8)
-        img = d.copy()
-        img[yi, xi] = d_seed
-        cv2.floodFill(img, ff, (xi, yi), 0, loDiff=step, upDiff=step, flags=4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))
-        region |= ff[1:-1, 1:-1].astype(bool)
-    return region
-
-
-def min_region(h: int, w: int) -> float:
-    """Fewer pixels than this is noise around a point, not a region."""
-    return max(16.0, 0.003 * h * w)
-
-
 def point_discs(h: int, w: int, points: np.ndarray, radius: float) -> np.ndarray:
     out = np.zeros((h, w), np.uint8)
     for x, y in points:
         _disc(out, x, y, max(1, int(round(radius))), 1)
     return out.astype(bool)
-
-
-def depth_hints(
-    depth: np.ndarray, seeds: np.ndarray, tolerances: tuple[float, ...] = DEPTH_TOLERANCES
-) -> list[np.ndarray]:
-    """Candidate depth regions around the seeds: the object's surface before it leaks.
-
-    Growing the tolerance first fills the object's surface, then stalls at its silhouette (the
-    object stands out from what is behind it), then leaks into whatever touches it. Candidates:
-    the region whose area changes least to the next tolerance (the plateau) and, when the area
-    jumps (at least ``LEAK_GROWTH`` times) somewhere, the region just before the largest jump.
-    Regions of a few pixels are noise around the seed and never offered. The segmenter refines
-    each and keeps the one with the strongest boundary.
-    """
-    regions = [depth_region(depth, seeds, t) for t in tolerances]
-    areas = np.array([max(int(r.sum()), 1) for r in regions], dtype=np.float64)
-    growth = areas[1:] / areas[:-1]
-    valid = areas[:-1] >= min_region(*depth.shape)
-    if not valid.any():
-        return []
-    picks = [int(np.argmin(np.where(valid, growth, np.inf)))]
-    jumps = np.where(valid, growth, 0.0)
-    if jumps.max() >= LEAK_GROWTH and int(np.argmax(jumps)) not in picks:
-        picks.append(int(np.argmax(jumps)))
-        # a plateau reached after the leak, spreading over much of the image, is the support or
-        # the background, not the object
-        if areas[picks[0]] > LEAK_AREA * depth.size and picks[0] > picks[1]:
-            picks = picks[1:]
-    return [regions[k] for k in picks]
 
 
 def edge_strength(image: np.ndarray, depth: np.ndarray | None) -> np.ndarray:
@@ -120,18 +60,6 @@ def boundary_score(mask: np.ndarray, edges: np.ndarray) -> float:
     m = mask.astype(np.uint8)
     boundary = (cv2.dilate(m, np.ones((3, 3), np.uint8)) - cv2.erode(m, np.ones((3, 3), np.uint8))).astype(bool)
     return float(edges[boundary].mean() / max(float(edges.mean()), 1e-6))
-
-
-def components_with(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Connected components of ``mask`` that contain at least one of ``points``."""
-    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    h, w = mask.shape
-    keep = set()
-    for x, y in points:
-        lab = labels[int(np.clip(round(y), 0, h - 1)), int(np.clip(round(x), 0, w - 1))]
-        if lab > 0:
-            keep.add(int(lab))
-    return np.isin(labels, list(keep)) if keep else np.zeros_like(mask, dtype=bool)
 
 
 class WeightFreeSegmenter(Segmenter):
@@ -175,7 +103,7 @@ class WeightFreeSegmenter(Segmenter):
         if prior is not None and float(np.max(prior)) > 0:
             hints = [np.asarray(prior, dtype=np.float32).reshape(h, w) > 0]
         elif self.depth is not None and len(pos):
-            hints = depth_hints(self.depth, pos, self.depth_tolerances)
+            hints = depth_layers(self.depth, pos, self.depth_tolerances)
             if not hints:  # no usable depth there (noisy, semi-transparent): a disc
                 hints = [point_discs(h, w, pos, FALLBACK_RADIUS * min(h, w))]
         elif len(pos):

@@ -1,0 +1,253 @@
+"""Regions of a 2D mask: which parts of it a view's evidence supports, and whether a first mask
+looks like the object that was clicked.
+
+A 2D segmenter's typical mistakes (SAM's as well as a weight-free one's) are a stray region away
+from the object, the object merged with what touches it, and a part for the whole. Once such a
+mask is lifted into 3D the later views agree with it (their prompts come from the 3D mask), so the
+loop checks masks before lifting them:
+
+- ``keep_supported``: only the connected components of a mask that meet its *support* are kept:
+  in the prompted view, the positive clicks (or, with a box alone, components mostly inside the
+  box); in a later view, the rendered 3D mask (score > 0). A component that meets neither is a
+  stray region, not the object.
+- ``first_mask_warnings``: the first mask is compared with what the click says about the object:
+  a positive click outside the mask, regions not connected to a click, a mask touching the image
+  border, and a mask much larger than the clicked surface's *depth layer* (the pixels connected to
+  the click through depth-continuous neighbours, grown until the area stops changing, before it
+  leaks into what touches it; see ``depth_layers``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Relative depth steps tried when growing a region from a point (see depth_layers).
+DEPTH_TOLERANCES = (0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.16)
+# An area growing this much from one tolerance to the next has leaked into what touches the object.
+LEAK_GROWTH = 2.0
+# ... and a region over this fraction of the image after such a jump is taken for the support or background.
+LEAK_AREA = 0.3
+# A first mask this many times the area of the clicked depth layer is suspect (merged with a neighbour).
+LAYER_EXCESS = 1.5
+
+
+def _clip_point(x: float, y: float, h: int, w: int) -> tuple[int, int]:
+    return int(np.clip(round(float(x)), 0, w - 1)), int(np.clip(round(float(y)), 0, h - 1))
+
+
+def components(mask: np.ndarray) -> tuple[int, np.ndarray]:
+    """8-connected components of a bool mask: (count including the background 0, H x W labels)."""
+    return cv2.connectedComponents(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8)
+
+
+def components_with(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Connected components of ``mask`` that contain at least one of ``points`` (x, y)."""
+    _, labels = components(mask)
+    h, w = mask.shape
+    keep = {int(labels[y, x]) for x, y in (_clip_point(px, py, h, w) for px, py in np.reshape(points, (-1, 2)))}
+    keep.discard(0)
+    return np.isin(labels, list(keep)) if keep else np.zeros(mask.shape, dtype=bool)
+
+
+def keep_supported(
+    mask: np.ndarray,
+    support: np.ndarray | None = None,
+    points: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+) -> np.ndarray:
+    """The components of ``mask`` that meet the evidence for the object.
+
+    A component is kept when it overlaps ``support`` (H x W bool, e.g. the rendered 3D mask) in at
+    least one pixel, contains one of ``points`` (positive clicks, x, y), or has most of its pixels
+    inside ``box`` ([x0, y0, x1, y1]). With no evidence at all the mask is returned unchanged.
+
+    Example: a blob around the click and a strip along the table's edge far from it, with the click
+    as the only evidence: the strip is dropped.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    has_points = points is not None and len(np.reshape(points, (-1, 2))) > 0
+    if not mask.any() or (support is None and not has_points and box is None):
+        return mask
+    n, labels = components(mask)
+    keep = np.zeros(n, dtype=bool)
+    if support is not None:
+        keep[np.unique(labels[mask & np.asarray(support, dtype=bool)])] = True
+    if has_points:
+        h, w = mask.shape
+        for px, py in np.reshape(points, (-1, 2)):
+            x, y = _clip_point(px, py, h, w)
+            keep[labels[y, x]] = True
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        inside = np.zeros(mask.shape, dtype=bool)
+        inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
+        sizes = np.bincount(labels[mask], minlength=n)
+        within = np.bincount(labels[mask & inside], minlength=n)
+        keep |= within * 2 > sizes
+    keep[0] = False
+    return keep[labels]
+
+
+def depth_region(depth: np.ndarray, seeds: np.ndarray, tolerance: float) -> np.ndarray:
+    """Pixels connected to a seed (x, y) through neighbours whose depths differ by less than
+    ``tolerance`` times the seed depth (a flood fill with a floating range)."""
+    h, w = depth.shape
+    region = np.zeros((h, w), dtype=bool)
+    d = depth.astype(np.float32).copy()
+    for sx, sy in np.reshape(seeds, (-1, 2)):
+        xi, yi = _clip_point(sx, sy, h, w)
+        if region[yi, xi]:
+            continue
+        # the seed's depth is the median of its 3 x 3 neighbourhood: one noisy pixel must not decide
+        d_seed = float(np.median(depth[max(yi - 1, 0) : yi + 2, max(xi - 1, 0) : xi + 2]))
+        step = float(tolerance * max(abs(d_seed), 1e-6))
+        ff = np.zeros((h + 2, w + 2), np.uint8)
+        img = d.copy()
+        img[yi, xi] = d_seed
+        cv2.floodFill(img, ff, (xi, yi), 0, loDiff=step, upDiff=step, flags=4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))
+        region |= ff[1:-1, 1:-1].astype(bool)
+    return region
+
+
+def min_region(h: int, w: int) -> float:
+    """Fewer pixels than this is noise around a point, not a region."""
+    return max(16.0, 0.003 * h * w)
+
+
+def depth_layers(
+    depth: np.ndarray, seeds: np.ndarray, tolerances: tuple[float, ...] = DEPTH_TOLERANCES
+) -> list[np.ndarray]:
+    """Candidate depth regions around the seeds: the clicked surface before it leaks.
+
+    Growing the tolerance first fills the object's surface, then stalls at its silhouette (the
+    object stands out from what is behind it), then leaks into whatever touches it. Candidates:
+    the region whose area changes least to the next tolerance (the plateau) and, when the area
+    jumps (at least ``LEAK_GROWTH`` times) somewhere, the region just before the largest jump.
+    Regions of a few pixels are noise around the seed and never offered. Empty when depth gives no
+    region (noisy or semi-transparent geometry).
+    """
+    regions = [depth_region(depth, seeds, t) for t in tolerances]
+    areas = np.array([max(int(r.sum()), 1) for r in regions], dtype=np.float64)
+    growth = areas[1:] / areas[:-1]
+    valid = areas[:-1] >= min_region(*depth.shape)
+    if not valid.any():
+        return []
+    picks = [int(np.argmin(np.where(valid, growth, np.inf)))]
+    jumps = np.where(valid, growth, 0.0)
+    if jumps.max() >= LEAK_GROWTH and int(np.argmax(jumps)) not in picks:
+        picks.append(int(np.argmax(jumps)))
+        # a plateau reached after the leak, spreading over much of the image, is the support or
+        # the background, not the object
+        if areas[picks[0]] > LEAK_AREA * depth.size and picks[0] > picks[1]:
+            picks = picks[1:]
+    return [regions[k] for k in picks]
+
+
+def first_mask_warnings(
+    mask: np.ndarray,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    depth: np.ndarray | None = None,
+    dropped: int = 0,
+) -> dict[str, str]:
+    """What makes a first (user-prompted) mask look unlike the clicked object: {kind: words};
+    empty when nothing does. Kinds: ``click_outside``, ``negative_inside``, ``disconnected``,
+    ``border``, ``depth_layer`` (see the module's docstring).
+
+    Args:
+        mask: H x W bool, the mask that will be lifted.
+        points, labels: the prompt's points (x, y) and labels (1 positive, 0 negative).
+        depth: H x W rendered depth of the view (for the depth-layer check).
+        dropped: pixels of the segmenter's mask already dropped as not connected to a click.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    out = {}
+    pts = np.zeros((0, 2)) if points is None else np.reshape(np.asarray(points, dtype=np.float64), (-1, 2))
+    lab = np.ones(len(pts), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
+    pos, neg = pts[lab == 1], pts[lab == 0]
+    area = int(mask.sum())
+    missed = [i for i, (x, y) in enumerate(pos) if not mask[_clip_point(x, y, h, w)[::-1]]]
+    if missed:
+        out["click_outside"] = f"positive click(s) {missed} fall outside the mask"
+    covered = [i for i, (x, y) in enumerate(neg) if mask[_clip_point(x, y, h, w)[::-1]]]
+    if covered:
+        out["negative_inside"] = f"negative click(s) {covered} fall inside the mask"
+    if dropped:
+        share = dropped / max(area + dropped, 1)
+        out["disconnected"] = (
+            f"{dropped} px in regions not connected to a click were left out ({share:.0%} of the mask)"
+        )
+    edges = int(mask[0].sum() + mask[-1].sum() + mask[1:-1, 0].sum() + mask[1:-1, -1].sum())
+    if edges:
+        out["border"] = (
+            f"it touches the image border ({edges} px): the object may be cut off, or the mask spilled into the background"
+        )
+    if depth is not None and len(pos) and area:
+        layers = depth_layers(np.asarray(depth, dtype=np.float32).reshape(h, w), pos)
+        if layers:
+            layer = max(int(r.sum()) for r in layers)
+            if area > LAYER_EXCESS * layer:
+                out["depth_layer"] = (
+                    f"it is {area / layer:.1f} times the area of the clicked surface's depth layer ({area} px vs "
+                    f"{layer} px): it may hold what touches the object"
+                )
+    return out
+
+
+# Warnings that make a candidate a worse pick than a plausible one (a border is no reason: objects
+# near the frame touch it; regions not connected to a click are already left out).
+IMPLAUSIBLE = ("click_outside", "negative_inside", "depth_layer")
+
+
+def plausible_choice(scores: np.ndarray, warnings: list[dict[str, str]]) -> int:
+    """The best-scoring candidate among those without an ``IMPLAUSIBLE`` warning (the best-scoring
+    one when every candidate has one)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    ok = np.array([not any(k in w for k in IMPLAUSIBLE) for w in warnings], dtype=bool)
+    if not ok.any():
+        return int(np.argmax(scores))
+    return int(np.argmax(np.where(ok, scores, -np.inf)))
+
+
+@dataclass
+class FirstMasks:
+    """A segmenter's candidates for the user's prompt, reviewed: ``masks`` K x H x W (stray regions
+    left out), ``warnings`` per candidate ({kind: words}), ``choice`` the one to lift."""
+
+    masks: np.ndarray
+    warnings: list[dict[str, str]]
+    choice: int
+
+
+def review_first_masks(
+    masks: np.ndarray,
+    scores: np.ndarray,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+    depth: np.ndarray | None = None,
+    drop_stray: bool = True,
+    pick: str = "plausible",
+    choice: int | None = None,
+) -> FirstMasks:
+    """Review the candidates for the first view: leave out each one's regions that meet no
+    positive click (or lie mostly outside the box, with a box alone) when ``drop_stray``, warn
+    about each (``first_mask_warnings``), and choose: ``choice`` when given, else the best-scoring
+    candidate (``pick`` "score") or the best-scoring plausible one ("plausible")."""
+    if pick not in ("score", "plausible"):
+        raise ValueError(f"unknown pick {pick!r}; expected 'score' or 'plausible'")
+    pts = np.zeros((0, 2)) if points is None else np.reshape(np.asarray(points, dtype=np.float64), (-1, 2))
+    lab = np.ones(len(pts), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
+    pos = pts[lab == 1]
+    kept, warnings = [], []
+    for m in np.asarray(masks, dtype=bool):
+        k = keep_supported(m, points=pos, box=box if not len(pos) else None) if drop_stray else m
+        kept.append(k)
+        warnings.append(first_mask_warnings(k, pts, lab, depth, dropped=int(m.sum() - k.sum())))
+    if choice is None:
+        choice = plausible_choice(scores, warnings) if pick == "plausible" else int(np.argmax(scores))
+    return FirstMasks(np.stack(kept) if kept else np.asarray(masks, dtype=bool), warnings, int(choice))
