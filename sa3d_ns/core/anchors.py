@@ -3,7 +3,7 @@
 A positive click says which object is meant; self-prompting forgets it after the first view (later
 prompts come from the 3D mask alone), so a first mask that holds a neighbour as well lets later
 views drift onto the neighbour. The click's *anchor* is the surface point of its ray in the
-prompted view: the ray's sample positions averaged with its volume weights. A later view sees the
+prompted view: the ray's heaviest sample. A later view sees the
 anchor where one of its rays has its surface point within a few pixel spacings of it (an occluded
 anchor is farther from every visible surface point: the nearest one lies on the occluder or on the
 object's silhouette). A later view's 2D mask that leaves out an anchor the view sees is not the
@@ -21,12 +21,14 @@ SPACINGS = 3.0
 
 
 def surface_points(positions: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each ray's surface point (R x 3, the weight-averaged sample position) and whether it has one
-    (R, total weight >= ``MIN_WEIGHT``). ``positions`` R x K x 3, ``weights`` R x K."""
+    """Each ray's surface point (R x 3: its heaviest sample, which stays on the dominant surface
+    where a weighted mean would fall between a half-transparent surface and what is behind it) and
+    whether it has one (R, total weight >= ``MIN_WEIGHT``). ``positions`` R x K x 3, ``weights``
+    R x K."""
     w = weights.float()
-    total = w.sum(-1)
-    points = (positions.float() * w[..., None]).sum(1) / total.clamp_min(1e-8)[:, None]
-    return points, total >= MIN_WEIGHT
+    heaviest = w.argmax(-1)
+    points = positions.float()[torch.arange(len(w), device=w.device), heaviest]
+    return points, w.sum(-1) >= MIN_WEIGHT
 
 
 def click_anchors(positions: torch.Tensor, weights: torch.Tensor, width: int, clicks) -> torch.Tensor:
