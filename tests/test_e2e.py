@@ -78,7 +78,7 @@ def test_segment_render_and_evaluate(scene, segmenter, min_miou):
     views = [(v["image"], v["status"], v.get("iou")) for v in obj["views"]]
     assert summary["complete"] and summary["views_done"] == summary["views_total"] == 22
     assert obj["name"] == "object" and obj["counts"]["prompt"] == 1 and obj["counts"]["accepted"] >= 10, views
-    assert len(list((run_dir / "sa3d" / "views").glob("*.png"))) == 22
+    assert len([p for p in (run_dir / "sa3d" / "views").glob("*.png") if "_candidate" not in p.name]) == 22
     assert list((run_dir / "sa3d" / "masks").glob("*.png"))
 
     # the mask field was trained and saved in the checkpoint
@@ -241,6 +241,7 @@ def test_stray_regions_are_left_out_of_every_view(scene):
     first = obj["views"][0]
     assert first["injected_error"] == "stray" and "disconnected" in first["candidates"][0]["warnings"]
     assert any("not connected to a click" in w for w in obj["first_mask_warnings"])
+    assert list((run_dir / "sa3d" / "views").glob("0000_object_candidate0_chosen.png"))  # to pick from
     later = [v for v in obj["views"][1:] if v["status"] != "skipped"]
     assert sum("dropped_px" in v for v in later) >= len(later) // 2 and obj["stray_px_dropped"] > 0
     r = run(["sa3d-eval", "--load-config", run_dir / "config.yml", "--split", "test"], scene["root"])

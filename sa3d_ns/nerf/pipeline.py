@@ -107,13 +107,13 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     view_order: Literal["dataset", "nearest"] = "nearest"
     """Order of views after the prompt view: dataset order, or nearest-first growth from the prompt view."""
     num_passes: int = 1
+    """Passes over the training views (authors' main version: 1)."""
     drop_stray_regions: bool = True
     """Before a view's 2D mask is lifted, leave out its connected regions that meet no evidence of the object: in the prompted view no positive click (with a box alone: mostly outside the box), in later views nowhere the rendered 3D mask is positive (a segmenter's stray region, e.g. a table edge of the object's colour, would otherwise be lifted and followed)."""
     anchor_check: bool = True
     """Reject a later view's 2D mask that leaves out a point the user clicked where the view sees it (the click's surface point in 3D, found among the view's rendered surface points): self-prompts come from the 3D mask alone, so without it a first mask holding a neighbour as well lets later views drift onto the neighbour."""
     first_mask_pick: Literal["score", "plausible"] = "plausible"
     """Without "mask_choice" in the prompt, the candidate lifted in the prompted view: the segmenter's best-scoring one, or the best-scoring one without a warning that it is not the clicked object (a click outside it, much larger than the clicked surface's depth layer). Every candidate's warnings are logged and kept in summary.json."""
-    """Passes over the training views (authors' main version: 1)."""
     render_downscale: float | None = None
     """Segment at the training resolution divided by this (>= 1). Default: the smallest factor that brings the longer image side to --pipeline.segment-max-size. The mask field renders at any resolution afterwards."""
     segment_max_size: int = 512
@@ -592,7 +592,7 @@ class SA3DPipeline(VanillaPipeline):
             ]
             if review.warnings[choice]:
                 rec["warnings"] = list(review.warnings[choice].values())
-                self.warn_first_mask(rec, review, result.scores)
+                self.warn_first_mask(rec, review, result.scores, image)
             if not mask.any():
                 raise SA3DError(
                     f"The prompt gave an empty mask in view {view} ({rec['image']}) with the {seg.name} segmenter. "
@@ -645,9 +645,12 @@ class SA3DPipeline(VanillaPipeline):
             drop_stray=cfg.drop_stray_regions, pick=cfg.first_mask_pick, choice=choice,
         )  # fmt: skip
 
-    def warn_first_mask(self, rec: dict, review, scores) -> None:
+    def warn_first_mask(self, rec: dict, review, scores, image: np.ndarray) -> None:
         """Say in the log that the first mask may not be the clicked object, and what to do."""
-        where = f" (overlays in {self.output_dir / 'views'})" if self.output_dir is not None else ""
+        where = ""
+        if self.output_dir is not None and self.config.save_view_images:
+            where = f" (the candidates: {self.output_dir / 'views'}/{rec['step']:04d}_{rec['object']}_candidate*.png)"
+            save_candidates(self.output_dir, rec, image, review)
         lines = [
             f"  candidate {i}: score {float(s):.3f}, {int(m.sum())} px"
             + (f", warnings: {', '.join(sorted(w))}" if w else ", no warning")
@@ -822,6 +825,18 @@ def load_kept_objects(model, add_to: Path, checkpoint: Path, count: int) -> list
         model.object_bounds[:count] = state["_model.object_bounds"][:count]
     summary = json.loads((Path(add_to).parent / "sa3d" / "summary.json").read_text())
     return [{"from_run": str(Path(add_to).parent), **o} for o in summary["objects"][:count]]
+
+
+def save_candidates(out_dir: Path, rec: dict, image: np.ndarray, review) -> None:
+    """Each candidate of a first mask that looks wrong, as an overlay to pick from
+    (``views/<step>_<object>_candidate<i>.png``; the chosen one's name ends in _chosen)."""
+    (out_dir / "views").mkdir(parents=True, exist_ok=True)
+    for i, mask in enumerate(review.masks):
+        vis = image.astype(np.float32)
+        vis[mask] = 0.5 * vis[mask] + 0.5 * np.array([255, 60, 60], np.float32)
+        tag = "_chosen" if i == review.choice else ""
+        name = f"{rec['step']:04d}_{rec['object']}_candidate{i}{tag}.png"
+        cv2.imwrite(str(out_dir / "views" / name), cv2.cvtColor(vis.clip(0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
 
 
 def save_view_images(out_dir: Path, rec: dict, image: np.ndarray, mask: np.ndarray | None, points, labels) -> None:
