@@ -214,7 +214,10 @@ def test_panel_widgets_on_a_real_viser_server():
         assert (
             h["prompt"].content.count("](data:image/png;base64,") == 3 and "score 0.900 (chosen)" in h["prompt"].content
         )
-        assert tuple(h["choice"].options) == ("1", "2", "3")
+        assert tuple(h["choice"].options) == ("1", "2", "3") and h["choice"].value == "1"
+        panel.logic.choose(1)  # the dropdown follows the logic's choice (e.g. a plausible one preselected)
+        assert h["choice"].value == "2" and "score 0.500 (chosen)" in h["prompt"].content
+        panel.logic.choose(0)
         panel.logic.segment(h["name"].value, wait=True)
         assert h["progress"].value == 100.0 and "object1" in h["status"].content and h["name"].value == "object2"
         assert tuple(h["object"].options) == ("object1",)

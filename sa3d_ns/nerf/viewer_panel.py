@@ -680,6 +680,8 @@ class SA3DPanel(ViewerElement):
             options = tuple(str(i + 1) for i in range(len(p.masks)))
             if tuple(h["choice"].options) != options:
                 h["choice"].options = options
+            if p.choice is not None and h["choice"].value != str(p.choice + 1):  # (the preselected candidate)
+                h["choice"].value = str(p.choice + 1)
         if self._was_busy and not logic.busy and logic.pipeline.model.object_names:
             # a run just ended: show its result as the Display dropdown says (the viewer's own
             # output dropdown still shows what it showed before, usually the plain rgb)
