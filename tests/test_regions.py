@@ -40,8 +40,9 @@ def test_keep_supported_drops_regions_that_meet_no_evidence():
     support[26, 29] = True
     assert (keep_supported(mask, support=support) == strip).all()
     assert (keep_supported(mask, support=support, points=np.array([[8, 8]])) == mask).all()
-    # with a box alone: regions mostly inside it
+    # with a box alone: regions that meet it (a box-prompted mask may reach past the box)
     assert (keep_supported(mask, box=np.array([3, 3, 14, 14])) == blob).all()
+    assert (keep_supported(mask, box=np.array([10, 10, 14, 14])) == blob).all()
     # no evidence at all: unchanged; a click on nothing keeps nothing
     assert (keep_supported(mask) == mask).all()
     assert not keep_supported(mask, points=np.array([[20, 15]])).any()

@@ -7,7 +7,7 @@ mask is lifted into 3D the later views agree with it (their prompts come from th
 loop checks masks before lifting them:
 
 - ``keep_supported``: only the connected components of a mask that meet its *support* are kept:
-  in the prompted view, the positive clicks (or, with a box alone, components mostly inside the
+  in the prompted view, the positive clicks (or, with a box alone, components that meet the
   box); in a later view, the rendered 3D mask (score > 0). A component that meets neither is a
   stray region, not the object.
 - ``first_mask_warnings``: the first mask is compared with what the click says about the object:
@@ -60,9 +60,10 @@ def keep_supported(
 ) -> np.ndarray:
     """The components of ``mask`` that meet the evidence for the object.
 
-    A component is kept when it overlaps ``support`` (H x W bool, e.g. the rendered 3D mask) in at
-    least one pixel, contains one of ``points`` (positive clicks, x, y), or has most of its pixels
-    inside ``box`` ([x0, y0, x1, y1]). With no evidence at all the mask is returned unchanged.
+    A component is kept when it overlaps ``support`` (H x W bool, e.g. the rendered 3D mask) or
+    ``box`` ([x0, y0, x1, y1]; a box-prompted mask may reach past the box) in at least one pixel, or
+    contains one of ``points`` (positive clicks, x, y). With no evidence at all the mask is returned
+    unchanged.
 
     Example: a blob around the click and a strip along the table's edge far from it, with the click
     as the only evidence: the strip is dropped.
@@ -84,9 +85,7 @@ def keep_supported(
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)
         inside = np.zeros(mask.shape, dtype=bool)
         inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
-        sizes = np.bincount(labels[mask], minlength=n)
-        within = np.bincount(labels[mask & inside], minlength=n)
-        keep |= within * 2 > sizes
+        keep[np.unique(labels[mask & inside])] = True
     keep[0] = False
     return keep[labels]
 
@@ -235,7 +234,7 @@ def review_first_masks(
     choice: int | None = None,
 ) -> FirstMasks:
     """Review the candidates for the first view: leave out each one's regions that meet no
-    positive click (or lie mostly outside the box, with a box alone) when ``drop_stray``, warn
+    positive click (or, with a box alone, lie wholly outside the box) when ``drop_stray``, warn
     about each (``first_mask_warnings``), and choose: ``choice`` when given, else the best-scoring
     candidate (``pick`` "score") or the best-scoring plausible one ("plausible")."""
     if pick not in ("score", "plausible"):

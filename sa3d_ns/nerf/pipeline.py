@@ -109,7 +109,7 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     num_passes: int = 1
     """Passes over the training views (authors' main version: 1)."""
     drop_stray_regions: bool = True
-    """Before a view's 2D mask is lifted, leave out its connected regions that meet no evidence of the object: in the prompted view no positive click (with a box alone: mostly outside the box), in later views nowhere the rendered 3D mask is positive (a segmenter's stray region, e.g. a table edge of the object's colour, would otherwise be lifted and followed)."""
+    """Before a view's 2D mask is lifted, leave out its connected regions that meet no evidence of the object: in the prompted view no positive click (with a box alone: wholly outside the box), in later views nowhere the rendered 3D mask is positive (a segmenter's stray region, e.g. a table edge of the object's colour, would otherwise be lifted and followed)."""
     anchor_check: bool = True
     """Reject a later view's 2D mask that leaves out a point the user clicked where the view sees it (the click's surface point in 3D, found among the view's rendered surface points): self-prompts come from the 3D mask alone, so without it a first mask holding a neighbour as well lets later views drift onto the neighbour."""
     first_mask_pick: Literal["score", "plausible"] = "plausible"
