@@ -7,6 +7,7 @@ import torch
 
 from sa3d_ns.core.anchors import click_anchors, leaves_out, seen_anchors
 from sa3d_ns.core.regions import (
+    clicked_layer,
     depth_layers,
     first_mask_warnings,
     keep_supported,
@@ -57,11 +58,13 @@ def test_depth_layer_of_a_click_stops_at_the_objects_silhouette():
 def test_first_mask_warnings_name_what_is_wrong():
     depth, a, b = two_objects()
     click = np.array([[11, 17]])
-    assert first_mask_warnings(a, click, None, depth) == {}
-    merged = first_mask_warnings(a | b, click, None, depth)
+    layer = clicked_layer(depth, click)
+    assert layer == a.sum()  # A's surface alone
+    assert first_mask_warnings(a, click, None, layer) == {}
+    merged = first_mask_warnings(a | b, click, None, layer)
     assert set(merged) == {"depth_layer"} and "(404 px vs 208 px)" in merged["depth_layer"]
-    assert set(first_mask_warnings(b, click, None, depth)) == {"click_outside"}
-    neg = first_mask_warnings(a | b, np.array([[11, 17], [25, 20]]), np.array([1, 0]), depth)
+    assert set(first_mask_warnings(b, click, None, layer)) == {"click_outside"}
+    neg = first_mask_warnings(a | b, np.array([[11, 17], [25, 20]]), np.array([1, 0]), layer)
     assert {"negative_inside", "depth_layer"} <= set(neg)
     edge = a.copy()
     edge[10:26, 0:5] = True

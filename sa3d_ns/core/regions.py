@@ -38,18 +38,17 @@ def _clip_point(x: float, y: float, h: int, w: int) -> tuple[int, int]:
     return int(np.clip(round(float(x)), 0, w - 1)), int(np.clip(round(float(y)), 0, h - 1))
 
 
+def split_clicks(points: np.ndarray | None, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A prompt's points (N x 2, x, y) as floats, their labels (all positive by default), and the
+    positive ones."""
+    pts = np.zeros((0, 2)) if points is None else np.reshape(np.asarray(points, dtype=np.float64), (-1, 2))
+    lab = np.ones(len(pts), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
+    return pts, lab, pts[lab == 1]
+
+
 def components(mask: np.ndarray) -> tuple[int, np.ndarray]:
     """8-connected components of a bool mask: (count including the background 0, H x W labels)."""
     return cv2.connectedComponents(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8)
-
-
-def components_with(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Connected components of ``mask`` that contain at least one of ``points`` (x, y)."""
-    _, labels = components(mask)
-    h, w = mask.shape
-    keep = {int(labels[y, x]) for x, y in (_clip_point(px, py, h, w) for px, py in np.reshape(points, (-1, 2)))}
-    keep.discard(0)
-    return np.isin(labels, list(keep)) if keep else np.zeros(mask.shape, dtype=bool)
 
 
 def keep_supported(
@@ -145,11 +144,21 @@ def depth_layers(
     return [regions[k] for k in picks]
 
 
+def clicked_layer(depth: np.ndarray | None, points: np.ndarray | None, labels: np.ndarray | None = None) -> int | None:
+    """The area (pixels) of the positive clicks' depth layer: the largest of ``depth_layers``;
+    None without depth, positive clicks or a usable layer."""
+    _, _, pos = split_clicks(points, labels)
+    if depth is None or not len(pos):
+        return None
+    layers = depth_layers(np.asarray(depth, dtype=np.float32), pos)
+    return max(int(r.sum()) for r in layers) if layers else None
+
+
 def first_mask_warnings(
     mask: np.ndarray,
     points: np.ndarray | None = None,
     labels: np.ndarray | None = None,
-    depth: np.ndarray | None = None,
+    layer: int | None = None,
     dropped: int = 0,
 ) -> dict[str, str]:
     """What makes a first (user-prompted) mask look unlike the clicked object: {kind: words};
@@ -159,15 +168,15 @@ def first_mask_warnings(
     Args:
         mask: H x W bool, the mask that will be lifted.
         points, labels: the prompt's points (x, y) and labels (1 positive, 0 negative).
-        depth: H x W rendered depth of the view (for the depth-layer check).
+        layer: the area of the clicked surface's depth layer (``clicked_layer``), for the
+            depth-layer check.
         dropped: pixels of the segmenter's mask already dropped as not connected to a click.
     """
     mask = np.asarray(mask, dtype=bool)
     h, w = mask.shape
     out = {}
-    pts = np.zeros((0, 2)) if points is None else np.reshape(np.asarray(points, dtype=np.float64), (-1, 2))
-    lab = np.ones(len(pts), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
-    pos, neg = pts[lab == 1], pts[lab == 0]
+    pts, lab, pos = split_clicks(points, labels)
+    neg = pts[lab == 0]
     area = int(mask.sum())
     missed = [i for i, (x, y) in enumerate(pos) if not mask[_clip_point(x, y, h, w)[::-1]]]
     if missed:
@@ -185,15 +194,11 @@ def first_mask_warnings(
         out["border"] = (
             f"it touches the image border ({edges} px): the object may be cut off, or the mask spilled into the background"
         )
-    if depth is not None and len(pos) and area:
-        layers = depth_layers(np.asarray(depth, dtype=np.float32).reshape(h, w), pos)
-        if layers:
-            layer = max(int(r.sum()) for r in layers)
-            if area > LAYER_EXCESS * layer:
-                out["depth_layer"] = (
-                    f"it is {area / layer:.1f} times the area of the clicked surface's depth layer ({area} px vs "
-                    f"{layer} px): it may hold what touches the object"
-                )
+    if layer and area > LAYER_EXCESS * layer:
+        out["depth_layer"] = (
+            f"it is {area / layer:.1f} times the area of the clicked surface's depth layer ({area} px vs "
+            f"{layer} px): it may hold what touches the object"
+        )
     return out
 
 
@@ -239,14 +244,13 @@ def review_first_masks(
     candidate (``pick`` "score") or the best-scoring plausible one ("plausible")."""
     if pick not in ("score", "plausible"):
         raise ValueError(f"unknown pick {pick!r}; expected 'score' or 'plausible'")
-    pts = np.zeros((0, 2)) if points is None else np.reshape(np.asarray(points, dtype=np.float64), (-1, 2))
-    lab = np.ones(len(pts), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
-    pos = pts[lab == 1]
+    pts, lab, pos = split_clicks(points, labels)
+    layer = clicked_layer(depth, pts, lab)  # (the same for every candidate)
     kept, warnings = [], []
     for m in np.asarray(masks, dtype=bool):
         k = keep_supported(m, points=pos, box=box if not len(pos) else None) if drop_stray else m
         kept.append(k)
-        warnings.append(first_mask_warnings(k, pts, lab, depth, dropped=int(m.sum() - k.sum())))
+        warnings.append(first_mask_warnings(k, pts, lab, layer, dropped=int(m.sum() - k.sum())))
     if choice is None:
         choice = plausible_choice(scores, warnings) if pick == "plausible" else int(np.argmax(scores))
     return FirstMasks(np.stack(kept) if kept else np.asarray(masks, dtype=bool), warnings, int(choice))

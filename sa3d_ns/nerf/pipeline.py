@@ -583,7 +583,7 @@ class SA3DPipeline(VanillaPipeline):
             rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
             if seg.last_error:  # (oracle-noisy: the mistake it made here, for the record)
                 rec["injected_error"] = seg.last_error
-            _, choice = result.best(p.mask_choice)  # (checks a mask_choice the segmenter cannot give)
+            result.best(p.mask_choice)  # (refuses a mask_choice the segmenter cannot give)
             review = self.review_first(result, p, depth.numpy(), p.mask_choice)
             mask, choice = review.masks[review.choice], review.choice
             rec["candidates"] = [

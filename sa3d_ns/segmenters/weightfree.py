@@ -26,7 +26,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from sa3d_ns.core.regions import DEPTH_TOLERANCES, components_with, depth_layers
+from sa3d_ns.core.regions import DEPTH_TOLERANCES, depth_layers, keep_supported
 from sa3d_ns.segmenters.base import Segmentation, Segmenter, check_image, default_labels
 
 # Without a usable depth region, probable foreground is a disc of this radius (fraction of min(H, W)).
@@ -144,5 +144,5 @@ class WeightFreeSegmenter(Segmenter):
                 raw = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD))
             except cv2.error:
                 raw = init
-        final = components_with(raw, pos) if len(pos) else raw & inside
+        final = keep_supported(raw, points=pos) if len(pos) else raw & inside
         return final, raw, init
