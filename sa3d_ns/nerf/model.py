@@ -54,6 +54,18 @@ def fast_lookups(modules) -> None:
             module.forward = MethodType(fast_contraction_forward, module)
 
 
+def mask_implementation(requested: str) -> str:
+    """The hash encoding of the mask fields for a requested one ('auto', 'tcnn' or 'torch').
+
+    'auto' is 'torch' on every device and for every NeRF (tcnn-trained nerfactos included): a mask
+    field is one feature per level and no MLP, so tiny-cuda-nn's fused network has nothing to fuse,
+    while the torch table's layout is what the fast votes list (MaskField.corners); a tcnn table
+    would send every vote through autograd."""
+    if requested not in ("auto", "tcnn", "torch"):
+        raise ValueError(f"mask_implementation must be 'auto', 'tcnn' or 'torch', got {requested!r}")
+    return "torch" if requested == "auto" else requested
+
+
 def unbounded(n: int) -> torch.Tensor:
     """n object boxes that bound nothing: (min, max) = (-inf, +inf)."""
     return torch.tensor([[-torch.inf] * 3, [torch.inf] * 3]).repeat(n, 1, 1)
@@ -73,7 +85,7 @@ class SA3DModelConfig(NerfactoModelConfig):
     mask_log2_hashmap_size: int = 19
     """log2 of the hash table size per level of the mask field (authors: 19)."""
     mask_implementation: Literal["auto", "tcnn", "torch"] = "auto"
-    """Hash encoding of the mask field: tcnn when installed and on CUDA ('auto'), else torch."""
+    """Hash encoding of the mask fields. 'auto' is this package's torch layout on every device, whatever the frozen nerfacto uses: its lookups are what the lifting's votes list (one scatter-add per view); with 'tcnn' the table is tiny-cuda-nn's own, and votes go through autograd (the reference path's speed)."""
     objects: list[str] = field(default_factory=lambda: ["object"])
     """Names of the segmented objects, one mask field each (filled from the prompt file)."""
     mask_threshold: float = 0.0
@@ -102,10 +114,7 @@ class SA3DModel(NerfactoModel):
     def populate_modules(self):
         with lpips_disabled():
             super().populate_modules()
-        impl = self.config.mask_implementation
-        if impl == "auto":
-            impl = "tcnn" if self.config.implementation == "tcnn" and torch.cuda.is_available() else "torch"
-        self._mask_impl = impl
+        self._mask_impl = mask_implementation(self.config.mask_implementation)
         self.mask_fields = nn.ModuleList(self.new_mask_field() for _ in self.config.objects)
         # per object (min, max) of the box its 3D mask lives in; unbounded until its segmentation ends
         self.register_buffer("object_bounds", unbounded(len(self.config.objects)))

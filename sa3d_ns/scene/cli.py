@@ -28,6 +28,8 @@ class MakeSceneArgs:
     """demo: four separate primitives; touching: what breaks 2D segmenters (two red objects that touch, a two-coloured box, a thin pole, a tile coloured like the support)."""
     removal_truth: bool = True
     """Also render every view without each object (removed/<id>/, for sa3d-eval's removal figures) and which uncovered pixels other views see (removed/<id>/seen/)."""
+    workers: int | None = None
+    """Processes rendering views side by side (default: one per CPU core)."""
 
 
 def entrypoint() -> None:
@@ -36,8 +38,8 @@ def entrypoint() -> None:
     from sa3d_ns.scene.generate import make_scene
 
     args = tyro.cli(MakeSceneArgs)
-    if args.num_views < 2 or args.width < 8 or args.height < 8:
-        print("sa3d-make-scene: need --num-views >= 2 and --width/--height >= 8.", file=sys.stderr)
+    if args.num_views < 2 or args.width < 8 or args.height < 8 or (args.workers is not None and args.workers < 1):
+        print("sa3d-make-scene: need --num-views >= 2, --width/--height >= 8 and --workers >= 1.", file=sys.stderr)
         sys.exit(2)
     try:
         path = make_scene(
@@ -50,6 +52,7 @@ def entrypoint() -> None:
             layout=args.layout,
             objects=args.objects,
             removal_truth=args.removal_truth,
+            workers=args.workers,
         )
     except FileExistsError as err:
         print(f"sa3d-make-scene: {err}", file=sys.stderr)

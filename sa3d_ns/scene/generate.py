@@ -238,12 +238,14 @@ def make_scene(
     layout: str = "nerfstudio",
     objects: str = "demo",
     removal_truth: bool = True,
+    workers: int | None = None,
 ) -> Path:
     """Write the dataset to ``out``; returns the transforms.json path (``layout`` "blender":
     the blender-data dataparser's layout, see :func:`write_blender`; returns transforms_train.json).
     ``objects`` names an object set of :data:`OBJECT_SETS`. ``removal_truth``: also write, for
     every object and view, the view rendered with that object taken out and which of the pixels
-    it uncovers some other view sees (:func:`write_removal_truth`)."""
+    it uncovers some other view sees (:func:`write_removal_truth`). ``workers``: processes that
+    render views side by side (default: one per CPU core, at most one per view; 1: this process)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder (nothing was overwritten).")
@@ -264,24 +266,13 @@ def make_scene(
         az = 2 * math.pi * i / num_views
         eye = target + radius * np.array([math.cos(elev) * math.cos(az), math.cos(elev) * math.sin(az), math.sin(elev)])
         views.append(look_at(eye, target))
-    iterator = range(num_views)
-    if progress:
-        from rich.progress import track
-
-        iterator = track(iterator, description=f"Rendering {num_views} views")
-    depths = []
-    for i in iterator:
-        c2w = views[i]
-        img, ids, depth = render(c2w, width, height, focal, objects=scene_objects, texture=texture)
-        depths.append(depth)
+    jobs = [(out, i, views[i], width, height, focal, objects, texture) for i in range(num_views)]
+    depths = list(_in_parallel(_render_view, jobs, workers, f"Rendering {num_views} views" if progress else None))
+    for i in range(num_views):
         name = f"frame_{i:05d}.png"
-        Image.fromarray(img).save(out / "images" / name)
-        Image.fromarray(ids).save(out / "instances" / name)
-        # z-depth in millimetres (nerfstudio's depth_unit_scale_factor 1e-3), for depth-nerfacto
-        Image.fromarray(np.round(depth * 1000).clip(0, 65535).astype(np.uint16)).save(out / "depths" / name)
         frames.append(
             {"file_path": f"images/{name}", "instance_mask_path": f"instances/{name}",
-             "depth_file_path": f"depths/{name}", "transform_matrix": c2w.tolist()}
+             "depth_file_path": f"depths/{name}", "transform_matrix": views[i].tolist()}
         )  # fmt: skip
     meta = {
         "camera_model": "OPENCV",
@@ -303,7 +294,7 @@ def make_scene(
     ]
     (out / "objects.json").write_text(json.dumps({"background_id": 0, "set": objects, "objects": listed}, indent=1))
     if removal_truth:
-        write_removal_truth(out, scene_objects, views, depths, focal, width, height, texture, progress)
+        write_removal_truth(out, scene_objects, views, depths, focal, width, height, texture, progress, workers)
     if layout == "blender":
         return write_blender(out, meta, fov_deg)
     (out / "transforms.json").write_text(json.dumps(meta, indent=1))
@@ -341,33 +332,85 @@ def seen_elsewhere(
     return (seen & (depth.reshape(-1) > 0)).reshape(h, w)
 
 
-def write_removal_truth(out, objects, views, depths, focal, width, height, texture, progress=True) -> None:
+_SHARED: dict = {}  # what every job of _in_parallel reads (forked workers inherit it, nothing is pickled)
+
+
+def _in_parallel(fn, jobs: list, workers: int | None, description: str | None, shared: dict | None = None):
+    """fn(*job) for each job, in order, in ``workers`` processes (forked; default one per CPU core),
+    with a progress bar when ``description`` is given; ``shared`` is set as _SHARED for the jobs."""
+    import multiprocessing
+    import os
+
+    _SHARED.clear()
+    _SHARED.update(shared or {})
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        pool = multiprocessing.get_context("fork").Pool(workers)
+        results = pool.imap(_star, [(fn, job) for job in jobs])
+    else:
+        pool, results = None, (fn(*job) for job in jobs)
+    if description:
+        from rich.progress import track
+
+        results = track(results, description=description, total=len(jobs))
+    try:
+        yield from results
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+
+def _star(item):
+    fn, job = item
+    return fn(*job)
+
+
+def _render_view(out: Path, i: int, c2w, width: int, height: int, focal: float, objects: str, texture: str):
+    """View ``i`` of the scene written to images/, instances/ and depths/; returns its z-depth."""
+    img, ids, depth = render(c2w, width, height, focal, objects=OBJECT_SETS[objects], texture=texture)
+    name = f"frame_{i:05d}.png"
+    Image.fromarray(img).save(out / "images" / name)
+    Image.fromarray(ids).save(out / "instances" / name)
+    # z-depth in millimetres (nerfstudio's depth_unit_scale_factor 1e-3), for depth-nerfacto
+    Image.fromarray(np.round(depth * 1000).clip(0, 65535).astype(np.uint16)).save(out / "depths" / name)
+    return depth
+
+
+def _render_removed(k: int, i: int) -> None:
+    """View ``i`` without object ``k`` and which of the pixels it uncovers other views see."""
+    from sa3d_ns.core.metrics import dilate
+
+    out, views, depths, objects = _SHARED["out"], _SHARED["views"], _SHARED["depths"], _SHARED["objects"]
+    focal, width, height, texture = _SHARED["focal"], _SHARED["width"], _SHARED["height"], _SHARED["texture"]
+    folder = out / "removed" / str(k)
+    (folder / "seen").mkdir(parents=True, exist_ok=True)
+    rest = [o for j, o in enumerate(objects, start=1) if j != k]
+    img, _, depth = render(views[i], width, height, focal, objects=rest, texture=texture)
+    name = f"frame_{i:05d}.png"
+    Image.fromarray(img).save(folder / name)
+    ids = np.asarray(Image.open(out / "instances" / name))
+    footprint = dilate(ids == k, 3)
+    others = [(views[j], depths[j]) for j in range(len(views)) if j != i]
+    seen = np.zeros_like(footprint)
+    if footprint.any():
+        seen = seen_elsewhere(np.where(footprint, depth, 0.0), views[i], others, focal) & footprint
+    Image.fromarray((seen * 255).astype(np.uint8)).save(folder / "seen" / name)
+
+
+def write_removal_truth(
+    out, objects, views, depths, focal, width, height, texture, progress=True, workers: int | None = None
+) -> None:
     """``removed/<id>/<frame>.png``: each view rendered with object ``id`` taken out (what the
     scene without it really looks like), and ``removed/<id>/seen/<frame>.png``: the pixels where
     that object is (its instance mask grown by 3 px) whose uncovered surface at least one *other*
     view sees (255) -- what a NeRF of the views can know there; the rest (under the object, in
     its shadow for every camera) can only be inpainted."""
-    from sa3d_ns.core.metrics import dilate
-
     jobs = [(k, i) for k in range(1, len(objects) + 1) for i in range(len(views))]
-    if progress:
-        from rich.progress import track
-
-        jobs = track(jobs, description=f"Rendering {len(views)} views without each of {len(objects)} objects")
-    for k, i in jobs:
-        folder = out / "removed" / str(k)
-        (folder / "seen").mkdir(parents=True, exist_ok=True)
-        rest = [o for j, o in enumerate(objects, start=1) if j != k]
-        img, _, depth = render(views[i], width, height, focal, objects=rest, texture=texture)
-        name = f"frame_{i:05d}.png"
-        Image.fromarray(img).save(folder / name)
-        ids = np.asarray(Image.open(out / "instances" / name))
-        footprint = dilate(ids == k, 3)
-        others = [(views[j], depths[j]) for j in range(len(views)) if j != i]
-        seen = np.zeros_like(footprint)
-        if footprint.any():
-            seen = seen_elsewhere(np.where(footprint, depth, 0.0), views[i], others, focal) & footprint
-        Image.fromarray((seen * 255).astype(np.uint8)).save(folder / "seen" / name)
+    description = f"Rendering {len(views)} views without each of {len(objects)} objects" if progress else None
+    shared = dict(out=Path(out), views=views, depths=depths, objects=objects, focal=focal, width=width, height=height)
+    for _ in _in_parallel(_render_removed, jobs, workers, description, {**shared, "texture": texture}):
+        pass
 
 
 def write_blender(out: Path, meta: dict, fov_deg: float, every: int = 8) -> Path:
