@@ -411,7 +411,8 @@ def report(results: list[dict], device: str, header: str) -> str:
         if len(ref["objects"]) > 1:
             second = ref["objects"][1]["seconds"] / max(dft["objects"][1]["seconds"], 1e-9)
             text += f", second object {second:.2f}x"
-        elif len(dft["objects"]) > 1:  # the reference path caches nothing: a second object costs its first, set-up aside
+        elif len(dft["objects"]) > 1:
+            # the reference path caches nothing: a second object costs what its first did, set-up aside
             second = (ref["objects"][0]["seconds"] - ref["setup_s"]) / max(dft["objects"][1]["seconds"], 1e-9)
             text += f", second object {second:.2f}x (against the reference's one object without its set-up)"
         miou = lambda r: np.mean([o["miou"] for o in r["objects"]])  # noqa: E731

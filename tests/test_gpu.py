@@ -148,3 +148,20 @@ def test_sam_on_cuda_caches_embeddings_and_predicts_as_on_cpu(tmp_path):
     assert np.allclose(results["cuda"].scores, results["cpu"].scores, atol=1e-3)
     agree = (results["cuda"].masks == results["cpu"].masks).mean()
     assert agree > 0.99
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
+def test_sam_encoder_in_bf16_on_cuda_gives_the_float32_masks():
+    from sa3d_ns.segmenters.sam import SamSegmenter
+
+    img, depth, _ = disc_scene()
+    pts, labels = np.array([[30.0, 30.0]]), np.array([1])
+    masks = {}
+    for bf16 in (True, False):
+        seg = SamSegmenter(tiny_sam().cuda())
+        seg.bf16_encoder = bf16
+        seg.set_image(img, depth)
+        assert seg.predictor.features.dtype == torch.float32
+        masks[bf16] = seg.predict(pts, labels).masks
+    assert (masks[True] == masks[False]).mean() > 0.98

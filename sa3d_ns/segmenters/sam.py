@@ -7,6 +7,7 @@ checked against its published MD5. segment-anything is imported lazily.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,9 @@ class SamSegmenter(Segmenter):
     """
 
     name = "sam"
+    bf16_encoder = True
+    """On a GPU with bfloat16, SAM's image encoder runs under bf16 autocast (its embedding is then
+    kept in float32 for the decoder, as the cache already keeps it in half precision)."""
 
     def __init__(self, model, identity: dict | None = None):
         self.predictor = self._make_predictor(model)
@@ -104,6 +108,13 @@ class SamSegmenter(Segmenter):
             multimask_output=multimask,
         )
 
+    def _encoder_precision(self):
+        """bf16 autocast for the image encoder on a CUDA device that has it (``bf16_encoder``)."""
+        device = torch.device(self.predictor.device)
+        if self.bf16_encoder and device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     # --- the interface
     def set_image(self, image, depth=None, view_id=None) -> None:
         image = check_image(image)
@@ -115,8 +126,10 @@ class SamSegmenter(Segmenter):
             if data is not None and tuple(data["original_size"].tolist()) == tuple(image.shape[:2]):
                 self._import(data)
                 return
-        with torch.no_grad():
+        with torch.no_grad(), self._encoder_precision():
             self.predictor.set_image(image)
+        if self.bf16_encoder and self.predictor.features.dtype != torch.float32:
+            self.predictor.features = self.predictor.features.float()
         if cache is not None:
             data = self._export()
             self._import(data)  # what the cache keeps: a reused view answers the same

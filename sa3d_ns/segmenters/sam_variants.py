@@ -96,6 +96,7 @@ class SamHQSegmenter(SamSegmenter):
     """HQ-SAM's predictor; its embedding also holds the encoder's intermediate features."""
 
     name = "sam-hq"
+    bf16_encoder = False  # (its intermediate features go to the decoder too: float32 throughout)
 
     def _make_predictor(self, model):
         return optional_class("segment_anything_hq", "SamPredictor", "segment-anything-hq", "hq")(model)
@@ -151,6 +152,7 @@ class Sam2Segmenter(SamSegmenter):
     features of the two finer levels."""
 
     name = "sam2"
+    bf16_encoder = False
 
     def _make_predictor(self, model):
         return optional_class("sam2.sam2_image_predictor", "SAM2ImagePredictor", "sam2", "sam2")(model)
