@@ -47,7 +47,7 @@ class Setting:
 
 SETTINGS = {
     "gpu": Setting(
-        device="cuda", views=100, size=512, nerfacto_steps=3000, nerfacto_seconds=120, nerfacto_flags=[],
+        device="cuda", views=100, size=512, nerfacto_steps=3000, nerfacto_seconds=90, nerfacto_flags=[],
         sam_variant="vit_h",
         stage_limits={"tests": 120, "scene": 120, "nerfacto": 200, "bench": 300, "cli": 150, "eval": 90, "render": 90},
     ),
@@ -98,6 +98,9 @@ class Check:
             except subprocess.TimeoutExpired:
                 row["status"] = f"timed out ({limit:.0f} s)"
         row["seconds"] = round(time.perf_counter() - t, 1)
+        with (self.out / "logs.txt").open("a") as f:  # every stage's log (its end when long), in one file
+            text = log.read_text(errors="replace")
+            f.write(f"\n===== {stage}: {row['status']} in {row['seconds']} s\n{text[-40000:]}\n")
         if row["status"] != "ok":
             row["log_tail"] = log.read_text(errors="replace")[-3000:]
             print(f"gpu_check: {stage} {row['status']}; the end of its log:\n{row['log_tail']}", flush=True)
