@@ -387,7 +387,8 @@ def test_benchmark_tiny_run(scene, tmp_path):
     r = run(["python", Path(__file__).parents[1] / "scripts" / "benchmark.py", "--workdir", tmp_path,
              "--nerfacto-config", scene["nerfacto"], "--segmenters", "oracle", "--max-views", "3", "--device", "cpu",
              # the default path's machinery (cache, explicit scatter votes) with the reference's rule and all samples
-             "--set", "default.lifting=sgd", "default.cache_samples=0", "default.sample_scale=1.0"],
+             "--set", "default.lifting=sgd", "default.cache_samples=0", "default.sample_scale=1.0",
+             "default.view_memory_mb=256"],  # the second object's views from memory, as on a GPU
             scene["root"])  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
@@ -403,6 +404,7 @@ def test_benchmark_tiny_run(scene, tmp_path):
             assert 0.0 <= o["miou"] <= 1.0 and 0.5 <= o["macc"] <= 1.0
     ref, default = result["results"]
     assert not ref["cache"]["enabled"] and default["cache"]["views_built"] + default["cache"]["views_reused"] == 6
+    assert default["cache"]["views_in_memory"] == 3 and ref["cache"]["views_in_memory"] == 0
     for a, b in zip(ref["objects"], default["objects"], strict=True):
         assert abs(a["miou"] - b["miou"]) < 0.01  # the fast machinery reproduces the faithful path
     assert tree_digest(scene["nerfacto"].parent) == scene["digest"]

@@ -56,6 +56,7 @@ def test_lpips_stub_reports_nan_instead_of_downloading():
         ("render_downscale", 0.5, "--pipeline.render-downscale must be >= 1"),
         ("sample_scale", 0.0, "--pipeline.sample-scale must be > 0"),
         ("footprint_memory_mb", -1, "--pipeline.footprint-memory-mb must be >= 0"),
+        ("view_memory_mb", -1, "--pipeline.view-memory-mb must be >= 0"),
         ("cache_samples", -2, "--pipeline.cache-samples must be >= 0"),
     ],
 )

@@ -126,6 +126,8 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """With the cache: keep each ray's this many heaviest NeRF samples (0 = all). The fraction of volume weight kept is reported."""
     footprint_memory_mb: int | None = None
     """With the cache: memory (RAM, or GPU memory on CUDA) for views' table footprints (the mask-table entries each ray reads, the same for every object) and touches (a view summed into one table; room for one per view is held first), kept between objects; what does not fit is recomputed. Default: a quarter of the memory free at start-up, at most 2048 MB or one touch per view if that is more (0 = keep none)."""
+    view_memory_mb: int | None = None
+    """With the cache: GPU memory for views' cached samples kept on the device between objects (a later object then reads no view from the disk cache). Default: on CUDA a quarter of the GPU memory free at start-up; on a CPU none (the disk cache, read through the page cache, serves). 0 = none."""
     sample_scale: float = 0.5
     """With the cache: scale nerfacto's proposal and NeRF sample counts for the segmentation renders (e.g. 0.5 halves them; the NeRF's cost is mostly its samples)."""
     segment_image: Literal["render", "train"] = "render"
@@ -156,7 +158,11 @@ class SA3DPipeline(VanillaPipeline):
         self.footprints = FootprintCache(budget, reserve=touch_bytes)
         self.lifters = [self._make_lifter(f) for f in self.model.mask_fields]
         self.view_cache: ViewCache | None = None
-        self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0}
+        self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0, "views_in_memory": 0}
+        # views' samples kept on the device for later objects (CUDA), within a budget
+        self.view_memo: dict[int, dict] = {}
+        self.view_memo_budget = view_memory_budget(config.view_memory_mb, self.device)
+        self.view_memo_bytes = 0
         n = len(self.model.mask_fields)
         self.prompts: list[Prompt | None] = [None] * n
         self.orders: list[list[int]] = [[] for _ in range(n)]
@@ -491,6 +497,9 @@ class SA3DPipeline(VanillaPipeline):
         """What a view needs from the NeRF: positions R x K x 3, weights R x K, depth H x W, rgb
         H x W x 3 uint8 (when rendered), height, width. Cached per view on the default path."""
         cfg = self.config
+        if view in self.view_memo:
+            self.cache_stats["views_reused"] += 1
+            return dict(self.view_memo[view])
         self._open_caches()
         name = f"view{view:05d}"
         data = self.view_cache.load(name) if self.view_cache is not None else None
@@ -516,6 +525,10 @@ class SA3DPipeline(VanillaPipeline):
             self.cache_stats["views_reused"] += 1
         data["positions"] = data["positions"].to(self.device)
         data["weights"] = data["weights"].to(self.device)
+        if cfg.cache and self.view_memo_bytes + tensor_bytes(data) <= self.view_memo_budget:
+            self.view_memo[view] = dict(data)
+            self.view_memo_bytes += tensor_bytes(data)
+            self.cache_stats["views_in_memory"] = len(self.view_memo)
         return data
 
     def _view_data_from_render(self, r: dict) -> tuple[dict, float | None]:
@@ -711,6 +724,8 @@ class SA3DPipeline(VanillaPipeline):
             "footprints_kept": len(self.footprints.items),
             "footprint_bytes": self.footprints.bytes,
             "footprint_hits": self.footprints.hits,
+            "views_in_memory": st["views_in_memory"],
+            "view_memory_bytes": self.view_memo_bytes,
         }
         if self.view_cache is not None:
             out["dir"] = str(self.view_cache.dir)
@@ -788,6 +803,14 @@ def free_memory(device) -> int:
         import os
 
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def view_memory_budget(megabytes: int | None, device) -> int:
+    """Bytes for views' samples kept on the device: ``megabytes``, or by default a quarter of the
+    GPU memory free now on CUDA and none on a CPU."""
+    if megabytes is not None:
+        return max(int(megabytes), 0) * 2**20
+    return free_memory(device) // 4 if torch.device(device).type == "cuda" else 0
 
 
 def footprint_budget(megabytes: int | None, device, touches: int = 0) -> int:

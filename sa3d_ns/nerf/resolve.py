@@ -29,6 +29,10 @@ def check_settings(pipe) -> None:
         raise SA3DError(
             f"--pipeline.footprint-memory-mb must be >= 0 (0 keeps no footprints; leave it out for the default), got {pipe.footprint_memory_mb}."
         )
+    if pipe.view_memory_mb is not None and pipe.view_memory_mb < 0:
+        raise SA3DError(
+            f"--pipeline.view-memory-mb must be >= 0 (0 keeps no views on the device; leave it out for the default), got {pipe.view_memory_mb}."
+        )
     if pipe.segment_max_size < 0:
         raise SA3DError(
             f"--pipeline.segment-max-size must be >= 0 (0 = the training resolution), got {pipe.segment_max_size}."
