@@ -21,8 +21,9 @@ if ! registered; then
   fi
   SITE=${SA3D_SITE:-/tmp/sa3d_site}
   echo "gpu_check: installing .whl/ and this tree into $SITE"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 2
-  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade --target "$SITE" . || exit 2
+  # one pip call: a second one into the same --target replaces the first one's bin/ (ns-train, ...)
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" .whl/*.whl . || exit 2
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
   registered || { echo "gpu_check: the plugin is still not importable after installing .whl/" >&2; exit 2; }
 fi

@@ -138,10 +138,12 @@ def test_sam_on_cuda_caches_embeddings_and_predicts_as_on_cpu(tmp_path):
     results = {}
     for device in ("cpu", "cuda"):
         seg = SamSegmenter(tiny_sam().to(device), identity={"sam": "tiny"})
+        seg.bf16_encoder = False  # float32 on both (bf16 against float32: the next test)
         seg.embedding_cache = ViewCache(tmp_path / device, {"segmenter": seg.identity})
         seg.set_image(img, depth, view_id=3)
         results[device] = seg.predict(pts, labels)
         again = SamSegmenter(tiny_sam().to(device), identity={"sam": "tiny"})  # reads the cached embedding
+        again.bf16_encoder = False
         again.embedding_cache = ViewCache(tmp_path / device, {"segmenter": seg.identity})
         again.set_image(img, depth, view_id=3)
         assert np.array_equal(again.predict(pts, labels).masks, results[device].masks)

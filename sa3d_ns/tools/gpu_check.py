@@ -97,6 +97,9 @@ class Check:
                 row["status"] = "ok" if rc == 0 else f"failed (exit {rc})"
             except subprocess.TimeoutExpired:
                 row["status"] = f"timed out ({limit:.0f} s)"
+            except OSError as err:  # e.g. the program is not installed
+                f.write(f"gpu_check: could not start {cmd[0]}: {err}\n")
+                row["status"] = "failed (could not start)"
         row["seconds"] = round(time.perf_counter() - t, 1)
         with (self.out / "logs.txt").open("a") as f:  # every stage's log (its end when long), in one file
             text = log.read_text(errors="replace")
