@@ -20,6 +20,16 @@ HASH_PRIMES = (1, 2654435761, 805459861)  # nerfstudio's HashEncoding.hash_fn (I
 BLOCK_PAIRS = 1 << 17
 # (level, point) pairs per block of grid_lookup on the CPU (corner lists of 16 MB each)
 LOOKUP_BLOCK_PAIRS = 1 << 19
+# how corner lists are summed: "embedding_bag" (one fused kernel) or "gather" (index, multiply,
+# sum); sa3d_ns.tools.gpu_profile times both on a device
+BAG_SUM = "embedding_bag"
+
+
+def bag_sum(idx: torch.Tensor, w: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """sum_j w[b, j] * table[idx[b, j]] for bags b of corners: idx, w B x J; table N x F -> B x F."""
+    if BAG_SUM == "gather":
+        return (table[idx.long()] * w.unsqueeze(-1).to(table.dtype)).sum(1)
+    return F.embedding_bag(idx, table, per_sample_weights=w.to(table.dtype), mode="sum")
 
 
 def grid_corners(
@@ -107,6 +117,6 @@ def grid_lookup(
     for a in range(0, n, block):
         b = min(a + block, n)
         idx, w = grid_corners(flat[a:b], scalings, offsets, table_size, level_major=False)
-        bags = F.embedding_bag(idx.view(-1, 8), table, per_sample_weights=w.view(-1, 8).to(table.dtype), mode="sum")
+        bags = bag_sum(idx.view(-1, 8), w.view(-1, 8), table)
         out[a:b] = bags.view(b - a, -1)
     return out.view(*shape, levels * table.shape[1])

@@ -34,8 +34,9 @@ from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from sa3d_ns.core import hashgrid
 
 MEMO_BYTES = 1 << 30  # a footprint kept between a view's score and its vote (no cache) up to this size
 
@@ -252,7 +253,7 @@ class MaskLifter:
         for sl, idx, w in self.footprint(positions, weights, key):
             levels, n, c = idx.shape
             # per (level, ray): a fused gather-multiply-sum over its entries; then over levels
-            bags = F.embedding_bag(idx.view(-1, c), table, per_sample_weights=w.view(-1, c), mode="sum")
+            bags = hashgrid.bag_sum(idx.view(-1, c), w.view(-1, c), table)
             out[sl] = bags.view(levels, n).sum(0)
         return out
 
