@@ -50,6 +50,7 @@ PATHS: dict[str, dict] = {
         "segment_image": "render",
         "num_passes": 1,
         "model.fast_hash_grids": False,  # nerfstudio's own hash-grid lookups
+        "sam_bf16": False,  # SAM's encoder in float32
     },
     "default": {},
 }

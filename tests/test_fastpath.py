@@ -83,6 +83,8 @@ def test_view_cache_roundtrip_key_and_damage(tmp_path):
     cache = ViewCache(tmp_path, {"checkpoint": "a", "samples": 8})
     assert cache.load("view00000") is None
     cache.save("view00000", {"weights": torch.ones(3, 2).half(), "size": torch.tensor([4, 5])})
+    assert cache.load("view00000")["size"].tolist() == [4, 5]  # (a write in flight is waited for)
+    cache.flush()  # what a run does when an object is done: its writes are on the disk
     again = ViewCache(tmp_path, {"samples": 8, "checkpoint": "a"})  # same key, any order: same folder
     assert again.dir == cache.dir and again.load("view00000")["size"].tolist() == [4, 5]
     other = ViewCache(tmp_path, {"checkpoint": "b", "samples": 8})
@@ -113,6 +115,7 @@ def test_sam_embeddings_are_computed_once_per_view(tmp_path):
     pts, labels = np.array([[30.0, 30.0]]), np.array([1])
     seg.set_image(img, depth, view_id=3)
     first = seg.predict(pts, labels)
+    seg.embedding_cache.flush()
     seg2 = SamSegmenter(model, identity={"sam": "tiny"})  # e.g. a later run in the same scene
     seg2.embedding_cache = ViewCache(tmp_path, {"segmenter": seg.identity})
     seg2.set_image(img, depth, view_id=3)
@@ -305,3 +308,44 @@ def test_removal_margin_grows_what_rgb_removed_leaves_out():
     assert model.removed_samples(positions, values, alpha)[0, :, 0].tolist() == [True, True, False, False, False]
     model.object_bounds[0, 0], model.object_bounds[0, 1] = -torch.inf, torch.inf  # an object not yet bounded
     assert model.removed_samples(positions, values, alpha)[0, :, 0].tolist() == [True, False, False, False, False]
+
+
+@pytest.mark.parametrize("mode", ["embedding_bag", "gather"])
+def test_both_ways_of_summing_corner_lists_agree(mode, monkeypatch):
+    """hashgrid.bag_sum's two kernels (embedding_bag on a CPU, gather on CUDA by default) give the
+    same frozen-grid values and mask scores."""
+    from nerfstudio.field_components.encodings import HashEncoding
+
+    from sa3d_ns.nerf.model import frozen_hash_forward
+
+    monkeypatch.setattr(hashgrid, "BAG_SUM", mode)
+    torch.manual_seed(0)
+    enc = HashEncoding(8, log2_hashmap_size=12, features_per_level=2, implementation="torch")
+    x = torch.rand(500, 3)
+    with torch.no_grad():
+        assert torch.allclose(frozen_hash_forward(enc, x), enc(x), atol=1e-6)
+    field = mask_field()
+    with torch.no_grad():
+        field.table.normal_()
+    pos, w = torch.randn(200, 5, 3) * 0.5, torch.rand(200, 5)
+    fast = MaskLifter(field, field.table, corners=field.corners).score(pos, w)
+    assert torch.allclose(fast, MaskLifter(field, field.table).score(pos, w), atol=1e-5)
+
+
+def test_view_cache_writes_in_the_background_and_flush_reports_errors(tmp_path, monkeypatch):
+    cache = ViewCache(tmp_path, {"k": 1})
+    for i in range(10):  # more than MAX_PENDING: the oldest are waited for
+        cache.save(f"view{i:05d}", {"x": torch.full((100,), float(i))})
+        assert len(cache._pending) <= ViewCache.MAX_PENDING
+    cache.flush()
+    assert sorted(p.name for p in cache.dir.glob("*.pt")) == [f"view{i:05d}.pt" for i in range(10)]
+    assert not list(cache.dir.glob("*.tmp")) and ViewCache(tmp_path, {"k": 1}).load("view00007")["x"][0] == 7.0
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    cache.save("view00010", {"x": torch.zeros(3)})
+    with pytest.raises(OSError, match="No space"):
+        cache.flush()
+    assert not list(cache.dir.glob("*.tmp"))

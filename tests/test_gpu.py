@@ -142,6 +142,7 @@ def test_sam_on_cuda_caches_embeddings_and_predicts_as_on_cpu(tmp_path):
         seg.embedding_cache = ViewCache(tmp_path / device, {"segmenter": seg.identity})
         seg.set_image(img, depth, view_id=3)
         results[device] = seg.predict(pts, labels)
+        seg.embedding_cache.flush()
         again = SamSegmenter(tiny_sam().to(device), identity={"sam": "tiny"})  # reads the cached embedding
         again.bf16_encoder = False
         again.embedding_cache = ViewCache(tmp_path / device, {"segmenter": seg.identity})

@@ -124,6 +124,7 @@ def check_segmenter_and_cache(seg, tmp_path, shape=(64, 80), candidates=3):
     assert out.masks.shape == (candidates, *shape) and out.masks.dtype == bool and out.scores.shape == (candidates,)
     one = seg.predict(pts, lab, box=np.array([5, 5, 50, 50]), multimask=False)
     assert one.masks.shape == (1, *shape)
+    seg.embedding_cache.flush()
     assert len(list((tmp_path / "emb").rglob("*.pt"))) == 1
     seg.set_image(image(*shape, seed=1), view_id=4)  # another view in between
     seg.set_image(img, view_id=3)  # from the cache

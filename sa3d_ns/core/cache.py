@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -50,12 +51,20 @@ def cache_dir(root: Path, key: dict) -> Path:
 class ViewCache:
     """Tensors per view (``name``) on disk under ``root/<digest of key>``.
 
+    Writes go to the disk in a background thread (the tensors are copied to the CPU first), at most
+    ``MAX_PENDING`` at a time: on a GPU a view's write (about 100 ms for 56 MB, measured on an H200
+    machine) otherwise stalls the loop. A load of a name still being written waits for it;
+    :meth:`flush` waits for all (and raises a write's error).
+
     Args:
         root: the cache folder of a scene (e.g. ``outputs/<scene>/sa3d_cache``).
         key: JSON-serialisable description of what produced the data.
+        background: write in a background thread (False: in the caller's).
     """
 
-    def __init__(self, root: Path, key: dict) -> None:
+    MAX_PENDING = 4
+
+    def __init__(self, root: Path, key: dict, background: bool = True) -> None:
         self.key = key
         self.dir = cache_dir(root, key)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -64,11 +73,17 @@ class ViewCache:
             meta.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
         self.hits = 0
         self.misses = 0
+        self.background = background
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: dict[str, Future] = {}
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.pt"
 
     def load(self, name: str) -> dict[str, torch.Tensor] | None:
+        pending = self._pending.pop(name, None)
+        if pending is not None:
+            pending.result()
         path = self.path(name)
         if not path.is_file():
             self.misses += 1
@@ -83,14 +98,34 @@ class ViewCache:
         return data
 
     def save(self, name: str, data: dict[str, torch.Tensor]) -> None:
-        """Write atomically (a reader never sees half a file)."""
+        """Write atomically (a reader never sees half a file), in the background by default."""
+        cpu = {k: v.detach().cpu() for k, v in data.items()}
+        if not self.background:
+            self._write(name, cpu)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="sa3d-cache")
+        while len(self._pending) >= self.MAX_PENDING:  # bound the copies waiting in memory
+            self._pending.pop(next(iter(self._pending))).result()
+        previous = self._pending.pop(name, None)
+        if previous is not None:
+            previous.result()
+        self._pending[name] = self._writer.submit(self._write, name, cpu)
+
+    def _write(self, name: str, data: dict[str, torch.Tensor]) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=name, suffix=".tmp")
         os.close(fd)
         try:
-            torch.save({k: v.detach().cpu() for k, v in data.items()}, tmp)
+            torch.save(data, tmp)
             os.replace(tmp, self.path(name))
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def flush(self) -> None:
+        """Wait for every write in flight; raises the first one's error."""
+        pending, self._pending = list(self._pending.values()), {}
+        for future in pending:
+            future.result()
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob("*.pt"))

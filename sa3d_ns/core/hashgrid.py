@@ -20,14 +20,17 @@ HASH_PRIMES = (1, 2654435761, 805459861)  # nerfstudio's HashEncoding.hash_fn (I
 BLOCK_PAIRS = 1 << 17
 # (level, point) pairs per block of grid_lookup on the CPU (corner lists of 16 MB each)
 LOOKUP_BLOCK_PAIRS = 1 << 19
-# how corner lists are summed: "embedding_bag" (one fused kernel) or "gather" (index, multiply,
-# sum); sa3d_ns.tools.gpu_profile times both on a device
-BAG_SUM = "embedding_bag"
+# how corner lists are summed: "embedding_bag" (one fused kernel), "gather" (index, multiply, sum)
+# or "auto": embedding_bag on a CPU, gather on CUDA. Measured (sa3d_ns.tools.gpu_profile, one
+# 512x512 view): on an H200 the frozen nerfacto's render took 245 ms with gather against 410 ms
+# with embedding_bag (nerfstudio's own lookup: 307 ms) and the mask score 42 against 60 ms (its
+# CUDA kernel leaves most threads idle for 1 or 2 features); on our 2-core CPU gather is 2x slower.
+BAG_SUM = "auto"
 
 
 def bag_sum(idx: torch.Tensor, w: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """sum_j w[b, j] * table[idx[b, j]] for bags b of corners: idx, w B x J; table N x F -> B x F."""
-    if BAG_SUM == "gather":
+    if BAG_SUM == "gather" or (BAG_SUM == "auto" and table.device.type != "cpu"):
         return (table[idx.long()] * w.unsqueeze(-1).to(table.dtype)).sum(1)
     return F.embedding_bag(idx, table, per_sample_weights=w.to(table.dtype), mode="sum")
 

@@ -62,7 +62,12 @@ def make_segmenter(config, image_names: Sequence[str], data: Path, device="cpu")
         from sa3d_ns.segmenters.sam import SamSegmenter, build_sam
 
         model = build_sam(config.sam_variant, path, device)
-        return SamSegmenter(model, identity={"sam": config.sam_variant, "weights": file_identity(path)})
+        identity = {"sam": config.sam_variant, "weights": file_identity(path)}
+        seg = SamSegmenter(model, identity=identity)
+        seg.bf16_encoder = bool(getattr(config, "sam_bf16", True))
+        if seg.bf16_encoder and seg.uses_bf16():
+            identity["encoder"] = "bf16"  # its embeddings differ from float32's by rounding: a cache of their own
+        return seg
     if name == "sam2":
         from sa3d_ns.segmenters.sam_variants import Sam2Segmenter, build_sam2_model
 

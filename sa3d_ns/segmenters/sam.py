@@ -108,12 +108,13 @@ class SamSegmenter(Segmenter):
             multimask_output=multimask,
         )
 
-    def _encoder_precision(self):
-        """bf16 autocast for the image encoder on a CUDA device that has it (``bf16_encoder``)."""
+    def uses_bf16(self) -> bool:
+        """Whether the image encoder runs under bf16 autocast: ``bf16_encoder`` on a CUDA device that has it."""
         device = torch.device(self.predictor.device)
-        if self.bf16_encoder and device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return self.bf16_encoder and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def _encoder_precision(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.uses_bf16() else contextlib.nullcontext()
 
     # --- the interface
     def set_image(self, image, depth=None, view_id=None) -> None:

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{out['weights'].shape[1]} samples/ray")  # fmt: skip
                 if fast and not rgb and precision == "float32" and bags == "embedding_bag":
                     data = out
-    hashgrid.BAG_SUM = "embedding_bag"
+    hashgrid.BAG_SUM = "auto"
     from sa3d_ns.core.cache import prune_samples
 
     positions, weights, _ = prune_samples(data["positions"], data["weights"], 16)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         ms, _ = timed(lambda li=lifter: li.add_view(positions, weights, mask, 1.0, key=("v", 0)), device, args.repeats)
         record("vote (mask field)", f"chunk {chunk_rays} rays", ms)
         lifter.release()
-    hashgrid.BAG_SUM = "embedding_bag"
+    hashgrid.BAG_SUM = "auto"
 
     # the view cache: what a view costs to keep and to read back
     with tempfile.TemporaryDirectory() as tmp:
