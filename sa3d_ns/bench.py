@@ -458,6 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-views", type=int, default=None, help="process only this many views per object")
     parser.add_argument(
+        "--reference-segmenters",
+        nargs="+",
+        default=None,
+        help="run the reference path only with these segmenters (default: all of --segmenters)",
+    )
+    parser.add_argument(
         "--reference-objects",
         type=int,
         default=None,
@@ -517,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         variant = {"sam": args.sam_variant, "sam2": args.sam2_variant, "sam-hq": args.sam_hq_variant}.get(seg)
         ckpt = str(random_checkpoint(workdir, seg, variant)) if variant else None
         for path in args.paths:
+            if path == "reference" and args.reference_segmenters is not None and seg not in args.reference_segmenters:
+                continue
             n = len(args.objects)
             if path == "reference" and args.reference_objects:
                 n = max(1, min(n, args.reference_objects))

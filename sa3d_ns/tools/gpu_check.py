@@ -44,16 +44,17 @@ class Setting:
     objects: tuple[str, str] = ("red_ball", "blue_crate")
     stage_limits: dict[str, int] = field(default_factory=dict)
     segmenters: tuple[str, ...] = ("sam", "oracle")
-    paths: tuple[str, ...] = ("reference", "default")
+    paths: tuple[str, ...] = ("default", "reference")
+    reference_segmenters: tuple[str, ...] = ("oracle",)
     tests: bool = True
     cli: bool = True
 
 
 SETTINGS = {
     "gpu": Setting(
-        device="cuda", views=100, size=512, nerfacto_steps=3000, nerfacto_seconds=90, nerfacto_flags=[],
+        device="cuda", views=100, size=512, nerfacto_steps=3000, nerfacto_seconds=60, nerfacto_flags=[],
         sam_variant="vit_h",
-        stage_limits={"tests": 120, "scene": 120, "nerfacto": 200, "bench": 300, "cli": 150, "eval": 90, "render": 90},
+        stage_limits={"tests": 120, "scene": 120, "nerfacto": 150, "bench": 420, "cli": 150, "eval": 90, "render": 90},
     ),
     # the default path with SAM only (no tests, no reference, no CLI): first and second object in ~3 min
     "gpu-quick": Setting(
@@ -199,31 +200,35 @@ def table(report: dict) -> str:
 
 
 def targets(bench: dict) -> list[str]:
-    """The issue's targets (100 views of 512 x 512, SAM ViT-H, one GPU) against what ran."""
+    """The issue's targets (100 views of 512 x 512, SAM ViT-H, one GPU) against what ran: times from
+    the SAM rows, speed-ups and mIoU from the segmenter that has both paths (the oracle: its masks
+    are real, so the lifting runs; SAM at random weights gives empty masks, whose views are skipped)."""
     rows = {(r["segmenter"], r["path"]): r for r in bench["results"]}
     out = []
-    sam, ref = rows.get(("sam", "default")), rows.get(("sam", "reference"))
+    sam = rows.get(("sam", "default"))
     if sam:
-        first, second = sam["objects"][0]["seconds"], sam["objects"][1]["seconds"] if len(sam["objects"]) > 1 else None
+        first = sam["objects"][0]["seconds"]
         out.append(
             f"target: SAM first object < 30 s (caches included): {first:.1f} s {'met' if first < 30 else 'NOT met'}"
         )
-        if second is not None:
+        if len(sam["objects"]) > 1:
+            second = sam["objects"][1]["seconds"]
             out.append(f"target: SAM second object < 5 s: {second:.1f} s {'met' if second < 5 else 'NOT met'}")
-        if ref:
-            r1 = ref["objects"][0]["seconds"] / max(first, 1e-9)
+    for seg in dict.fromkeys(r["segmenter"] for r in bench["results"]):
+        ref, dft = rows.get((seg, "reference")), rows.get((seg, "default"))
+        if not (ref and dft):
+            continue
+        r1 = ref["objects"][0]["seconds"] / max(dft["objects"][0]["seconds"], 1e-9)
+        out.append(
+            f"target: {seg} reference / default, first object >= 10x: {r1:.1f}x {'met' if r1 >= 10 else 'NOT met'}"
+        )
+        if len(dft["objects"]) > 1:
+            r2 = (ref["objects"][0]["seconds"] - ref["setup_s"]) / max(dft["objects"][1]["seconds"], 1e-9)
             out.append(
-                f"target: reference / default, first object >= 10x: {r1:.1f}x {'met' if r1 >= 10 else 'NOT met'}"
+                f"target: {seg} reference / default, second object >= 50x: {r2:.1f}x {'met' if r2 >= 50 else 'NOT met'}"
             )
-            if second is not None:
-                r2 = (ref["objects"][0]["seconds"] - ref["setup_s"]) / max(second, 1e-9)
-                out.append(
-                    f"target: reference / default, second object >= 50x: {r2:.1f}x {'met' if r2 >= 50 else 'NOT met'}"
-                )
-    o_d, o_r = rows.get(("oracle", "default")), rows.get(("oracle", "reference"))
-    if o_d and o_r:
-        d, r = o_d["objects"][0]["miou"], o_r["objects"][0]["miou"]
-        out.append(f"target: mIoU not lower than the reference's (oracle, first object): {d:.3f} vs {r:.3f} "
+        d, r = dft["objects"][0]["miou"], ref["objects"][0]["miou"]
+        out.append(f"target: {seg} mIoU not lower than the reference's (first object): {d:.3f} vs {r:.3f} "
                    f"{'met' if d >= r - 0.005 else 'NOT met'}")  # fmt: skip
     return out
 
@@ -283,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     if nerfacto is not None:
         cmd = [py, "-m", "sa3d_ns.bench", "--workdir", str(bench_dir), "--nerfacto-config", str(nerfacto),
                "--device", setting.device, "--segmenters", *setting.segmenters, "--sam-variant", setting.sam_variant,
-               "--paths", *setting.paths, "--objects", *setting.objects, "--reference-objects", "1",
+               "--paths", *setting.paths, "--reference-segmenters", *setting.reference_segmenters,
+               "--objects", *setting.objects, "--reference-objects", "1",
                "--size", str(setting.size)]  # fmt: skip
         if setting.max_views:
             cmd += ["--max-views", str(setting.max_views)]
@@ -304,12 +310,16 @@ def main(argv: list[str] | None = None) -> int:
         both = {
             "objects": [{**json.loads(p.read_text()), "name": n} for p, n in zip(prompts, setting.objects, strict=True)]
         }
+        # the benchmark's oracle cache, as a second run in the scene finds it (views not rendered again)
+        shared = bench_dir / "cache_oracle_default"
+        cache = ["--pipeline.cache-dir", str(shared)] if shared.is_dir() else []
         prompt = workdir / "prompt_two_objects.json"
         prompt.write_text(json.dumps(both))
         check.run("ns-train sa3d", [bin_path("ns-train"), "sa3d", "--pipeline.nerfacto-config", str(nerfacto),
                                     "--pipeline.prompt", str(prompt), "--pipeline.segmenter", "oracle",
                                     "--machine.device-type", setting.device, "--vis", "tensorboard",
-                                    "--output-dir", str(workdir / "runs"), "--timestamp", "oracle"], "cli")  # fmt: skip
+                                    "--output-dir", str(workdir / "runs"), "--timestamp", "oracle",
+                                    *cache], "cli")  # fmt: skip
         run = newest_config(workdir / "runs", "sa3d")
     else:
         check.skip("ns-train sa3d", "no nerfacto run or prompts")
