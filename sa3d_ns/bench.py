@@ -147,8 +147,15 @@ def scene_prompts(
 # --------------------------------------------------------------------------- one path in one process
 def parse_setting(current, value):
     """A --set value (a string) as the type of the setting it replaces."""
-    if not isinstance(value, str) or current is None:
+    if not isinstance(value, str):
         return value
+    if current is None:  # an optional setting left at its default: read a number when it is one
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return None if value.lower() == "none" else value
     if isinstance(current, bool):
         if value.lower() not in ("true", "false", "1", "0"):
             raise SystemExit(f"benchmark: expected true or false, got {value!r}")

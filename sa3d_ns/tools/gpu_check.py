@@ -88,6 +88,7 @@ class Check:
 
     def save(self) -> None:
         (self.out / "gpu_check.json").write_text(json.dumps(self.report, indent=1))
+        (self.out / "gpu_check.txt").write_text(table(self.report) + "\n")
 
     def run(self, stage: str, cmd: list[str], limit_key: str | None = None) -> bool:
         """Run one stage's command with its time limit (and within the deadline); True on success."""
@@ -302,11 +303,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         check.skip("benchmark", "no nerfacto run")
 
+    if setting.cli:
+        cli_stages(check, nerfacto, bench_dir, workdir, out)
+    check.save()
+    text = table(check.report)
+    print(text, flush=True)
+    failed = [r["stage"] for r in check.report["stages"] if r["status"] != "ok"]
+    return 1 if failed else 0
+
+
+def cli_stages(check: Check, nerfacto: Path | None, bench_dir: Path, workdir: Path, out: Path) -> None:
+    """ns-train sa3d for both objects (oracle; reading the benchmark's cache), sa3d-eval, ns-render."""
+    setting = check.setting
     prompts = [bench_dir / f"prompt_{name}.json" for name in setting.objects]
     run = None
-    if not setting.cli:
-        pass
-    elif nerfacto is not None and all(p.is_file() for p in prompts):
+    if nerfacto is not None and all(p.is_file() for p in prompts):
         both = {
             "objects": [{**json.loads(p.read_text()), "name": n} for p, n in zip(prompts, setting.objects, strict=True)]
         }
@@ -323,28 +334,20 @@ def main(argv: list[str] | None = None) -> int:
         run = newest_config(workdir / "runs", "sa3d")
     else:
         check.skip("ns-train sa3d", "no nerfacto run or prompts")
-    if not setting.cli:
-        pass
-    elif run is not None:
+    if run is not None:
         if check.run("sa3d-eval", [bin_path("sa3d-eval"), "--load-config", str(run), "--split", "test"], "eval"):
             evals = json.loads((run.parent / "sa3d" / "eval_test" / "eval.json").read_text())
             check.report["cli_eval"] = {k: v for k, v in evals.items() if not isinstance(v, list)}
         renders = workdir / "renders"
-        names = ["mask"] + [f"mask_{n}" for n in setting.objects]
+        names = ["rgb_overlay"] + [f"mask_{n}" for n in setting.objects]
         if check.run("ns-render", [bin_path("ns-render"), "dataset", "--load-config", str(run), "--output-path",
-                                   str(renders), "--split", "test", "--rendered-output-names", "rgb_overlay", *names[1:],
+                                   str(renders), "--split", "test", "--rendered-output-names", *names,
                                    "--image-format", "png"], "render"):  # fmt: skip
             pngs = sorted(renders.rglob("*.png"))
             check.report["renders"] = len(pngs)
             strip(pngs, out / "renders.png")
     else:
         check.skip("sa3d-eval / ns-render", "no sa3d run")
-    check.save()
-    text = table(check.report)
-    (out / "gpu_check.txt").write_text(text + "\n")
-    print(text, flush=True)
-    failed = [r["stage"] for r in check.report["stages"] if r["status"] != "ok"]
-    return 1 if failed else 0
 
 
 def partial_bench(bench_dir: Path) -> dict | None:
