@@ -26,7 +26,7 @@ fi
 [ -d .venv/numpy2/numpy ] || .venv/bin/python -m pip install -q --no-deps --target .venv/numpy2 numpy==2.3.5
 .venv/bin/ruff check .
 # Every test but the extended ones (~20 min on 2 cores) unless a -m selection is given; CI runs
-# those too, with "scripts/test.sh -m extended" (~12 min).
+# those too, with "scripts/test.sh -m extended" (~20 min: it also runs scripts/gpu_check.sh in its CPU setting).
 SELECT=(-m "not extended")
 for arg in "$@"; do [ "$arg" = "-m" ] && SELECT=(); done
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider "${SELECT[@]}" "$@"
