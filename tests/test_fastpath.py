@@ -333,11 +333,16 @@ def test_both_ways_of_summing_corner_lists_agree(mode, monkeypatch):
 
 
 def test_view_cache_writes_in_the_background_and_flush_reports_errors(tmp_path, monkeypatch):
-    cache = ViewCache(tmp_path, {"k": 1})
+    cache = ViewCache(tmp_path, {"k": 1}, background=True)
     for i in range(10):  # more than MAX_PENDING: the oldest are waited for
         cache.save(f"view{i:05d}", {"x": torch.full((100,), float(i))})
         assert len(cache._pending) <= ViewCache.MAX_PENDING
+    x = torch.ones(4)
+    cache.save("view00099", {"x": x})
+    x.fill_(7.0)  # changed while its write may be in flight: the file keeps what was saved
     cache.flush()
+    assert cache.load("view00099")["x"].tolist() == [1.0] * 4
+    cache.path("view00099").unlink()
     assert sorted(p.name for p in cache.dir.glob("*.pt")) == [f"view{i:05d}.pt" for i in range(10)]
     assert not list(cache.dir.glob("*.tmp")) and ViewCache(tmp_path, {"k": 1}).load("view00007")["x"][0] == 7.0
 

@@ -457,11 +457,12 @@ class SA3DPipeline(VanillaPipeline):
         if not self.config.cache or root is None or self.view_cache is not None:
             return
         self.check_cache_space(root)
-        self.view_cache = ViewCache(root, self.cache_key())
+        background = torch.device(self.device).type == "cuda"  # (writes in a thread where they stall a GPU)
+        self.view_cache = ViewCache(root, self.cache_key(), background=background)
         seg = self.get_segmenter()
         identity = getattr(seg, "identity", None)
         if identity is not None and hasattr(seg, "embedding_cache"):
-            seg.embedding_cache = ViewCache(root, {**self.cache_key(), "segmenter": identity})
+            seg.embedding_cache = ViewCache(root, {**self.cache_key(), "segmenter": identity}, background=background)
 
     def segment_size(self) -> tuple[int, int]:
         """(height, width) of the largest training view at the segmentation resolution."""
