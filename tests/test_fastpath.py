@@ -36,12 +36,17 @@ def test_corners_reproduce_nerfstudio_hash_encoding(log2):
     assert torch.allclose(got, expected, atol=1e-6)
 
 
+def random_views(rays: int):
+    """Two views' worth of lifting input (seeded): positions R x 6 x 3, weights R x 6, two masks."""
+    torch.manual_seed(0)
+    pos = torch.randn(rays, 6, 3) * 0.6
+    weights = torch.rand(rays, 6) * 0.3
+    return pos, weights, [torch.rand(rays) > 0.5, torch.rand(rays) > 0.3]
+
+
 @pytest.mark.parametrize("mode", ["vote", "sgd"])
 def test_explicit_votes_equal_autograd_votes(mode):
-    torch.manual_seed(0)
-    pos = torch.randn(300, 6, 3) * 0.6
-    weights = torch.rand(300, 6) * 0.3
-    masks = [torch.rand(300) > 0.5, torch.rand(300) > 0.3]
+    pos, weights, masks = random_views(300)
     fast_field, slow_field = mask_field(), mask_field()
     fast = MaskLifter(fast_field, fast_field.table, mode=mode, chunk_rays=128, corners=fast_field.corners)
     slow = MaskLifter(slow_field, slow_field.table, mode=mode, chunk_rays=128)

@@ -10,7 +10,7 @@ mask fields get, and that no fast path touches a tcnn encoding.
 import numpy as np
 import pytest
 import torch
-from test_fastpath import mask_field
+from test_fastpath import mask_field, random_views
 from test_segmenters import disc_scene, tiny_sam
 
 from sa3d_ns.core import hashgrid, lifting
@@ -57,10 +57,7 @@ def test_fast_paths_leave_tcnn_encodings_alone():
 @pytest.mark.skipif(not CUDA, reason=NO_CUDA)
 @pytest.mark.parametrize("mode", ["vote", "sgd"])
 def test_votes_on_cuda_equal_the_cpu_votes(mode):
-    torch.manual_seed(0)
-    pos = torch.randn(400, 6, 3) * 0.6
-    weights = torch.rand(400, 6) * 0.3
-    masks = [torch.rand(400) > 0.5, torch.rand(400) > 0.3]
+    pos, weights, masks = random_views(400)
     tables = {}
     for device, listed in (("cpu", True), ("cuda", True), ("cuda", False)):
         field = mask_field().to(device)

@@ -21,13 +21,13 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sa3d_ns.bench import bin_path
 from sa3d_ns.tools.train_nerfacto import CPU_NERFACTO_FLAGS
 
 
@@ -69,11 +69,6 @@ SETTINGS = {
         stage_limits={"tests": 300, "scene": 120, "nerfacto": 300, "bench": 900, "cli": 400, "eval": 200, "render": 200},
     ),
 }  # fmt: skip
-
-
-def bin_path(name: str) -> str:
-    exe = Path(sys.executable).parent / name
-    return str(exe) if exe.exists() else (shutil.which(name) or name)
 
 
 class Check:
