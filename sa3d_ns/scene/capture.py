@@ -28,8 +28,10 @@ def bin_path(name: str) -> str:
 
 def write_photo(image: Path, target: Path, focal_px: float) -> Path:
     """The image as a camera writes it: a JPEG (quality 95) whose EXIF names the lens's focal
-    length in 35 mm terms (FocalLengthIn35mmFilm, whole millimetres), which COLMAP reads as its
-    prior focal length (focal_px = f35 / 35 * max(width, height)), as it does for a phone's photos."""
+    length in 35 mm terms (FocalLengthIn35mmFilm, whole millimetres: focal_px = f35 / 35 *
+    max(width, height)), as a phone's photos carry it. (COLMAP would read it as its prior focal
+    length, but nerfstudio 1.1.5's ``ns-process-data images`` re-encodes every image with ffmpeg
+    first, which drops EXIF: COLMAP starts from 1.2 x the image size, for a user's photos too.)"""
     from PIL import Image
 
     img = Image.open(image).convert("RGB")
@@ -47,8 +49,9 @@ def process_capture(
     """Run ``ns-process-data images`` on ``scene``'s images into ``output`` and attach the scene's
     instance masks to the frames COLMAP registered. ``photos`` "jpeg": the images given as a
     camera writes them (:func:`write_photo`: JPEG with the focal length in EXIF); "png": the
-    rendered PNGs, without EXIF (COLMAP then starts from its guess, 1.2 x the image size, and its
-    focal estimate varies more from run to run: 285 and 343 measured against the true 343).
+    rendered PNGs. Either way COLMAP starts from its guess, 1.2 x the image size (see
+    :func:`write_photo`), and its focal estimate varies from run to run (285 to 343 measured
+    against the true 343).
     Returns {"frames": registered, "images": given}."""
     scene, output = Path(scene), Path(output)
     if shutil.which("colmap") is None:
