@@ -20,6 +20,7 @@ import numpy as np
 
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.metrics import accuracy, cutout_figures, iou
+from sa3d_ns.run_folder import RunFolder
 
 
 def prompted_object_id(instances: np.ndarray, prompt: dict) -> int:
@@ -253,14 +254,15 @@ def evaluate_run(
     load_config = Path(load_config)
     if not load_config.is_file():
         raise SA3DError(f"--load-config {load_config}: file not found. Give the config.yml of an sa3d run.")
-    summary_path = load_config.parent / "sa3d" / "summary.json"
-    if not summary_path.is_file():
+    run = RunFolder.of(load_config)
+    summary_path = run.summary_path
+    if not run.has_summary():
         raise SA3DError(f"{summary_path} is missing: --load-config must name a finished sa3d run.")
     if gt != "instances" and gt_path is None:
         raise SA3DError(f"--gt {gt} needs --gt-path: the folder the benchmark's masks were unpacked to.")
     if gt not in ("instances", "spinnerf", "nvos"):
         raise SA3DError(f"Unknown --gt {gt!r}; choose instances, spinnerf or nvos.")
-    objects = json.loads(summary_path.read_text()).get("objects") or []
+    objects = run.summary().get("objects") or []
     if not objects or not all(o.get("views") for o in objects):
         raise SA3DError(f"{summary_path} lists no processed views: the run did not finish its first view.")
     names = [o["name"] for o in objects]
@@ -409,7 +411,7 @@ def entrypoint() -> None:
     console = Console()
     try:
         tag = args.split if args.gt == "instances" else args.gt
-        output = args.output or args.load_config.parent / "sa3d" / f"eval_{tag}"
+        output = args.output or RunFolder.of(args.load_config).eval_dir(tag)
         result = evaluate_run(
             args.load_config,
             args.split,

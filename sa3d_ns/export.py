@@ -14,7 +14,6 @@ several objects writes one output per object (``--object all``, the default) or 
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from sa3d_ns.core.geometry import (
     write_obj,
     write_ply,
 )
+from sa3d_ns.run_folder import RunFolder
 
 
 def check_run(load_config: Path) -> Path:
@@ -43,9 +43,10 @@ def check_run(load_config: Path) -> Path:
     load_config = Path(load_config)
     if not load_config.is_file():
         raise SA3DError(f"--load-config {load_config}: file not found. Give the config.yml of an sa3d run.")
-    if not (load_config.parent / "sa3d" / "summary.json").is_file():
-        raise SA3DError(f"{load_config.parent} is not a finished sa3d run (no sa3d/summary.json).")
-    return load_config.parent
+    run = RunFolder.of(load_config)
+    if not run.has_summary():
+        raise SA3DError(f"{run.root} is not a finished sa3d run (no sa3d/summary.json).")
+    return run.root
 
 
 def load_run(load_config: Path):
@@ -317,10 +318,7 @@ def check_box(args):
 
 def chosen_objects(run: Path, name: str) -> tuple[list[str], list[int]]:
     """The run's object names and the indices ``--object`` selects."""
-    try:
-        names = [o["name"] for o in json.loads((run / "sa3d" / "summary.json").read_text())["objects"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise SA3DError(f"{run / 'sa3d' / 'summary.json'} is not an sa3d run summary; is {run} an sa3d run?") from None
+    names = RunFolder(run).object_names()
     if name == "all":
         return names, list(range(len(names)))
     if name not in names:
@@ -356,7 +354,7 @@ def output_paths(
 def run_export(args) -> str:
     run = check_run(args.load_config)  # before any output folder is made
     names, chosen = chosen_objects(run, args.object)
-    export_dir = run / "sa3d" / "export"
+    export_dir = RunFolder(run).export
     if isinstance(args, Masks):
         outs = output_paths(args.output, export_dir / "masks", names, chosen, is_dir=True)
         written = export_masks(load_run(args.load_config), outs)

@@ -204,7 +204,7 @@ def test_frozen_hash_grid_lookup_equals_nerfstudios(levels, log2, features, max_
     (in one block of points, and in many blocks with a short last one)."""
     from nerfstudio.field_components.encodings import HashEncoding
 
-    from sa3d_ns.nerf.model import frozen_hash_forward
+    from sa3d_ns.nerf.host import frozen_hash_forward
 
     monkeypatch.setattr(hashgrid, "BLOCK_PAIRS", block_pairs)
     monkeypatch.setattr(hashgrid, "LOOKUP_BLOCK_PAIRS", block_pairs * 3)
@@ -321,7 +321,7 @@ def test_both_ways_of_summing_corner_lists_agree(mode, monkeypatch):
     same frozen-grid values and mask scores."""
     from nerfstudio.field_components.encodings import HashEncoding
 
-    from sa3d_ns.nerf.model import frozen_hash_forward
+    from sa3d_ns.nerf.host import frozen_hash_forward
 
     monkeypatch.setattr(hashgrid, "BAG_SUM", mode)
     torch.manual_seed(0)

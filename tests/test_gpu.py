@@ -41,7 +41,7 @@ def test_fast_paths_leave_tcnn_encodings_alone():
     mask field on it is not 'explicit': its votes go through autograd, not the listed corners."""
     from torch import nn
 
-    from sa3d_ns.nerf.model import fast_lookups
+    from sa3d_ns.nerf.host import fast_lookups
 
     field = mask_field()
     enc = field.encoding
@@ -95,7 +95,7 @@ def test_scatter_on_cuda_equals_the_threaded_cpu_scatter():
 def test_frozen_hash_grid_lookup_on_cuda_equals_nerfstudios():
     from nerfstudio.field_components.encodings import HashEncoding
 
-    from sa3d_ns.nerf.model import frozen_hash_forward
+    from sa3d_ns.nerf.host import frozen_hash_forward
 
     torch.manual_seed(0)
     enc = HashEncoding(16, log2_hashmap_size=15, features_per_level=2, implementation="torch").cuda()

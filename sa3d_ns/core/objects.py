@@ -88,6 +88,17 @@ def robust_bounds(points: torch.Tensor, quantile: float = 0.5, pad: float = 0.15
     return lo - margin, hi + margin
 
 
+def object_box(
+    points: torch.Tensor, values: torch.Tensor, threshold: float, min_points: int = 8
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """An object's 3D box (min, max) when its last view is lifted: the robust bounds of the surface
+    points its lifted 2D masks saw (N x 3), kept only where the finished 3D mask agrees (its values
+    there, N, above ``threshold``: a mask's rim also saw the background behind the object). None
+    with fewer than ``min_points`` such points (the object stays unbounded)."""
+    points = points[values > threshold]
+    return robust_bounds(points) if len(points) >= min_points else None
+
+
 def crop(values: torch.Tensor, positions: torch.Tensor, bounds: torch.Tensor, threshold: float) -> torch.Tensor:
     """values N x K, positions N x 3, bounds K x 2 x 3 (min, max): each object's values capped at
     ``threshold`` outside its box."""

@@ -5,53 +5,23 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MethodType
 from typing import Literal
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
-from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
-from nerfstudio.field_components.spatial_distortions import SceneContraction
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import nn
 from torch.nn import Parameter
 
+from sa3d_ns.core.composite import cut_out, mask_scores, overlay
 from sa3d_ns.core.errors import SA3DError
-from sa3d_ns.core.hashgrid import contract_inf, grid_lookup
 from sa3d_ns.core.objects import check_name, crop, exclusive, palette
+from sa3d_ns.nerf.host import fast_lookups, lpips_disabled
 from sa3d_ns.nerf.mask_field import MaskField
-from sa3d_ns.nerf.offline import lpips_disabled
 
 MASK_PREFIX = "mask_fields."
-
-
-def frozen_hash_forward(self: HashEncoding, x: torch.Tensor) -> torch.Tensor:
-    """A frozen HashEncoding's forward by sa3d's corner lookup (nerfstudio's own where a
-    gradient is wanted)."""
-    if torch.is_grad_enabled() and self.hash_table.requires_grad:
-        return HashEncoding.forward(self, x)
-    return grid_lookup(self.hash_table, x, self.scalings, self.hash_offset, self.hash_table_size)
-
-
-def fast_contraction_forward(self: SceneContraction, positions):
-    """An L-inf SceneContraction's forward with the norm as a max of absolute values (the same
-    numbers; torch's linalg.norm with ord=inf is some 40x slower on a CPU); nerfstudio's own for
-    Gaussians."""
-    if isinstance(positions, torch.Tensor):
-        return contract_inf(positions)
-    return SceneContraction.forward(self, positions)
-
-
-def fast_lookups(modules) -> None:
-    """Give the torch HashEncodings among ``modules`` sa3d's lookup where no gradient is wanted
-    (frozen_hash_forward), and the L-inf scene contractions the cheaper norm."""
-    for module in modules:
-        if isinstance(module, HashEncoding) and module.tcnn_encoding is None:
-            module.forward = MethodType(frozen_hash_forward, module)
-        if isinstance(module, SceneContraction) and module.order == float("inf"):
-            module.forward = MethodType(fast_contraction_forward, module)
 
 
 def mask_implementation(requested: str) -> str:
@@ -169,12 +139,6 @@ class SA3DModel(NerfactoModel):
         self.config.objects = [name if i == k else n for i, n in enumerate(self.config.objects)]
 
     @property
-    def mask_field(self) -> MaskField | None:
-        """The first object's mask field (None while there is no object; the viewer getattr()s
-        every public attribute, so this must not raise)."""
-        return self.mask_fields[0] if len(self.mask_fields) else None
-
-    @property
     def object_names(self) -> list[str]:
         return list(self.config.objects)
 
@@ -290,41 +254,37 @@ class SA3DModel(NerfactoModel):
         return out
 
     def get_outputs(self, ray_bundle: RayBundle) -> dict[str, torch.Tensor]:
+        """The frozen NeRF's render, and what the 3D masks make of it (core.composite): the mask, its
+        score and the overlay; the objects alone and the scene without them (each object on its
+        own too, when there are several)."""
         s = self.sample_rays(ray_bundle, per_sample=True)
         cfg = self.config
         out = {"rgb": s["rgb"], "accumulation": s["accumulation"], "depth": s["depth"]}
         with torch.no_grad():
             r, n = s["weights"].shape
             values = self.object_values(s["positions"].reshape(-1, 3)).reshape(r, n, -1)
-            scores = (s["weights"][..., None] * values).sum(1)  # R x K
-            on = scores > cfg.mask_threshold
+            scores = mask_scores(s["weights"], values)  # R x K
             samples, density, sample_rgb = s["ray_samples"], s["density"], s["sample_rgb"]
             background = torch.tensor(cfg.object_background, device=scores.device, dtype=sample_rgb.dtype)
+            mids = (samples.frustums.starts + samples.frustums.ends) / 2
 
             def alone_and_removed(inside: torch.Tensor, gone: torch.Tensor, suffix: str) -> None:
-                # the object's own density (samples inside its 3D mask), and the rest of the scene's
-                w_obj = samples.get_weights(density * inside)
-                acc_obj = w_obj.sum(dim=-2)
-                rgb_obj = (w_obj * sample_rgb).sum(dim=-2)
-                out["rgb_object" + suffix] = rgb_obj + (1 - acc_obj) * background
-                out["accumulation_object" + suffix] = acc_obj
-                out["rgb_object_premultiplied" + suffix] = rgb_obj
-                # where the object's own density is along the ray (its expected depth)
-                steps = (samples.frustums.starts + samples.frustums.ends) / 2
-                out["depth_object" + suffix] = (w_obj * steps).sum(dim=-2) / acc_obj.clamp(min=1e-6)
-                w_rest = samples.get_weights(density * ~gone)
-                out["rgb_removed" + suffix] = self.renderer_rgb(rgb=sample_rgb, weights=w_rest)
+                cut = cut_out(density, samples.deltas, mids, sample_rgb, inside, gone, background)
+                out["rgb_object" + suffix] = cut.rgb
+                out["accumulation_object" + suffix] = cut.accumulation
+                out["rgb_object_premultiplied" + suffix] = cut.premultiplied
+                out["depth_object" + suffix] = cut.depth
+                out["rgb_removed" + suffix] = self.renderer_rgb(rgb=sample_rgb, weights=cut.rest_weights)
 
             # all objects together (the only ones with a single object)
-            out["mask"] = on.any(-1, keepdim=True).float()
             k_all = scores.shape[-1]
-            out["mask_score"] = scores.max(-1, keepdim=True).values if k_all else torch.zeros_like(out["mask"])
             colors = torch.tensor(
                 self.object_colors[:k_all] or [(0.0, 0.0, 0.0)], device=scores.device, dtype=s["rgb"].dtype
             )
-            best = torch.where(on, scores, torch.full_like(scores, -torch.inf)).argmax(-1) if k_all else 0
-            alpha = cfg.overlay_alpha * out["mask"]
-            out["rgb_overlay"] = s["rgb"] * (1 - alpha) + colors[best] * alpha
+            out["mask"], out["mask_score"], out["rgb_overlay"] = overlay(
+                s["rgb"], scores, cfg.mask_threshold, colors, cfg.overlay_alpha
+            )
+            on = scores > cfg.mask_threshold
             inside = values > cfg.mask_threshold  # R x S x K
             opacity = 1 - torch.exp(-(density * samples.deltas)[..., 0])  # R x S
             gone = self.removed_samples(s["positions"], values, opacity)  # R x S x K

@@ -1,40 +1,19 @@
 """Building nerfacto without downloading anything.
 
 ``NerfactoModel.populate_modules`` constructs torchmetrics' LPIPS, which downloads AlexNet weights.
-The mask method never computes LPIPS, and offline machines cannot download it.
+The mask method never computes LPIPS, and offline machines cannot download it: the stand-in and
+the context manager that puts it in place live with the other host changes (``sa3d_ns.nerf.host``).
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from sa3d_ns.nerf.host import NoLPIPS, lpips_disabled
 
-class NoLPIPS(nn.Module):
-    """Stands in for LPIPS when its weights are unavailable: the metric is reported as NaN
-    (nerfacto's evaluation still reports PSNR and SSIM)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__()
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return torch.tensor(float("nan"))
-
-
-@contextlib.contextmanager
-def lpips_disabled():
-    """Replace torchmetrics' LPIPS class by :class:`NoLPIPS` while building a model."""
-    import torchmetrics.image.lpip as lpip_module
-
-    original = lpip_module.LearnedPerceptualImagePatchSimilarity
-    lpip_module.LearnedPerceptualImagePatchSimilarity = NoLPIPS
-    try:
-        yield
-    finally:
-        lpip_module.LearnedPerceptualImagePatchSimilarity = original
+__all__ = ["NoLPIPS", "alexnet_weights_cached", "lpips_disabled"]
 
 
 def alexnet_weights_cached() -> bool:

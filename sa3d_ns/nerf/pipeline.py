@@ -9,9 +9,7 @@ mask field. The algorithm lives in :mod:`sa3d_ns.core`; this module orchestrates
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,19 +21,17 @@ from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConf
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from sa3d_ns.core.anchors import click_anchors, leaves_out, seen_anchors
 from sa3d_ns.core.cache import ViewCache, cache_dir, file_identity, prune_samples, tensor_bytes, view_bytes
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import FootprintCache, MaskLifter
-from sa3d_ns.core.metrics import binarize_score, iou
-from sa3d_ns.core.objects import robust_bounds, surface_samples
-from sa3d_ns.core.prompts import Prompt, check_inside, load_prompts, resolve_view
-from sa3d_ns.core.regions import keep_supported, review_first_masks
-from sa3d_ns.core.self_prompt import select_self_prompts
-from sa3d_ns.core.views import auto_downscale, view_order
+from sa3d_ns.core.loop import LoopSettings, SA3DLoop
+from sa3d_ns.core.prompts import Prompt, check_inside, load_prompts
+from sa3d_ns.core.records import ObjectState, ViewRecord
+from sa3d_ns.core.views import auto_downscale
 from sa3d_ns.nerf.cameras import training_camera
 from sa3d_ns.nerf.checkpoints import load_checkpoint
 from sa3d_ns.nerf.model import MASK_PREFIX, SA3DModelConfig
+from sa3d_ns.run_folder import RunFolder
 from sa3d_ns.segmenters.base import Segmentation
 
 CACHE_VERSION = 1
@@ -147,10 +143,8 @@ class SA3DPipeline(VanillaPipeline):
         self, config: SA3DPipelineConfig, device, test_mode="val", world_size=1, local_rank=0, grad_scaler=None
     ):
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
-        self.output_dir: Path | None = None
         self._segmenter = None
         self._detector = None
-        self.records: list[dict] = []
         # one lifter per object; the default path votes by gathers and scatters over each view's
         # footprint (kept in memory for every later object; room is held first for every view's
         # touch, one table each), the faithful path (no cache) by autograd
@@ -158,23 +152,19 @@ class SA3DPipeline(VanillaPipeline):
         touch_bytes = len(self.datamanager.train_dataset) * mcfg.mask_num_levels * 2**mcfg.mask_log2_hashmap_size * 4
         budget = footprint_budget(config.footprint_memory_mb, self.device, touch_bytes)
         self.footprints = FootprintCache(budget, reserve=touch_bytes)
-        self.lifters = [self._make_lifter(f) for f in self.model.mask_fields]
+        objects = [ObjectState(self._make_lifter(f)) for f in self.model.mask_fields]  # one record per object
         self.view_cache: ViewCache | None = None
         self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0, "views_in_memory": 0}
         # views' samples kept on the device for later objects (CUDA), within a budget
         self.view_memo: dict[int, dict] = {}
         self.view_memo_budget = view_memory_budget(config.view_memory_mb, self.device)
         self.view_memo_bytes = 0
-        n = len(self.model.mask_fields)
-        self.prompts: list[Prompt | None] = [None] * n
-        self.orders: list[list[int]] = [[] for _ in range(n)]
-        self.active: list[int] = []  # the objects segmented by this run, in turn
         self.kept: list[dict] = []  # the summaries of objects kept from --pipeline.add-to
-        self.surface_points: list[list[torch.Tensor]] = [[] for _ in range(n)]  # what each object's masks saw
-        self.anchors: list[torch.Tensor] = [torch.zeros((0, 3)) for _ in range(n)]  # its clicks' surface points
-        self.last_view: dict | None = None
-        self._started = time.perf_counter()  # (when the run's first view began: the log's time left)
-        self.camera_started: set[int] = set()  # objects whose prompt was in a viewer camera, not a training view
+        # the loop, over this NeRF (NerfactoScene) and the segmenter
+        self.loop = SA3DLoop(
+            NerfactoScene(self), LoopSettings.of(config), objects, names=lambda: self.model.object_names,
+            segmenter=self.get_segmenter, find_text=self.find_text, log=CONSOLE.log,
+        )  # fmt: skip
         # the SA3D panel of the nerfstudio viewer (picked up by the viewer when there is one)
         from sa3d_ns.nerf.viewer_panel import SA3DPanel, SA3DViewerControl
 
@@ -184,6 +174,38 @@ class SA3DPipeline(VanillaPipeline):
             self._setup_segmentation()
 
     # ------------------------------------------------------------------ setup
+    @property
+    def run(self) -> RunFolder | None:
+        """The run's folder (set by the trainer; None outside a run: nothing is written)."""
+        return self.loop.run
+
+    @run.setter
+    def run(self, run: RunFolder | None) -> None:
+        self.loop.run = run
+        self.loop.on_summary = self.write_summary if run is not None else None
+
+    @property
+    def output_dir(self) -> Path | None:
+        """<run>/sa3d: what SA3D writes beside nerfstudio's files (None outside a run)."""
+        return self.run.sa3d if self.run is not None else None
+
+    # the loop's state, as the viewer panel, the benchmark and scripts read it
+    @property
+    def objects(self) -> list[ObjectState]:
+        return self.loop.objects
+
+    @property
+    def records(self) -> list[ViewRecord]:
+        return self.loop.records
+
+    @property
+    def active(self) -> list[int]:
+        return self.loop.active
+
+    @property
+    def last_view(self) -> dict | None:
+        return self.loop.last_view
+
     @property
     def downscale(self) -> float:
         """The factor training views are downscaled by for segmentation: --pipeline.render-downscale,
@@ -216,24 +238,9 @@ class SA3DPipeline(VanillaPipeline):
         self.start_objects(prompts, first)
 
     def start_objects(self, prompts: list[Prompt], first: int = 0) -> None:
-        """Plan the segmentation of objects ``first``, ``first + 1``, ... from their prompts: clear
-        their mask fields and plan each visit order from its prompt's view (an index or file name
-        of a training view)."""
-        cams = self.datamanager.train_dataset.cameras
-        c2w = cams.camera_to_worlds.cpu().numpy()
-        self.active, self.records = [], []
-        for k, prompt in enumerate(prompts, start=first):
-            start = resolve_view(prompt.view, self.image_names)
-            check_inside(prompt, int(cams.width[start]), int(cams.height[start]))
-            order = view_order(c2w[:, :3, 3], start, self.config.view_order, directions=-c2w[:, :3, 2])
-            self.orders[k] = order * max(self.config.num_passes, 1)
-            self.prompts[k] = prompt
-            self.camera_started.discard(k)
-            self.lifters[k].reset()
-            self.surface_points[k] = []
-            self.anchors[k] = torch.zeros((0, 3))
-            self.model.object_bounds[k, 0], self.model.object_bounds[k, 1] = -torch.inf, torch.inf
-            self.active.append(k)
+        """Plan the segmentation of objects ``first``, ``first + 1``, ... from their prompts (see
+        ``SA3DLoop.start_objects``)."""
+        self.loop.start_objects(prompts, first)
 
     def start_object(self, prompt: Prompt) -> None:
         """Segment (again) the first object from a new prompt (benchmark, scripts)."""
@@ -242,22 +249,25 @@ class SA3DPipeline(VanillaPipeline):
     @property
     def order(self) -> list[int]:
         """The visit order of the first object being segmented (empty when none is)."""
-        return self.orders[self.active[0]] if self.active else []
+        return self.objects[self.active[0]].order if self.active else []
 
     @order.setter
     def order(self, views: list[int]) -> None:
-        self.orders[self.active[0]] = list(views)
+        self.objects[self.active[0]].order = list(views)
+
+    @property
+    def prompts(self) -> list[Prompt | None]:
+        """Each object's prompt (None until it has one)."""
+        return [o.prompt for o in self.objects]
 
     @property
     def plan(self) -> list[tuple[int, int]]:
         """(object, step of that object's visit order) for every step of this run."""
-        return [(k, j) for k in self.active for j in range(len(self.orders[k]))]
+        return self.loop.plan
 
-    def segment_all(self) -> list[dict]:
+    def segment_all(self) -> list[ViewRecord]:
         """Run every remaining view of the visit order (outside the trainer: benchmark, scripts)."""
-        for step in range(len(self.records), len(self.plan)):
-            self.sa3d_step(step)
-        return self.records
+        return self.loop.run_steps()
 
     def get_segmenter(self):
         """The 2D segmenter, built on first use (a method, not a property: the viewer getattr()s
@@ -280,9 +290,7 @@ class SA3DPipeline(VanillaPipeline):
             self._detector = TextDetector(resolve_text_checkpoint(cfg.text_model, cfg.text_checkpoint), self.device)
         found = self._detector.detect(image, text, cfg.text_threshold)
         det = best_box(found, text, cfg.text_box_threshold, where, image.shape[1], image.shape[0])
-        step = len(self.records)
-        later = {k for k, local in self.plan[step + 1 :] if local == 0}
-        if not any(self.prompts[k] is not None and self.prompts[k].text for k in later):
+        if not self.loop.text_prompt_later(len(self.records)):
             self._detector = None
         return det
 
@@ -301,11 +309,7 @@ class SA3DPipeline(VanillaPipeline):
     def add_object(self, name: str) -> int:
         """A new, empty object (mask field and lifter) at the end; returns its index."""
         k = self.model.add_object(name)
-        self.lifters.append(self._make_lifter(self.model.mask_fields[k]))
-        self.prompts.append(None)
-        self.orders.append([])
-        self.surface_points.append([])
-        self.anchors.append(torch.zeros((0, 3)))
+        self.objects.append(ObjectState(self._make_lifter(self.model.mask_fields[k])))
         return k
 
     def remove_object(self, k: int) -> None:
@@ -313,11 +317,9 @@ class SA3DPipeline(VanillaPipeline):
         viewer panel refuses while a run is going)."""
         name = self.model.object_names[k]
         self.model.remove_object(k)
-        for items in (self.lifters, self.prompts, self.orders, self.surface_points, self.anchors):
-            del items[k]
-        self.camera_started = {i - (i > k) for i in self.camera_started if i != k}
-        self.active = [i - (i > k) for i in self.active if i != k]
-        self.records = [r for r in self.records if r["object"] != name]
+        del self.objects[k]
+        self.loop.active = [i - (i > k) for i in self.active if i != k]
+        self.loop.records = [r for r in self.records if r["object"] != name]
 
     def camera_data(self, camera) -> dict:
         """What segmentation needs from any camera (a nerfstudio ``Cameras`` of one camera): its
@@ -339,42 +341,20 @@ class SA3DPipeline(VanillaPipeline):
         depth = data["depth"].view(h, w).cpu().float().numpy()
         seg.set_image(data["rgb"].cpu().numpy(), depth, view_id=None)
         result = seg.predict(prompt.points, prompt.labels, prompt.box, prior=None, multimask=True)
-        review = self.review_first(result, prompt, depth)
+        review = self.loop.review_first(result, prompt, depth)
         return Segmentation(masks=review.masks, scores=result.scores, warnings=review.warnings)
 
     def start_object_from_camera(self, k: int, camera, data: dict, mask: np.ndarray, prompt: Prompt) -> None:
         """Start object ``k`` from its 2D ``mask`` in any camera: lift the mask there, then plan
         every training view (self-prompted), nearest to that camera first."""
-        cams = self.datamanager.train_dataset.cameras
-        c2w = cams.camera_to_worlds.cpu().numpy()
         cam_c2w = camera.camera_to_worlds.reshape(-1, 3, 4)[0].cpu().numpy()
-        centres = np.concatenate([c2w[:, :3, 3], cam_c2w[None, :3, 3]])
-        directions = -np.concatenate([c2w[:, :3, 2], cam_c2w[None, :3, 2]])
-        n = len(c2w)
-        order = view_order(centres, n, "nearest", directions=directions)[1:]
-        lifter = self.lifters[k]
-        lifter.reset()
-        self.model.object_bounds[k, 0], self.model.object_bounds[k, 1] = -torch.inf, torch.inf
-        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
-        positions, weights = data["positions"].to(self.device), data["weights"].to(self.device)
-        lifter.add_view(positions, weights, mask_t.to(self.device), self.config.neg_weight_first)
-        self.surface_points[k] = [surface_samples(positions, weights, mask_t.to(self.device)).cpu()]
-        self.anchors[k] = click_anchors(positions, weights, int(data["size"][1]), prompt.points[prompt.labels == 1])
-        self.prompts[k] = prompt
-        self.orders[k] = order * max(self.config.num_passes, 1)
-        self.camera_started.add(k)
-        self.active, self.records = [k], []
+        on_device = {**data, "positions": data["positions"].to(self.device), "weights": data["weights"].to(self.device)}
+        self.loop.start_from_camera(k, cam_c2w[:3, 3], -cam_c2w[:3, 2], on_device, mask, prompt)
 
-    def run_steps(self, stop=None, on_step=None) -> list[dict]:
+    def run_steps(self, stop=None, on_step=None) -> list[ViewRecord]:
         """Process the remaining views of the plan (the viewer's Segment button); ``stop()`` is
         asked between views, ``on_step(record)`` is told after each."""
-        for step in range(len(self.records), len(self.plan)):
-            if stop is not None and stop():
-                break
-            rec = self.sa3d_step(step)
-            if on_step is not None:
-                on_step(rec)
-        return self.records
+        return self.loop.run_steps(stop, on_step)
 
     # ------------------------------------------------------------------ rendering
     @torch.no_grad()
@@ -423,8 +403,8 @@ class SA3DPipeline(VanillaPipeline):
     def cache_root(self) -> Path | None:
         if self.config.cache_dir is not None:
             return Path(self.config.cache_dir)
-        if self.output_dir is not None:
-            return Path(self.output_dir).parent.parent.parent / "sa3d_cache"  # <output>/<experiment>/sa3d_cache
+        if self.run is not None:
+            return self.run.root.parent.parent / "sa3d_cache"  # <output>/<experiment>/sa3d_cache
         return None
 
     def cache_key(self) -> dict:
@@ -460,9 +440,10 @@ class SA3DPipeline(VanillaPipeline):
         background = torch.device(self.device).type == "cuda"  # (writes in a thread where they stall a GPU)
         self.view_cache = ViewCache(root, self.cache_key(), background=background)
         seg = self.get_segmenter()
-        identity = getattr(seg, "identity", None)
-        if identity is not None and hasattr(seg, "embedding_cache"):
-            seg.embedding_cache = ViewCache(root, {**self.cache_key(), "segmenter": identity}, background=background)
+        if seg.identity is not None:
+            seg.embedding_cache = ViewCache(
+                root, {**self.cache_key(), "segmenter": seg.identity}, background=background
+            )
 
     def segment_size(self) -> tuple[int, int]:
         """(height, width) of the largest training view at the segmentation resolution."""
@@ -565,160 +546,13 @@ class SA3DPipeline(VanillaPipeline):
         return data["rgb"].cpu().numpy()
 
     # ------------------------------------------------------------------ the SA3D step
-    def sa3d_step(self, step: int) -> dict:
-        """Process the ``step``-th view of the visit order; returns numbers for the log."""
-        cfg = self.config
-        k, local = self.plan[step]
-        view, lifter = self.orders[k][local], self.lifters[k]
-        first = local == 0 and k not in self.camera_started  # (a viewer prompt was lifted before)
-        t0 = time.perf_counter()
-        data = self.view_data(view)
-        h, w = (int(x) for x in data["size"])
-        key = (view, *data["size"].tolist(), self.model.mask_fields[k].layout())  # its footprint is every object's
-        score = lifter.score(data["positions"], data["weights"], key=key).view(h, w).cpu()
-        depth = data["depth"].view(h, w).cpu().float()
-        image = self.segment_input(view, data)
-        t_render = time.perf_counter() - t0
-        t_seg = time.perf_counter()
-        seg = self.get_segmenter()
-        seg.set_image(image, depth.numpy(), view_id=view)
-        rec = {
-            "step": step,
-            "object": self.model.object_names[k],
-            "view": view,
-            "image": Path(self.image_names[view]).name,
-        }
-        if first:
-            cams = self.datamanager.train_dataset.cameras
-            p = self.prompts[k].scaled(w / int(cams.width[view]), h / int(cams.height[view]))
-            if p.text is not None:
-                det = self.find_text(p.text, image, f"view {view} ({rec['image']})")
-                p.box = det.box
-                rec["text"] = {"text": p.text, **det.to_json()}
-            result = seg.predict(p.points, p.labels, p.box, prior=None, multimask=True)
-            rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
-            if seg.last_error:  # (oracle-noisy: the mistake it made here, for the record)
-                rec["injected_error"] = seg.last_error
-            result.best(p.mask_choice)  # (refuses a mask_choice the segmenter cannot give)
-            review = self.review_first(result, p, depth.numpy(), p.mask_choice)
-            mask, choice = review.masks[review.choice], review.choice
-            rec["candidates"] = [
-                {"score": round(float(s), 4), "area": int(m.sum()), "warnings": sorted(w)}
-                for m, s, w in zip(review.masks, result.scores, review.warnings, strict=True)
-            ]
-            if review.warnings[choice]:
-                rec["warnings"] = list(review.warnings[choice].values())
-                self.warn_first_mask(rec, review, result.scores, image)
-            if not mask.any():
-                raise SA3DError(
-                    f"The prompt gave an empty mask in view {view} ({rec['image']}) with the {seg.name} segmenter. "
-                    "Put positive points on the object (x = column, y = row, full-resolution pixels) or try another segmenter."
-                )
-            points, labels = p.points, p.labels
-            rec.update(status="prompt", mask_choice=choice, scores=[round(float(s), 4) for s in result.scores])
-            self.anchors[k] = click_anchors(data["positions"], data["weights"], w, p.points[p.labels == 1])
-            neg = cfg.neg_weight_first
-        else:
-            pts = select_self_prompts(score, depth, cfg.num_prompts, cfg.prompt_distance_weight).numpy()
-            points, labels = pts, np.ones(len(pts), dtype=np.int64)
-            if len(pts) == 0:
-                rec.update(status="skipped", reason="no positive mask score in this view")
-                return self._finish(rec, image, None, points, labels, t_render, time.perf_counter() - t0)
-            result = seg.predict(points, labels, None, prior=score.numpy(), multimask=len(pts) == 1)
-            rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
-            if seg.last_error:  # (oracle-noisy: the mistake it made here, for the record)
-                rec["injected_error"] = seg.last_error
-            mask, _ = result.best()
-            if cfg.drop_stray_regions:
-                kept = keep_supported(mask, support=score.numpy() > 0, points=points)
-                if kept.sum() < mask.sum():
-                    rec["dropped_px"] = int(mask.sum() - kept.sum())
-                mask = kept
-            rec["iou"] = round(iou(binarize_score(score, cfg.iou_binarize), mask), 4)
-            missed = []
-            if cfg.anchor_check and len(self.anchors[k]):
-                missed = leaves_out(mask, seen_anchors(self.anchors[k], data["positions"], data["weights"], w))
-            if rec["iou"] < cfg.iou_threshold or missed:
-                rec.update(status="rejected")
-                if missed:
-                    rec["reason"] = f"the mask leaves out the clicked point(s) {missed}, which this view sees"
-                return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
-            rec.update(status="accepted")
-            neg = cfg.neg_weight
-        t1 = time.perf_counter()
-        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
-        lifter.add_view(data["positions"], data["weights"], mask_t, neg, key=key)
-        self.surface_points[k].append(surface_samples(data["positions"], data["weights"], mask_t).cpu())
-        rec["lift_s"] = round(time.perf_counter() - t1, 4)
-        return self._finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
-
-    def review_first(self, result: Segmentation, prompt: Prompt, depth: np.ndarray, choice: int | None = None):
-        """The segmenter's candidates for a user's prompt, reviewed (stray regions left out,
-        warnings, the candidate to lift): see ``sa3d_ns.core.regions.review_first_masks``."""
-        cfg = self.config
-        return review_first_masks(
-            result.masks, result.scores, prompt.points, prompt.labels, prompt.box, depth,
-            drop_stray=cfg.drop_stray_regions, pick=cfg.first_mask_pick, choice=choice,
-        )  # fmt: skip
-
-    def warn_first_mask(self, rec: dict, review, scores, image: np.ndarray) -> None:
-        """Say in the log that the first mask may not be the clicked object, and what to do."""
-        where = ""
-        if self.output_dir is not None and self.config.save_view_images:
-            where = f" (the candidates: {self.output_dir / 'views'}/{rec['step']:04d}_{rec['object']}_candidate*.png)"
-            save_candidates(self.output_dir, rec, image, review)
-        lines = [
-            f"  candidate {i}: score {float(s):.3f}, {int(m.sum())} px"
-            + (f", warnings: {', '.join(sorted(w))}" if w else ", no warning")
-            + (" (chosen)" if i == review.choice else "")
-            for i, (m, s, w) in enumerate(zip(review.masks, scores, review.warnings, strict=True))
-        ]
-        CONSOLE.log(
-            f"[yellow]sa3d: the first mask of '{rec['object']}' in view {rec['view']} ({rec['image']}) may not be the "
-            f"clicked object: {'; '.join(rec['warnings'])}.[/yellow]\n" + "\n".join(lines) + "\n"
-            f'  If it is wrong, pick another with "mask_choice": N in the prompt file, or add clicks (a negative '
-            f"click, label 0, on what does not belong) and run again{where}."
-        )
-
-    def _finish(self, rec, image, mask, points, labels, t_render, t_total) -> dict:
-        k, local = self.plan[rec["step"]]
-        if local == len(self.orders[k]) - 1:  # the object's last view: free its vote sums, bound its 3D mask
-            self.flush_caches()
-            self.lifters[k].release()
-            pts = torch.cat(self.surface_points[k]) if self.surface_points[k] else torch.zeros((0, 3))
-            with torch.no_grad():  # only where the finished 3D mask agrees (not the rims' background)
-                on = torch.cat([self.model.mask_fields[k](c.to(self.device)).cpu() for c in pts.split(1 << 16)])
-            pts = pts[on > self.model.config.mask_threshold] if len(pts) else pts
-            if len(pts) >= 8:
-                lo, hi = robust_bounds(pts)
-                self.model.object_bounds[k, 0], self.model.object_bounds[k, 1] = lo, hi
-            self.surface_points[k] = []
-        rec.update(
-            points=np.round(points, 1).tolist(),
-            labels=[int(x) for x in labels],
-            render_s=round(t_render, 4),
-            total_s=round(t_total, 4),
-        )
-        self.records.append(rec)
-        self.last_view = {"image": image, "mask": mask, "points": points, "labels": labels}  # (the viewer shows it)
-        if self.output_dir is not None and self.config.save_view_images:
-            save_view_images(self.output_dir, rec, image, mask, points, labels)
-        total = len(self.plan)
-        if self.output_dir is not None:
-            self.write_summary(complete=len(self.records) == total)
-        done = len(self.records)
-        if done == 1:
-            self._started = time.perf_counter() - t_total
-        left = (time.perf_counter() - self._started) / done * (total - done)
-        eta = f" (~{format_duration(left)} left)" if done < total else ""
-        iou_txt = f" IoU {rec['iou']:.3f}" if "iou" in rec else ""
-        what = f"{rec['object']}: " if len(self.model.mask_fields) > 1 else ""
-        CONSOLE.log(f"sa3d: {what}view {done}/{total} (#{rec['view']} {rec['image']}): {rec['status']}{iou_txt}{eta}")
-        return rec
+    def sa3d_step(self, step: int) -> ViewRecord:
+        """Process the ``step``-th view of the plan (``SA3DLoop.step``); returns its record."""
+        return self.loop.step(step)
 
     def flush_caches(self) -> None:
         """Wait for the cache writes in flight (views' samples, the segmenter's embeddings)."""
-        for cache in (self.view_cache, getattr(self._segmenter, "embedding_cache", None)):
+        for cache in (self.view_cache, self._segmenter.embedding_cache if self._segmenter is not None else None):
             if cache is not None:
                 cache.flush()
 
@@ -743,19 +577,8 @@ class SA3DPipeline(VanillaPipeline):
         return out
 
     def object_summary(self, k: int) -> dict:
-        records = [r for r in self.records if r["object"] == self.model.object_names[k]]
-        counts = {s: sum(r["status"] == s for r in records) for s in ("prompt", "accepted", "rejected", "skipped")}
-        return {
-            "name": self.model.object_names[k],
-            "color": list(self.model.object_colors[k]),
-            "prompt": self.prompts[k].to_json() if self.prompts[k] else None,
-            "views_total": len(self.orders[k]),
-            "views_done": len(records),
-            "counts": counts,
-            "first_mask_warnings": next((r.get("warnings", []) for r in records if r["status"] == "prompt"), []),
-            "stray_px_dropped": sum(r.get("dropped_px", 0) for r in records),
-            "views": records,
-        }
+        summary = self.loop.object_summary(k)
+        return {"name": summary.pop("name"), "color": list(self.model.object_colors[k]), **summary}
 
     def write_summary(self, complete: bool) -> None:
         """sa3d/summary.json: per object its prompt, counts and every view's status (objects kept
@@ -771,10 +594,8 @@ class SA3DPipeline(VanillaPipeline):
             "cache": self.cache_summary(),
             "objects": self.kept + [self.object_summary(k) for k in self.active],
         }
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.output_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1))
-        tmp.replace(self.output_dir / "summary.json")
+        assert self.run is not None
+        self.run.write_summary(summary)
 
     # ------------------------------------------------------------------ nerfstudio hooks
     def get_train_loss_dict(self, step: int):
@@ -791,14 +612,50 @@ class SA3DPipeline(VanillaPipeline):
         return self.model.get_param_groups()
 
 
-def format_duration(seconds: float) -> str:
-    """e.g. 42 s, 3 min 05 s, 2 h 10 min."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+class NerfactoScene:
+    """The loop's radiance field (``core.loop.Scene``): the pipeline's frozen nerfacto over the
+    training views of its datamanager; a view's data from ``SA3DPipeline.view_data`` (rendered
+    once, then read from the caches); the objects' 3D masks are the model's mask fields."""
+
+    def __init__(self, pipeline: SA3DPipeline):
+        self.pipeline = pipeline
+
+    def image_names(self) -> list[str]:
+        return self.pipeline.image_names
+
+    def image_size(self, view: int) -> tuple[int, int]:
+        cams = self.pipeline.datamanager.train_dataset.cameras
+        return int(cams.width[view]), int(cams.height[view])
+
+    def camera_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        c2w = self.pipeline.datamanager.train_dataset.cameras.camera_to_worlds.cpu().numpy()
+        return c2w[:, :3, 3], -c2w[:, :3, 2]
+
+    def view_data(self, view: int) -> dict:
+        return self.pipeline.view_data(view)
+
+    def segment_input(self, view: int, data: dict) -> np.ndarray:
+        return self.pipeline.segment_input(view, data)
+
+    def footprint_key(self, k: int, view: int, data: dict):
+        return (view, *data["size"].tolist(), self.pipeline.model.mask_fields[k].layout())
+
+    def mask_values(self, k: int, points: torch.Tensor) -> torch.Tensor:
+        field, device = self.pipeline.model.mask_fields[k], self.pipeline.device
+        return torch.cat([field(c.to(device)).cpu() for c in points.split(1 << 16)])
+
+    def mask_threshold(self) -> float:
+        return self.pipeline.model.config.mask_threshold
+
+    def set_bounds(self, k: int, box: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        bounds = self.pipeline.model.object_bounds
+        if box is None:
+            bounds[k, 0], bounds[k, 1] = -torch.inf, torch.inf
+        else:
+            bounds[k, 0], bounds[k, 1] = box
+
+    def flush(self) -> None:
+        self.pipeline.flush_caches()
 
 
 def free_memory(device) -> int:
@@ -832,14 +689,6 @@ def footprint_budget(megabytes: int | None, device, touches: int = 0) -> int:
     return min(free_memory(device) // 4, max(2048 * 2**20, touches))
 
 
-STATUS_COLORS = {
-    "prompt": (60, 140, 255),
-    "accepted": (40, 200, 40),
-    "rejected": (230, 40, 40),
-    "skipped": (150, 150, 150),
-}
-
-
 def load_kept_objects(model, add_to: Path, checkpoint: Path, count: int) -> list[dict]:
     """Load the mask fields of the first ``count`` objects from the sa3d run ``add_to`` (its
     config.yml) and return their summaries, marked with the run they come from."""
@@ -856,40 +705,5 @@ def load_kept_objects(model, add_to: Path, checkpoint: Path, count: int) -> list
             )
     if "_model.object_bounds" in state:
         model.object_bounds[:count] = state["_model.object_bounds"][:count]
-    summary = json.loads((Path(add_to).parent / "sa3d" / "summary.json").read_text())
-    return [{"from_run": str(Path(add_to).parent), **o} for o in summary["objects"][:count]]
-
-
-def save_candidates(out_dir: Path, rec: dict, image: np.ndarray, review) -> None:
-    """Each candidate of a first mask that looks wrong, as an overlay to pick from
-    (``views/<step>_<object>_candidate<i>.png``; the chosen one's name ends in _chosen)."""
-    (out_dir / "views").mkdir(parents=True, exist_ok=True)
-    for i, mask in enumerate(review.masks):
-        vis = image.astype(np.float32)
-        vis[mask] = 0.5 * vis[mask] + 0.5 * np.array([255, 60, 60], np.float32)
-        tag = "_chosen" if i == review.choice else ""
-        name = f"{rec['step']:04d}_{rec['object']}_candidate{i}{tag}.png"
-        cv2.imwrite(str(out_dir / "views" / name), cv2.cvtColor(vis.clip(0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
-
-
-def save_view_images(out_dir: Path, rec: dict, image: np.ndarray, mask: np.ndarray | None, points, labels) -> None:
-    """Write the view's 2D mask (PNG, 0/255) and an overlay with its prompt points."""
-    stem = f"{rec['step']:04d}_{rec['object']}_view{rec['view']:04d}_{Path(rec['image']).stem}"
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    (out_dir / "views").mkdir(parents=True, exist_ok=True)
-    vis = image.astype(np.float32)
-    if mask is not None:
-        cv2.imwrite(str(out_dir / "masks" / f"{stem}.png"), mask.astype(np.uint8) * 255)
-        vis[mask] = 0.5 * vis[mask] + 0.5 * np.array([255, 60, 60], np.float32)
-    vis = vis.clip(0, 255).astype(np.uint8)
-    scale = max(1, int(np.ceil(256 / max(vis.shape[:2]))))
-    vis = cv2.resize(vis, (vis.shape[1] * scale, vis.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-    if "text" in rec:  # the box Grounding DINO found for the text prompt
-        x0, y0, x1, y1 = (int(round(v * scale)) for v in rec["text"]["box"])
-        cv2.rectangle(vis, (x0, y0), (x1, y1), (255, 220, 0), max(1, scale // 2))
-    for (x, y), lab in zip(points, labels, strict=False):
-        c = (int((x + 0.5) * scale), int((y + 0.5) * scale))
-        cv2.circle(vis, c, max(3, scale * 2), (0, 255, 0) if lab == 1 else (255, 0, 0), -1)
-        cv2.circle(vis, c, max(3, scale * 2), (255, 255, 255), 1)
-    cv2.rectangle(vis, (0, 0), (vis.shape[1] - 1, vis.shape[0] - 1), STATUS_COLORS[rec["status"]], max(2, scale))
-    cv2.imwrite(str(out_dir / "views" / f"{stem}_{rec['status']}.png"), cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
+    run = RunFolder.of(add_to)
+    return [{"from_run": str(run.root), **o} for o in run.summary()["objects"][:count]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import yaml
@@ -13,6 +12,7 @@ from sa3d_ns.core.objects import check_unique
 from sa3d_ns.core.prompts import check_inside, load_prompts, resolve_view
 from sa3d_ns.nerf.checkpoints import latest_checkpoint
 from sa3d_ns.nerf.source_run import copy_nerfacto_settings, load_source_run
+from sa3d_ns.run_folder import RunFolder
 
 MASK_SETTINGS = ("mask_num_levels", "mask_min_res", "mask_max_res", "mask_log2_hashmap_size", "mask_implementation")
 
@@ -168,13 +168,11 @@ def resolve_add_to(pipe, nerfacto_checkpoint: Path) -> list[str]:
         raise SA3DError(
             f"{flag}: not the config.yml of an sa3d run ({type(err).__name__}: {str(err)[:200]})."
         ) from None
-    summary = path.parent / "sa3d" / "summary.json"
-    try:
-        complete = json.loads(summary.read_text()).get("complete", False)
-    except (OSError, ValueError):
-        complete = False
-    if not complete:
-        raise SA3DError(f"{flag}: that run did not finish (no complete {summary}); add objects to a finished run.")
+    run = RunFolder.of(path)
+    if not run.is_complete():
+        raise SA3DError(
+            f"{flag}: that run did not finish (no complete {run.summary_path}); add objects to a finished run."
+        )
     if old_ckpt is None or Path(old_ckpt).resolve() != Path(nerfacto_checkpoint).resolve():
         raise SA3DError(
             f"{flag}: that run segmented another NeRF ({old_ckpt}), not {nerfacto_checkpoint}. "

@@ -6,12 +6,14 @@ from __future__ import annotations
 import shutil
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.run_folder import RunFolder
 
 
 def report_and_exit(err: SA3DError) -> None:
@@ -44,7 +46,7 @@ class SA3DTrainer(Trainer):
             super().setup(test_mode)
         except SA3DError as err:
             self._abort(err)
-        self.pipeline.output_dir = self.base_dir / "sa3d"
+        self.pipeline.run = RunFolder(Path(self.base_dir))
         self.config.max_num_iterations = self.pipeline.num_steps()
 
     def train(self) -> None:

@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from nerfstudio.viewer.viewer_elements import ViewerControl, ViewerElement
 
+from sa3d_ns.core.drawing import enlarge, tint
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.prompts import Prompt
 from sa3d_ns.core.regions import plausible_choice
+from sa3d_ns.run_folder import RunFolder
 
 MAX_SIDE = 512  # the longest side a viewer camera is rendered at for segmentation
 
@@ -44,12 +46,7 @@ def png_markdown(image: np.ndarray, caption: str = "") -> str:
 
 def draw_prompt(rgb: np.ndarray, mask: np.ndarray | None, prompt: Prompt | None, color=(255, 60, 60)) -> np.ndarray:
     """The render with a mask tinted and the prompt's points (green +, red -) and box drawn."""
-    vis = rgb.astype(np.float32)
-    if mask is not None:
-        vis[mask] = 0.5 * vis[mask] + 0.5 * np.asarray(color, np.float32)
-    vis = vis.clip(0, 255).astype(np.uint8)
-    scale = max(1, int(np.ceil(240 / max(vis.shape[:2]))))
-    vis = cv2.resize(vis, (vis.shape[1] * scale, vis.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    vis, scale = enlarge(tint(rgb, mask, color), 240)
     if prompt is not None:
         if prompt.box is not None:
             x0, y0, x1, y1 = (int(round(v * scale)) for v in prompt.box)
@@ -370,7 +367,7 @@ class PanelLogic:
     def load_saved(self, run_dir: Path) -> None:
         """The viewer prompts saved with the run (sa3d/viewer_prompts.json), for Re-run."""
         self.run_dir = Path(run_dir)
-        path = self.run_dir / "sa3d" / "viewer_prompts.json"
+        path = RunFolder(self.run_dir).viewer_prompts
         if not path.is_file():
             return
         from sa3d_ns.core.prompts import parse_prompt
@@ -427,10 +424,11 @@ def file_prompt(run_dir: Path, name: str) -> Prompt | None:
     """The prompt file's prompt of object ``name``, as the run's summary.json keeps it."""
     from sa3d_ns.core.prompts import parse_prompt
 
-    path = Path(run_dir) / "sa3d" / "summary.json"
-    if not path.is_file():
+    run = RunFolder(Path(run_dir))
+    path = run.summary_path
+    if not run.has_summary():
         return None
-    for obj in json.loads(path.read_text()).get("objects", []):
+    for obj in run.summary().get("objects", []):
         if obj.get("name") == name and obj.get("prompt"):
             data = {k: v for k, v in obj["prompt"].items() if v is not None}
             return parse_prompt(data, str(path))
@@ -443,8 +441,8 @@ def save_objects(pipeline, run_dir: Path, viewer_prompts: dict | None = None) ->
     written to a temporary file first, then moved into place)."""
     import yaml
 
-    config_path = run_dir / "config.yml"
-    models = run_dir / "nerfstudio_models"
+    run = RunFolder(Path(run_dir))
+    config_path, models = run.config, run.models
     if not config_path.is_file() or not models.is_dir():
         raise SA3DError(f"{run_dir} is not an sa3d run folder (no config.yml or nerfstudio_models/); cannot save.")
     steps = [int(p.stem.split("-")[1]) for p in models.glob("step-*.ckpt") if p.stem.split("-")[1].isdigit()]
@@ -460,15 +458,12 @@ def save_objects(pipeline, run_dir: Path, viewer_prompts: dict | None = None) ->
     tmp.replace(ckpt)
     cfg_tmp.replace(config_path)
     if viewer_prompts is not None:
-        write_viewer_prompts(run_dir, viewer_prompts)
+        run.write_viewer_prompts(viewer_prompts)
     return ckpt
 
 
 def write_viewer_prompts(run_dir: Path, viewer_prompts: dict) -> None:
-    out = Path(run_dir) / "sa3d" / "viewer_prompts.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json.tmp").write_text(json.dumps(viewer_prompts, indent=1))
-    out.with_suffix(".json.tmp").replace(out)
+    RunFolder(Path(run_dir)).write_viewer_prompts(viewer_prompts)
 
 
 # ----------------------------------------------------------------------------- viser wiring

@@ -43,6 +43,13 @@ class Segmenter(ABC):
     name = "base"
     last_error: str | None = None
     """A mistake the segmenter made on purpose in its last answer (oracle-noisy), for the run's record."""
+    identity: dict | None = None
+    """What its work on an image depends on (model, variant, weights file) when that work is worth
+    keeping per training view (SAM's image embeddings); None: nothing to keep."""
+    embedding_cache = None
+    """Where that work is kept (a ``sa3d_ns.core.cache.ViewCache`` keyed by ``identity`` and the
+    scene), given by the pipeline when ``identity`` is set; ``set_image`` with a ``view_id`` reads
+    and writes it."""
 
     @abstractmethod
     def set_image(self, image: np.ndarray, depth: np.ndarray | None = None, view_id: int | None = None) -> None:

@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sa3d_ns.run_folder import RunFolder
+
 
 def contact_sheet(run_dir: Path, out: Path, tile: int = 192, columns: int = 8) -> Path:
-    files = sorted((Path(run_dir) / "sa3d" / "views").glob("*.png"))
+    views = RunFolder(Path(run_dir)).views
+    files = sorted(views.glob("*.png"))
     if not files:
-        raise FileNotFoundError(f"no view images in {run_dir}/sa3d/views")
+        raise FileNotFoundError(f"no view images in {views}")
     rows = math.ceil(len(files) / columns)
     sheet = np.full((rows * tile, min(columns, len(files)) * tile, 3), 255, np.uint8)
     for k, f in enumerate(files):

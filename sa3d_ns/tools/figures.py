@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from sa3d_ns.core.geometry import read_ply
+from sa3d_ns.run_folder import RunFolder
 from sa3d_ns.tools.contact_sheet import contact_sheet
 
 COLUMNS = ("rgb_overlay", "rgb_object", "rgb_removed", "mask")
@@ -92,7 +93,7 @@ def main(run_dir: Path, out_dir: Path) -> list[Path]:
     strip = renders_strip(run_dir, out_dir / "renders.png")
     if strip:
         written.append(strip)
-    export = Path(run_dir) / "sa3d" / "export"
+    export = RunFolder(Path(run_dir)).export
     if (export / "object_points.ply").is_file():
         written.append(pointcloud_views(export / "object_points.ply", out_dir / "pointcloud.png"))
     if (export / "object_mesh.ply").is_file():

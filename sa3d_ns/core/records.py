@@ -1,0 +1,66 @@
+"""The loop's records: one per object being segmented (:class:`ObjectState`) and one per processed
+view (:class:`ViewRecord`, the dict that summary.json keeps)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+import torch
+
+from sa3d_ns.core.lifting import MaskLifter
+from sa3d_ns.core.prompts import Prompt
+
+
+def no_anchors() -> torch.Tensor:
+    return torch.zeros((0, 3))
+
+
+@dataclass
+class ObjectState:
+    """What the loop keeps for one object: its lifter (which holds the 3D mask's table), its
+    prompt, the training views it visits in turn, the surface points its lifted masks saw (its
+    3D box is bounded from them at its last view) and its clicks' surface points (anchors)."""
+
+    lifter: MaskLifter
+    prompt: Prompt | None = None
+    order: list[int] = field(default_factory=list)
+    surface_points: list[torch.Tensor] = field(default_factory=list)
+    anchors: torch.Tensor = field(default_factory=no_anchors)
+    camera_started: bool = False  # prompted in a viewer camera: lifted there before its first training view
+
+    def restart(self, prompt: Prompt, order: list[int], camera_started: bool = False) -> None:
+        """Segment the object afresh: an empty mask, the new prompt and visit order."""
+        self.lifter.reset()
+        self.prompt, self.order, self.camera_started = prompt, list(order), camera_started
+        self.surface_points, self.anchors = [], no_anchors()
+
+
+Status = Literal["prompt", "accepted", "rejected", "skipped"]
+
+
+class ViewRecord(TypedDict, total=False):
+    """One processed view, as summary.json keeps it (the optional keys only where they apply)."""
+
+    step: int  # the run's step (views of every object, in turn)
+    object: str
+    view: int  # training view index
+    image: str  # its image file's name
+    status: Status
+    iou: float  # a later view's 2D mask against the rendered 3D mask
+    reason: str  # why a view was rejected or skipped, beyond its IoU
+    points: list[list[float]]  # the prompt points (segmentation pixels)
+    labels: list[int]
+    segment_s: float
+    lift_s: float
+    render_s: float
+    total_s: float
+    # the prompted view
+    text: dict[str, Any]  # a text prompt: its box and scores
+    candidates: list[dict[str, Any]]  # each candidate's score, area and warnings
+    warnings: list[str]  # the chosen candidate's warnings
+    mask_choice: int
+    scores: list[float]
+    # later views
+    dropped_px: int  # pixels of stray regions left out before lifting
+    injected_error: str  # oracle-noisy: the mistake it made here

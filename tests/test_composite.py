@@ -1,0 +1,73 @@
+"""core.composite: volume weights, the object alone, the scene without it, the overlay, on rays
+worked out by hand."""
+
+import math
+
+import torch
+
+from sa3d_ns.core.composite import cut_out, mask_scores, overlay, volume_weights
+
+
+def col(*xs):
+    return torch.tensor(xs, dtype=torch.float32).view(1, -1, 1)
+
+
+def test_volume_weights_by_hand():
+    # sigma delta = ln 2 per sample: each sample stops half of what reaches it
+    w = volume_weights(col(math.log(2), math.log(2), math.log(2)), col(1.0, 1.0, 1.0))
+    assert torch.allclose(w.view(-1), torch.tensor([0.5, 0.25, 0.125]))
+    # empty space weighs nothing and lets everything through
+    w = volume_weights(col(0.0, math.log(4)), col(1.0, 1.0))
+    assert torch.allclose(w.view(-1), torch.tensor([0.0, 0.75]))
+
+
+def test_volume_weights_are_nerfstudios():
+    from nerfstudio.cameras.rays import Frustums, RaySamples
+
+    g = torch.Generator().manual_seed(0)
+    density = torch.rand((5, 7, 1), generator=g) * 3
+    deltas = torch.rand((5, 7, 1), generator=g)
+    ones = torch.ones((5, 7, 3))
+    frustums = Frustums(origins=ones, directions=ones, starts=deltas, ends=deltas, pixel_area=deltas)
+    samples = RaySamples(frustums=frustums, deltas=deltas)
+    assert torch.equal(volume_weights(density, deltas), samples.get_weights(density))
+
+
+def test_cut_out_of_an_object_in_front_of_a_wall():
+    # one ray: empty space, the object (alpha 1/2, red), a wall (alpha 3/4, blue)
+    density = col(0.0, math.log(2), math.log(4))
+    deltas = col(1.0, 1.0, 1.0)
+    mids = col(0.5, 1.5, 2.5)
+    rgb = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])
+    inside = col(0, 1, 0).bool()
+    white = torch.ones(3)
+    cut = cut_out(density, deltas, mids, rgb, inside, inside, white)
+    assert torch.allclose(cut.accumulation, torch.tensor([[0.5]]))
+    assert torch.allclose(cut.premultiplied, torch.tensor([[0.5, 0.0, 0.0]]))
+    assert torch.allclose(cut.rgb, torch.tensor([[1.0, 0.5, 0.5]]))  # half red over white
+    assert torch.allclose(cut.depth, torch.tensor([[1.5]]))  # at the object, not the wall
+    # without the object the wall shows whole: its alpha, no longer behind the object's half
+    assert torch.allclose(cut.rest_weights.view(-1), torch.tensor([0.0, 0.0, 0.75]))
+    # removal with a margin that also takes the wall's sample: nothing left on the ray
+    cut = cut_out(density, deltas, mids, rgb, inside, col(0, 1, 1).bool(), white)
+    assert torch.allclose(cut.rest_weights, torch.zeros(1, 3, 1))
+
+
+def test_mask_scores_and_overlay_by_hand():
+    weights = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.0, 0.0]])  # 3 rays, 2 samples
+    values = torch.tensor(  # 2 objects' mask values at the samples
+        [[[1.0, -1.0], [1.0, 3.0]], [[-1.0, 2.0], [5.0, 5.0]], [[1.0, 1.0], [1.0, 1.0]]]
+    )
+    scores = mask_scores(weights, values)
+    assert torch.allclose(scores, torch.tensor([[1.0, 1.0], [-1.0, 2.0], [0.0, 0.0]]))
+    rgb = torch.full((3, 3), 0.2)
+    colors = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    mask, score, out = overlay(rgb, torch.tensor([[0.5, 0.9], [-1.0, 2.0], [0.0, 0.0]]), 0.0, colors, 0.5)
+    assert mask.view(-1).tolist() == [1.0, 1.0, 0.0]  # a score must pass the threshold (0 does not)
+    assert torch.allclose(score.view(-1), torch.tensor([0.9, 2.0, 0.0]))
+    assert torch.allclose(out[0], torch.tensor([0.1, 0.6, 0.1]))  # the higher-scoring object's green
+    assert torch.allclose(out[1], torch.tensor([0.1, 0.6, 0.1]))  # the only passing object's green
+    assert torch.equal(out[2], rgb[2])  # untouched off the mask
+    # no object yet: nothing on, the render as it is
+    mask, score, out = overlay(rgb, torch.zeros((3, 0)), 0.0, torch.zeros((1, 3)), 0.5)
+    assert mask.sum() == 0 and score.sum() == 0 and torch.equal(out, rgb)
