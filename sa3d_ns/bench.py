@@ -36,10 +36,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from sa3d_ns.tools.train_nerfacto import CPU_NERFACTO_FLAGS
+
+if TYPE_CHECKING:
+    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+
+    from sa3d_ns.nerf.pipeline import SA3DPipelineConfig
 
 # Settings of each path; anything not named here keeps the pipeline's default.
 PATHS: dict[str, dict] = {
@@ -172,7 +178,7 @@ def build_pipeline(spec: dict):
     from sa3d_ns.nerf.resolve import resolve_config
 
     config = copy.deepcopy(sa3d_method.config)
-    pipe = config.pipeline
+    pipe = cast("SA3DPipelineConfig", config.pipeline)
     pipe.nerfacto_config = Path(spec["nerfacto_config"])
     pipe.prompt = Path(spec["prompts"][0])
     pipe.segmenter = spec["segmenter"]
@@ -224,8 +230,9 @@ def run_path(spec: dict) -> dict:
                 starts = list(dict.fromkeys(starts))
                 rest = [v for v in pipeline.order if v not in starts]
                 subset = set(starts + rest[: max(spec["max_views"] - len(starts), 0)])
-            start = pipeline.order[0]
-            pipeline.order = ([start] + [v for v in pipeline.order if v in subset and v != start])[: spec["max_views"]]
+            obj = pipeline.objects[pipeline.active[0]]
+            start = obj.order[0]
+            obj.order = ([start] + [v for v in obj.order if v in subset and v != start])[: spec["max_views"]]
         records = pipeline.segment_all()
         if cuda:
             torch.cuda.synchronize()
@@ -430,6 +437,7 @@ def report(results: list[dict], device: str, header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    assert __doc__ is not None
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("bench_out"), help="scene, nerfacto run and results")
     parser.add_argument("--num-views", type=int, default=24, help="views of the generated scene")
@@ -504,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         from sa3d_ns.nerf.source_run import load_source_run
 
         src = load_source_run(nerfacto_config)
-        scene = Path(src.config.pipeline.datamanager.data or src.config.pipeline.datamanager.dataparser.data)
+        dm = cast("VanillaDataManagerConfig", src.config.pipeline.datamanager)
+        scene = Path(dm.data or dm.dataparser.data)
     else:
         scene, nerfacto_config = prepare_scene(
             workdir, args.num_views, args.size, steps, device, args.scene_objects, args.scene_texture

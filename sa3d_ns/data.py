@@ -19,7 +19,7 @@ def transforms_path(data: Path) -> Path:
     return data if data.suffix == ".json" else data / "transforms.json"
 
 
-def instance_mask_paths(data: Path, image_filenames: Sequence[Path]) -> list[Path]:
+def instance_mask_paths(data: Path, image_filenames: Sequence[str | Path]) -> list[Path]:
     """Instance-mask path of each image in ``image_filenames`` (matched by file name)."""
     tpath = transforms_path(data)
     meta = json.loads(tpath.read_text()) if tpath.is_file() else {}

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.metrics import accuracy, cutout_figures, iou
 from sa3d_ns.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from sa3d_ns.nerf.model import SA3DModel
 
 
 def prompted_object_id(instances: np.ndarray, prompt: dict) -> int:
@@ -170,7 +174,7 @@ def read_rgb(path: Path | None, size: tuple[int, int]) -> np.ndarray | None:
 
     img = Image.open(path).convert("RGB")
     if img.size != size:
-        img = img.resize(size, Image.BILINEAR)
+        img = img.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(img, np.float32) / 255
 
 
@@ -181,14 +185,14 @@ def evaluate_views(pipeline, truths: list[GroundTruth], k: int = 0) -> list[dict
     dataset has it) and (under ``_`` keys) the prediction, ground truth and renders."""
     from rich.progress import track
 
-    from sa3d_ns.nerf.cameras import training_camera
+    from sa3d_ns.nerf.cameras import rescaled, training_camera
 
     dm = pipeline.datamanager
     rows = []
     pipeline.model.eval()
     for gt in track(truths, description=f"Rendering {len(truths)} views", transient=True):
         if gt.dataset == "train":  # (at the pose the run learned for the image, which its masks line up with)
-            cam = training_camera(pipeline, gt.index).to(pipeline.device)
+            cam = training_camera(pipeline, gt.index)
         else:
             cam = dm.eval_dataset.cameras[gt.index : gt.index + 1].to(pipeline.device)
         w, h = int(cam.width[0, 0]), int(cam.height[0, 0])
@@ -199,7 +203,7 @@ def evaluate_views(pipeline, truths: list[GroundTruth], k: int = 0) -> list[dict
                     f"Ground truth {gt.source} is {gw}x{gh} but view {gt.name} is {w}x{h} (another aspect ratio): "
                     "are the masks from the same images?"
                 )
-            cam.rescale_output_resolution(gw / w)
+            rescaled(cam, gw / w)
         out = pipeline.model.get_outputs_for_camera(cam)
         name = pipeline.model.output_name
         pred = out[name("mask", k)][..., 0].cpu().numpy() > 0.5
@@ -273,6 +277,7 @@ def evaluate_run(
     chosen = [o for o in objects if object_name in (None, o["name"])]
     config, pipeline, _, _ = eval_setup(load_config, test_mode="test")
     dm = pipeline.datamanager
+    assert config.pipeline.datamanager.data is not None  # (an sa3d run's config names its data)
     data = Path(config.pipeline.datamanager.data)
     results = []
     for o in chosen:
@@ -281,10 +286,12 @@ def evaluate_run(
             obj = prompted_instance(dm, data, o)
             truths = instance_ground_truth(dm, data, split, obj)
         elif gt == "spinnerf":
+            assert gt_path is not None  # (checked above)
             truths = spinnerf_ground_truth(dm, gt_path)
         else:
+            assert gt_path is not None  # (checked above)
             truths = nvos_ground_truth(dm, gt_path, nvos_task)
-        rows = evaluate_views(pipeline, truths, pipeline.model.object_index(o["name"]))
+        rows = evaluate_views(pipeline, truths, cast("SA3DModel", pipeline.model).object_index(o["name"]))
         results.append(
             {
                 "object": o["name"],
@@ -368,7 +375,7 @@ def cutout_tile(row: dict, margin: int = 2) -> np.ndarray:
     return (np.concatenate(tiles, 1) * 255).astype(np.uint8)
 
 
-def write_outputs(out: Path, result: dict, worst_rows: list[dict], cutouts: list[tuple[str, dict]] = ()) -> None:
+def write_outputs(out: Path, result: dict, worst_rows: list[dict], cutouts: Sequence[tuple[str, dict]] = ()) -> None:
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)

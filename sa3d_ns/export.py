@@ -68,11 +68,11 @@ def training_views(pipeline):
 def render_camera(pipeline, dataset, index: int, size: tuple[int, int] | None = None) -> dict:
     """Training view ``index`` at the pose the nerfacto run learned for it (so masks line up with
     the training image), at ``size`` (width, height) or the dataset's resolution."""
-    from sa3d_ns.nerf.cameras import training_camera
+    from sa3d_ns.nerf.cameras import rescaled, training_camera
 
-    cam = training_camera(pipeline, index).to(pipeline.device)
+    cam = training_camera(pipeline, index)
     if size is not None and size[0] != int(cam.width[0, 0]):
-        cam.rescale_output_resolution(size[0] / int(cam.width[0, 0]))
+        rescaled(cam, size[0] / int(cam.width[0, 0]))
     out = pipeline.model.get_outputs_for_camera(cam)
     bundle = cam.generate_rays(camera_indices=0, keep_shape=True)
     out["origins"], out["directions"] = bundle.origins, bundle.directions

@@ -164,6 +164,7 @@ def download(url: str, dest: Path, expected_md5: str | None, hint: str) -> Path:
 
 
 def _url_file(w: Weights, allow_download: bool, hint: str) -> Path:
+    assert w.url is not None  # (single-file weights)
     path = cache_dir() / Path(w.url).name
     verified = path.with_suffix(path.suffix + ".md5ok")
     if path.is_file():
@@ -195,6 +196,7 @@ def _hub():
 
 def _hf_files(w: Weights, allow_download: bool, hint: str) -> Path:
     """Fetch (or find in the cache) the repository's files; return the folder holding them."""
+    assert w.repo is not None  # (weights without a url are a Hugging Face repository's)
     hub = _hub()
     local_only = not allow_download or offline()
     root = cache_dir() / "hf"
@@ -237,6 +239,7 @@ def cached(name: str) -> Path | None:
     if w.url:
         path = cache_dir() / Path(w.url).name
         return path if path.is_file() else None
+    assert w.repo is not None  # (weights without a url are a Hugging Face repository's)
     snapshots = cache_dir() / "hf" / ("models--" + w.repo.replace("/", "--")) / "snapshots"
     for snap in sorted(snapshots.glob("*")) if snapshots.is_dir() else []:
         if all((snap / f).exists() for f in w.files):

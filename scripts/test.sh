@@ -25,6 +25,8 @@ fi
 # numpy 2 in a folder of its own: the tests write and read checkpoints as a numpy-2 environment does
 [ -d .venv/numpy2/numpy ] || .venv/bin/python -m pip install -q --no-deps --target .venv/numpy2 numpy==2.3.5
 .venv/bin/ruff check .
+# the static type check nerfstudio's own CI keeps (pyright, basic mode: [tool.pyright] in pyproject.toml)
+.venv/bin/pyright
 # Every test but the extended ones (~20 min on 2 cores) unless a -m selection is given; CI runs
 # those too, with "scripts/test.sh -m extended" (~20 min: it also runs scripts/gpu_check.sh in its CPU setting).
 SELECT=(-m "not extended")

@@ -6,6 +6,7 @@ Plain numpy (scikit-image for marching cubes); nothing here knows about nerfstud
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def keep_large_components(occupancy: np.ndarray, min_fraction: float = 0.05) -> 
     largest one: removes floaters of a 3D mask."""
     from skimage.measure import label
 
-    labels = label(occupancy, connectivity=3)
+    labels = cast(np.ndarray, label(occupancy, connectivity=3))  # (a tuple only with return_num=True)
     if labels.max() == 0:
         return occupancy
     sizes = np.bincount(labels.ravel())

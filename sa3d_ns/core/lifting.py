@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import torch
 from torch import nn
@@ -199,6 +200,7 @@ class MaskLifter:
 
     # ------------------------------------------------------------------ footprints
     def _build(self, positions: torch.Tensor, weights: torch.Tensor) -> Iterator[Chunk]:
+        assert self.corners is not None, "footprints are listed only with corners"
         r, s = weights.shape
         for start in range(0, r, self.chunk_rays):
             sl = slice(start, min(start + self.chunk_rays, r))
@@ -214,7 +216,7 @@ class MaskLifter:
         fit: a view too large for both is streamed and never held whole)."""
         cache = self.footprints if key is not None else None
         if cache is not None:
-            chunks = cache.get((key, "footprint"))
+            chunks = cast("list[Chunk] | None", cache.get((key, "footprint")))
             if chunks is not None:
                 yield from chunks
                 return
@@ -281,7 +283,7 @@ class MaskLifter:
         the footprint (times scale)."""
         (table, alpha), (in_table, in_alpha) = whole, inside
         cache = self.footprints if key is not None else None
-        cached = cache.get((key, "touch")) if cache is not None else None
+        cached = cast("tuple[torch.Tensor, float] | None", cache.get((key, "touch")) if cache is not None else None)
         touch = None if cached is None else cached[0]
         build = None
         if touch is None and cache is not None and cache.fits(self.param.numel() * 4, "touch"):
@@ -306,10 +308,12 @@ class MaskLifter:
                         in_table.view(-1), idx.index_select(1, rays), w.index_select(1, rays), alpha=in_alpha * scale
                     )
         if build is not None:
+            assert cache is not None  # (build is only allocated with a cache)
             cached = (build, float(build.sum()))
             cache.put((key, "touch"), cached)
             touch = build
         if touch is not None:
+            assert cached is not None  # (the touch comes from it)
             table.view(-1).add_(touch, alpha=alpha * scale)
             total = cached[1] * scale
         return total
@@ -347,6 +351,7 @@ class MaskLifter:
                 raise RuntimeError("this lifter's sums were released: reset() it before lifting views again")
             self.touch = torch.zeros_like(self.param, dtype=torch.float32)
             self.shifted = torch.zeros_like(self.touch)
+        assert self.shifted is not None  # (allocated and released with the touch)
         if lam != self.lam:  # shifted holds sum(-dL/dtheta) + lam * touch: re-shift to this view's lambda
             if self._touch_sum > 0:
                 self.shifted.add_(self.touch, alpha=lam - self.lam)
@@ -367,6 +372,7 @@ class MaskLifter:
         """theta = (shifted - lam * touch) / (touch + prior); untouched entries (0 / prior) stay 0.
         Written through preallocated tables: a fresh table-sized tensor per view costs more (page
         faults) than the arithmetic."""
+        assert self.touch is not None and self.shifted is not None  # (add_view allocated them)
         if self._value is None:
             self._value = torch.empty_like(self.touch)
         prior = 0.0

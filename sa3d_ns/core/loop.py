@@ -23,7 +23,7 @@ The radiance-field side (a nerfacto NeRF today) is behind :class:`Scene`; the ru
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -69,7 +69,7 @@ class Scene(Protocol):
         """The image the 2D segmenter sees for ``view`` (H x W x 3 uint8)."""
         ...
 
-    def footprint_key(self, k: int, view: int, data: dict):
+    def footprint_key(self, k: int, view: int, data: dict) -> Hashable:
         """A key under which view ``view``'s footprint in object ``k``'s mask table may be kept
         (the same for every object of the same table layout)."""
         ...
@@ -208,7 +208,8 @@ class SA3DLoop:
     def text_prompt_later(self, step: int) -> bool:
         """Whether an object that starts after ``step`` has a text prompt."""
         later = {k for k, local in self.plan[step + 1 :] if local == 0}
-        return any(self.objects[k].prompt is not None and self.objects[k].prompt.text for k in later)
+        prompts = [self.objects[k].prompt for k in later]
+        return any(p is not None and p.text for p in prompts)
 
     # ------------------------------------------------------------------ one step
     def step(self, step: int) -> ViewRecord:
@@ -325,7 +326,7 @@ class SA3DLoop:
         ]
         self.log(
             f"[yellow]sa3d: the first mask of '{rec['object']}' in view {rec['view']} ({rec['image']}) may not be the "
-            f"clicked object: {'; '.join(rec['warnings'])}.[/yellow]\n" + "\n".join(lines) + "\n"
+            f"clicked object: {'; '.join(rec.get('warnings', []))}.[/yellow]\n" + "\n".join(lines) + "\n"
             f'  If it is wrong, pick another with "mask_choice": N in the prompt file, or add clicks (a negative '
             f"click, label 0, on what does not belong) and run again{where}."
         )
@@ -364,7 +365,7 @@ class SA3DLoop:
         eta = f" (~{format_duration(left)} left)" if done < total else ""
         iou_txt = f" IoU {rec['iou']:.3f}" if "iou" in rec else ""
         what = f"{rec['object']}: " if len(self.objects) > 1 else ""
-        self.log(f"sa3d: {what}view {done}/{total} (#{rec['view']} {rec['image']}): {rec['status']}{iou_txt}{eta}")
+        self.log(f"sa3d: {what}view {done}/{total} (#{rec['view']} {rec['image']}): {rec.get('status')}{iou_txt}{eta}")
         return rec
 
     # ------------------------------------------------------------------ the record
@@ -372,7 +373,7 @@ class SA3DLoop:
         """Object ``k``'s prompt, counts and every processed view's record."""
         name = self.names()[k]
         records = [r for r in self.records if r["object"] == name]
-        counts = {s: sum(r["status"] == s for r in records) for s in ("prompt", "accepted", "rejected", "skipped")}
+        counts = {s: sum(r.get("status") == s for r in records) for s in ("prompt", "accepted", "rejected", "skipped")}
         obj = self.objects[k]
         return {
             "name": name,
@@ -380,7 +381,7 @@ class SA3DLoop:
             "views_total": len(obj.order),
             "views_done": len(records),
             "counts": counts,
-            "first_mask_warnings": next((r.get("warnings", []) for r in records if r["status"] == "prompt"), []),
+            "first_mask_warnings": next((r.get("warnings", []) for r in records if r.get("status") == "prompt"), []),
             "stray_px_dropped": sum(r.get("dropped_px", 0) for r in records),
             "views": records,
         }

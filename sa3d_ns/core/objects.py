@@ -43,7 +43,8 @@ def palette(n: int) -> list[tuple[float, float, float]]:
     hue = 0.0
     while len(colors) < n:
         hue = (hue + golden) % 1.0
-        colors.append(tuple(round(c, 3) for c in colorsys.hsv_to_rgb((hue + 0.33) % 1.0, 0.85, 0.95)))
+        r, g, b = colorsys.hsv_to_rgb((hue + 0.33) % 1.0, 0.85, 0.95)
+        colors.append((round(r, 3), round(g, 3), round(b, 3)))
     return colors[:n]
 
 

@@ -4,7 +4,7 @@ view (:class:`ViewRecord`, the dict that summary.json keeps)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Required, TypedDict
 
 import torch
 
@@ -42,11 +42,11 @@ Status = Literal["prompt", "accepted", "rejected", "skipped"]
 class ViewRecord(TypedDict, total=False):
     """One processed view, as summary.json keeps it (the optional keys only where they apply)."""
 
-    step: int  # the run's step (views of every object, in turn)
-    object: str
-    view: int  # training view index
-    image: str  # its image file's name
-    status: Status
+    step: Required[int]  # the run's step (views of every object, in turn)
+    object: Required[str]
+    view: Required[int]  # training view index
+    image: Required[str]  # its image file's name
+    status: Status  # (set once the view is decided)
     iou: float  # a later view's 2D mask against the rendered 3D mask
     reason: str  # why a view was rejected or skipped, beyond its IoU
     points: list[list[float]]  # the prompt points (segmentation pixels)

@@ -75,7 +75,7 @@ def keep_supported(
     keep = np.zeros(n, dtype=bool)
     if support is not None:
         keep[np.unique(labels[mask & np.asarray(support, dtype=bool)])] = True
-    if has_points:
+    if has_points and points is not None:
         h, w = mask.shape
         for px, py in np.reshape(points, (-1, 2)):
             x, y = _clip_point(px, py, h, w)
@@ -105,7 +105,7 @@ def depth_region(depth: np.ndarray, seeds: np.ndarray, tolerance: float) -> np.n
         ff = np.zeros((h + 2, w + 2), np.uint8)
         img = d.copy()
         img[yi, xi] = d_seed
-        cv2.floodFill(img, ff, (xi, yi), 0, loDiff=step, upDiff=step, flags=4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))
+        cv2.floodFill(img, ff, (xi, yi), 0, loDiff=step, upDiff=step, flags=4 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))  # pyright: ignore[reportCallIssue, reportArgumentType]  (cv2's stubs take no number for a Scalar)
         region |= ff[1:-1, 1:-1].astype(bool)
     return region
 

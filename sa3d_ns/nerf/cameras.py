@@ -25,11 +25,22 @@ def learned_camera(model, cameras: Cameras, index: int) -> Cameras:
     return cam
 
 
-def training_camera(pipeline, index: int) -> Cameras:
-    """Training view ``index`` of ``pipeline`` as renders of it should see it: at the learned pose
-    (``learned_camera``) unless the run says --pipeline.match-training-views False (runs made
-    before the setting existed: the learned pose)."""
+def training_camera(pipeline, index: int, scale: float = 1.0) -> Cameras:
+    """Training view ``index`` of ``pipeline`` as renders of it should see it, on the pipeline's
+    device: at the learned pose (``learned_camera``) unless the run says
+    --pipeline.match-training-views False (runs made before the setting existed: the learned
+    pose), its resolution scaled by ``scale`` (the one place a view is rendered at another size:
+    the segmentation resolution, an image file's or a ground-truth mask's)."""
     cameras = pipeline.datamanager.train_dataset.cameras
     if getattr(pipeline.config, "match_training_views", True):
-        return learned_camera(pipeline.model, cameras, index)
-    return cameras[index : index + 1]
+        cam = learned_camera(pipeline.model, cameras, index)
+    else:
+        cam = cameras[index : index + 1]
+    return rescaled(cam.to(pipeline.device), scale)
+
+
+def rescaled(cam: Cameras, scale: float) -> Cameras:
+    """``cam`` with its resolution scaled by ``scale`` (in place; 1: unchanged)."""
+    if scale != 1.0:
+        cam.rescale_output_resolution(scale)
+    return cam

@@ -38,7 +38,7 @@ def numpy_scalar():
     """This numpy's scalar constructor (``numpy._core`` since numpy 2, ``numpy.core`` before)."""
     core = getattr(np, "_core", None)
     scalar = getattr(getattr(core, "multiarray", None), "scalar", None)
-    return scalar if scalar is not None else np.core.multiarray.scalar
+    return scalar if scalar is not None else np.core.multiarray.scalar  # pyright: ignore[reportAttributeAccessIssue]  (numpy < 2; not in its stubs)
 
 
 def import_global(name: str):

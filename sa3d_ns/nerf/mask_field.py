@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, cast
+
 import torch
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.encodings import HashEncoding
@@ -18,6 +20,9 @@ class MaskField(nn.Module):
     the scene box), and m = 0 outside the unit cube.
     """
 
+    aabb: torch.Tensor  # (buffers)
+    level_weights: torch.Tensor
+
     def __init__(
         self,
         aabb: torch.Tensor,
@@ -26,7 +31,7 @@ class MaskField(nn.Module):
         min_res: int = 128,
         max_res: int = 2048,
         log2_hashmap_size: int = 19,
-        implementation: str = "torch",
+        implementation: Literal["tcnn", "torch"] = "torch",
     ) -> None:
         super().__init__()
         self.register_buffer("aabb", aabb.clone().float())
@@ -51,7 +56,7 @@ class MaskField(nn.Module):
         """The one trainable tensor (torch hash table or tcnn parameters)."""
         if self.encoding.tcnn_encoding is not None:
             return self.encoding.tcnn_encoding.params
-        return self.encoding.hash_table
+        return cast(nn.Parameter, self.encoding.hash_table)  # (nerfstudio's type includes its placeholder tensor)
 
     def normalize(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.spatial_distortion is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
@@ -24,7 +24,7 @@ from sa3d_ns.nerf.mask_field import MaskField
 MASK_PREFIX = "mask_fields."
 
 
-def mask_implementation(requested: str) -> str:
+def mask_implementation(requested: str) -> Literal["tcnn", "torch"]:
     """The hash encoding of the mask fields for a requested one ('auto', 'tcnn' or 'torch').
 
     'auto' is 'torch' on every device and for every NeRF (tcnn-trained nerfactos included): a mask
@@ -84,7 +84,7 @@ class SA3DModel(NerfactoModel):
     def populate_modules(self):
         with lpips_disabled():
             super().populate_modules()
-        self._mask_impl = mask_implementation(self.config.mask_implementation)
+        self._mask_impl: Literal["tcnn", "torch"] = mask_implementation(self.config.mask_implementation)
         self.mask_fields = nn.ModuleList(self.new_mask_field() for _ in self.config.objects)
         # per object (min, max) of the box its 3D mask lives in; unbounded until its segmentation ends
         self.register_buffer("object_bounds", unbounded(len(self.config.objects)))
@@ -137,6 +137,10 @@ class SA3DModel(NerfactoModel):
         if name in self.config.objects and self.config.objects.index(name) != k:
             raise SA3DError(f"An object named {name!r} exists already; its objects are {self.object_names}.")
         self.config.objects = [name if i == k else n for i, n in enumerate(self.config.objects)]
+
+    def field_of(self, k: int) -> MaskField:
+        """Object ``k``'s mask field."""
+        return cast(MaskField, self.mask_fields[k])
 
     @property
     def object_names(self) -> list[str]:
@@ -197,7 +201,7 @@ class SA3DModel(NerfactoModel):
     # ----------------------------------------------------------------- nerfstudio hooks
     def get_param_groups(self) -> dict[str, list[Parameter]]:
         # (no objects yet, prompts to come from the viewer: no parameter group, no optimizer)
-        return {"mask_field": [f.table for f in self.mask_fields]} if len(self.mask_fields) else {}
+        return {"mask_field": [cast(MaskField, f).table for f in self.mask_fields]} if len(self.mask_fields) else {}
 
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes

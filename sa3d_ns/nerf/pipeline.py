@@ -12,13 +12,14 @@ import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import cv2
 import numpy as np
 import torch
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
-from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig, module_wrapper
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from sa3d_ns.core.cache import ViewCache, cache_dir, file_identity, prune_samples, tensor_bytes, view_bytes
@@ -30,7 +31,7 @@ from sa3d_ns.core.records import ObjectState, ViewRecord
 from sa3d_ns.core.views import auto_downscale
 from sa3d_ns.nerf.cameras import training_camera
 from sa3d_ns.nerf.checkpoints import load_checkpoint
-from sa3d_ns.nerf.model import MASK_PREFIX, SA3DModelConfig
+from sa3d_ns.nerf.model import MASK_PREFIX, SA3DModel, SA3DModelConfig
 from sa3d_ns.run_folder import RunFolder
 from sa3d_ns.segmenters.base import Segmentation
 
@@ -149,7 +150,7 @@ class SA3DPipeline(VanillaPipeline):
         # footprint (kept in memory for every later object; room is held first for every view's
         # touch, one table each), the faithful path (no cache) by autograd
         mcfg = self.model.config
-        touch_bytes = len(self.datamanager.train_dataset) * mcfg.mask_num_levels * 2**mcfg.mask_log2_hashmap_size * 4
+        touch_bytes = len(self.train_dataset) * mcfg.mask_num_levels * 2**mcfg.mask_log2_hashmap_size * 4
         budget = footprint_budget(config.footprint_memory_mb, self.device, touch_bytes)
         self.footprints = FootprintCache(budget, reserve=touch_bytes)
         objects = [ObjectState(self._make_lifter(f)) for f in self.model.mask_fields]  # one record per object
@@ -174,6 +175,18 @@ class SA3DPipeline(VanillaPipeline):
             self._setup_segmentation()
 
     # ------------------------------------------------------------------ setup
+    @property
+    def model(self) -> SA3DModel:
+        """The sa3d model (unwrapped if in DDP, as nerfstudio's)."""
+        return cast(SA3DModel, module_wrapper(self._model))
+
+    @property
+    def train_dataset(self) -> InputDataset:
+        """The training views (the nerfacto run's)."""
+        dataset = self.datamanager.train_dataset
+        assert dataset is not None, "the datamanager has no training set"
+        return dataset
+
     @property
     def run(self) -> RunFolder | None:
         """The run's folder (set by the trainer; None outside a run: nothing is written)."""
@@ -212,12 +225,12 @@ class SA3DPipeline(VanillaPipeline):
         or the smallest that fits the longer side of the largest image into --pipeline.segment-max-size."""
         if self.config.render_downscale is not None:
             return float(self.config.render_downscale)
-        cams = self.datamanager.train_dataset.cameras
+        cams = self.train_dataset.cameras
         return auto_downscale(int(cams.width.max()), int(cams.height.max()), self.config.segment_max_size)
 
     @property
     def image_names(self) -> list[str]:
-        return [str(p) for p in self.datamanager.train_dataset.image_filenames]
+        return [str(p) for p in self.train_dataset.image_filenames]
 
     def _setup_segmentation(self) -> None:
         cfg = self.config
@@ -232,6 +245,7 @@ class SA3DPipeline(VanillaPipeline):
         prompts = load_prompts(cfg.prompt) if cfg.prompt is not None else []
         first = len(self.model.mask_fields) - len(prompts)
         if cfg.add_to is not None:
+            assert cfg.add_to_checkpoint is not None  # (resolve_add_to fills it)
             self.kept = load_kept_objects(self.model, cfg.add_to, cfg.add_to_checkpoint, first)
         for i, prompt in enumerate(prompts):
             prompt.name = self.model.object_names[first + i]  # as resolved (renamed when added to a run)
@@ -250,10 +264,6 @@ class SA3DPipeline(VanillaPipeline):
     def order(self) -> list[int]:
         """The visit order of the first object being segmented (empty when none is)."""
         return self.objects[self.active[0]].order if self.active else []
-
-    @order.setter
-    def order(self, views: list[int]) -> None:
-        self.objects[self.active[0]].order = list(views)
 
     @property
     def prompts(self) -> list[Prompt | None]:
@@ -276,7 +286,7 @@ class SA3DPipeline(VanillaPipeline):
             from sa3d_ns.segmenters.factory import make_segmenter
 
             self._segmenter = make_segmenter(
-                self.config, self.image_names, self.datamanager.dataparser.config.data, self.device
+                self.config, self.image_names, Path(self.datamanager.get_datapath()), self.device
             )
         return self._segmenter
 
@@ -362,9 +372,7 @@ class SA3DPipeline(VanillaPipeline):
         """Render training view ``view`` at the segmentation resolution with the frozen NeRF (at
         the pose and with the appearance the nerfacto run learned for it, unless
         --pipeline.match-training-views False)."""
-        cam = training_camera(self, view).to(self.device)
-        if self.downscale != 1.0:
-            cam.rescale_output_resolution(1.0 / self.downscale)
+        cam = training_camera(self, view, scale=1.0 / self.downscale)
         return self.render_camera(cam, rgb, appearance=view if self.config.match_training_views else None)
 
     @torch.no_grad()
@@ -409,7 +417,7 @@ class SA3DPipeline(VanillaPipeline):
 
     def cache_key(self) -> dict:
         cfg, m = self.config, self.model.config
-        cams = self.datamanager.train_dataset.cameras
+        cams = self.train_dataset.cameras
         h = hashlib.sha256()
         for t in (cams.camera_to_worlds, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height):
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -447,7 +455,7 @@ class SA3DPipeline(VanillaPipeline):
 
     def segment_size(self) -> tuple[int, int]:
         """(height, width) of the largest training view at the segmentation resolution."""
-        cams = self.datamanager.train_dataset.cameras
+        cams = self.train_dataset.cameras
         h, w = int(cams.height.max()), int(cams.width.max())
         return round(h / self.downscale), round(w / self.downscale)
 
@@ -456,7 +464,7 @@ class SA3DPipeline(VanillaPipeline):
         space cannot hold it."""
         cfg, m = self.config, self.model.config
         folder = cache_dir(root, self.cache_key())
-        n = len(self.datamanager.train_dataset)
+        n = len(self.train_dataset)
         todo = sum(not (folder / f"view{v:05d}.pt").is_file() for v in range(n))
         h, w = self.segment_size()
         rendered = max(4, round(m.num_nerf_samples_per_ray * cfg.sample_scale))
@@ -493,7 +501,7 @@ class SA3DPipeline(VanillaPipeline):
             if cfg.cache:
                 self.cache_stats["weight_kept"].append(kept)
                 if self.cache_stats["views_built"] == 0 and self.view_cache is not None:
-                    n = len(self.datamanager.train_dataset)
+                    n = len(self.train_dataset)
                     size = tensor_bytes(data) / 2**20
                     CONSOLE.log(
                         f"sa3d: caching each view's NeRF samples ({cfg.cache_samples or 'all'} per ray, {h}x{w} rays): "
@@ -539,7 +547,7 @@ class SA3DPipeline(VanillaPipeline):
         """The image the 2D segmenter sees for ``view``, at the segmentation resolution."""
         h, w = (int(x) for x in data["size"])
         if self.config.segment_image == "train" or "rgb" not in data:
-            img = self.datamanager.train_dataset.get_numpy_image(view)[..., :3]
+            img = self.train_dataset.get_numpy_image(view)[..., :3]
             if img.shape[:2] != (h, w):
                 img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
             return np.ascontiguousarray(img)
@@ -600,7 +608,7 @@ class SA3DPipeline(VanillaPipeline):
     # ------------------------------------------------------------------ nerfstudio hooks
     def get_train_loss_dict(self, step: int):
         rec = self.sa3d_step(step)
-        metrics = {"views_accepted": float(sum(r["status"] in ("prompt", "accepted") for r in self.records))}
+        metrics = {"views_accepted": float(sum(r.get("status") in ("prompt", "accepted") for r in self.records))}
         if "iou" in rec:
             metrics["view_iou"] = float(rec["iou"])
         return {}, {}, metrics
@@ -624,11 +632,11 @@ class NerfactoScene:
         return self.pipeline.image_names
 
     def image_size(self, view: int) -> tuple[int, int]:
-        cams = self.pipeline.datamanager.train_dataset.cameras
+        cams = self.pipeline.train_dataset.cameras
         return int(cams.width[view]), int(cams.height[view])
 
     def camera_centres(self) -> tuple[np.ndarray, np.ndarray]:
-        c2w = self.pipeline.datamanager.train_dataset.cameras.camera_to_worlds.cpu().numpy()
+        c2w = self.pipeline.train_dataset.cameras.camera_to_worlds.cpu().numpy()
         return c2w[:, :3, 3], -c2w[:, :3, 2]
 
     def view_data(self, view: int) -> dict:
@@ -638,10 +646,10 @@ class NerfactoScene:
         return self.pipeline.segment_input(view, data)
 
     def footprint_key(self, k: int, view: int, data: dict):
-        return (view, *data["size"].tolist(), self.pipeline.model.mask_fields[k].layout())
+        return (view, *data["size"].tolist(), self.pipeline.model.field_of(k).layout())
 
     def mask_values(self, k: int, points: torch.Tensor) -> torch.Tensor:
-        field, device = self.pipeline.model.mask_fields[k], self.pipeline.device
+        field, device = self.pipeline.model.field_of(k), self.pipeline.device
         return torch.cat([field(c.to(device)).cpu() for c in points.split(1 << 16)])
 
     def mask_threshold(self) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
 
 import yaml
 
@@ -13,6 +14,10 @@ from sa3d_ns.core.prompts import check_inside, load_prompts, resolve_view
 from sa3d_ns.nerf.checkpoints import latest_checkpoint
 from sa3d_ns.nerf.source_run import copy_nerfacto_settings, load_source_run
 from sa3d_ns.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+    from nerfstudio.models.nerfacto import NerfactoModelConfig
 
 MASK_SETTINGS = ("mask_num_levels", "mask_min_res", "mask_max_res", "mask_log2_hashmap_size", "mask_implementation")
 
@@ -46,7 +51,7 @@ def resolve_config(config) -> None:
     pipe = config.pipeline
     check_settings(pipe)
     src = load_source_run(pipe.nerfacto_config)
-    src_dm = src.config.pipeline.datamanager
+    src_dm = cast("VanillaDataManagerConfig", src.config.pipeline.datamanager)
     dm = pipe.datamanager
     dm.dataparser = copy.deepcopy(src_dm.dataparser)
     if dm.data is not None:
@@ -59,7 +64,8 @@ def resolve_config(config) -> None:
         data = find_data(src_dm.data or src_dm.dataparser.data, src)
     dm.data = Path(data)
     dm.dataparser.data = Path(data)
-    copy_nerfacto_settings(src.config.pipeline.model, pipe.model)
+    # (load_source_run checked that its model is a nerfacto)
+    copy_nerfacto_settings(cast("NerfactoModelConfig", src.config.pipeline.model), pipe.model)
     pipe.nerfacto_checkpoint = src.checkpoint
     if config.experiment_name is None:
         config.experiment_name = src.config.experiment_name
@@ -132,7 +138,7 @@ def find_data(data, src) -> Path:
     )
 
 
-def checkpoint_implementation(checkpoint: Path) -> str:
+def checkpoint_implementation(checkpoint: Path) -> Literal["tcnn", "torch"]:
     """The implementation ("tcnn" or "torch") a nerfacto checkpoint was trained with, checked to be
     usable here: tcnn weights cannot be loaded into the torch implementation."""
     from nerfstudio.utils.external import TCNN_EXISTS

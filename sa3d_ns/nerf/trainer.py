@@ -7,6 +7,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
@@ -14,6 +15,9 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from sa3d_ns.nerf.pipeline import SA3DPipeline
 
 
 def report_and_exit(err: SA3DError) -> None:
@@ -40,6 +44,7 @@ class SA3DTrainerConfig(TrainerConfig):
 
 class SA3DTrainer(Trainer):
     config: SA3DTrainerConfig
+    pipeline: SA3DPipeline
 
     def setup(self, test_mode="val") -> None:
         try:

@@ -187,7 +187,8 @@ class PanelLogic:
         p = self._prompt_in(camera)
         det = self.pipeline.find_text(text.strip(), p.image, "the viewer's view")
         p.history.append(("box", p.box))
-        p.box = tuple(float(v) for v in det.box)
+        x0, y0, x1, y1 = (float(v) for v in det.box)
+        p.box = (x0, y0, x1, y1)
         self.notify(f"Found {det.label or text!r} (score {det.score:.2f}).")
         self.preview()
 
@@ -217,6 +218,7 @@ class PanelLogic:
                 p.masks = p.scores = p.choice = None
             self.changed()
             return
+        assert p is not None
         result = self.pipeline.segment_camera(p.data, p.prompt("preview"))
         p.masks, p.scores = result.masks, result.scores
         p.warnings = result.warnings or [{} for _ in result.masks]
@@ -507,8 +509,10 @@ class SA3DPanel(ViewerElement):
     def install(self, viser_server) -> None:
         self.server = viser_server
         gui, h = viser_server.gui, self.handles
-        self.gui_handle = gui.add_folder("SA3D: segment objects")
-        with self.gui_handle:
+        folder = gui.add_folder("SA3D: segment objects")
+        # (ViewerElement types its handle as an input; a folder is what this element shows and hides)
+        self.gui_handle = folder  # pyright: ignore[reportAttributeAccessIssue]
+        with folder:
             h["status"] = gui.add_markdown(self.logic.status_markdown())
             h["name"] = gui.add_text("Object name", initial_value=self.logic.next_name())
             # (the first option is the group's initial value: "off", as the click mode starts)
@@ -571,16 +575,19 @@ class SA3DPanel(ViewerElement):
             self._notify(f"{type(err).__name__}: {err}")
 
     def camera_for(self, client_id=None):
+        assert self.server is not None, "the panel is not installed in a viewer"
         clients = self.server.get_clients()
         if not clients:
             return None
-        client = clients.get(client_id) or next(iter(clients.values()))
+        assert self.control is not None, "the panel is not attached to a viewer"
+        client = (clients.get(client_id) if client_id is not None else None) or next(iter(clients.values()))
         cams = self.logic.pipeline.datamanager.train_dataset.cameras
         side = min(MAX_SIDE, int(max(cams.width.max(), cams.height.max()) / self.logic.pipeline.downscale))
         height, width = render_size(float(client.camera.aspect), side)
         return self.control.get_camera(height, width, client_id=client.client_id)
 
     def _set_click_mode(self, mode: str) -> None:
+        assert self.server is not None, "the panel is not installed in a viewer"
         self.click_mode = mode
         scene = self.server.scene
         remove_pointer_callback(scene)
@@ -593,6 +600,7 @@ class SA3DPanel(ViewerElement):
             self._guard(lambda: self.logic.add_point(self.camera_for(event.client_id), event.screen_pos[0], label))
 
     def _arm_box(self) -> None:
+        assert self.server is not None, "the panel is not installed in a viewer"
         scene = self.server.scene
         remove_pointer_callback(scene)
 
@@ -662,6 +670,7 @@ class SA3DPanel(ViewerElement):
                 draw_prompt(p.image, None, p.prompt("preview")), "Add a positive point or a box."
             )
         else:
+            assert p.scores is not None
             cells = [
                 png_markdown(
                     draw_prompt(p.image, m, p.prompt("preview")),

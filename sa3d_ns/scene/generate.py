@@ -138,7 +138,7 @@ def mosaic(u: np.ndarray, v: np.ndarray, cell: float) -> np.ndarray:
 
 def render(
     c2w: np.ndarray, w: int, h: int, focal: float, objects=OBJECTS, ss: int = 2, texture: str = "plain"
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ray-cast one view: (H x W x 3 uint8 image, H x W uint8 instance ids, H x W z-depth, 0 where
     a ray hits nothing). ``texture`` "rich"
     gives the support a non-repeating mosaic (two scales) instead of a checkerboard, and puts a
@@ -210,6 +210,7 @@ def render(
             forward = -c2w[:3, 2]
             depth = np.where(np.isfinite(best_t), best_t * (d @ forward), 0.0).reshape(h, w)
     img = (np.clip(acc / len(offsets), 0, 1) * 255).round().astype(np.uint8)
+    assert ids_centre is not None  # (set by the last pass, through the pixel centres)
     return img, ids_centre.astype(np.uint8), depth
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sa3d_ns.core.cache import ViewCache
 
 
 @dataclass
@@ -46,7 +50,7 @@ class Segmenter(ABC):
     identity: dict | None = None
     """What its work on an image depends on (model, variant, weights file) when that work is worth
     keeping per training view (SAM's image embeddings); None: nothing to keep."""
-    embedding_cache = None
+    embedding_cache: ViewCache | None = None
     """Where that work is kept (a ``sa3d_ns.core.cache.ViewCache`` keyed by ``identity`` and the
     scene), given by the pipeline when ``identity`` is set; ``set_image`` with a ``view_id`` reads
     and writes it."""

@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.segmenters.base import Segmenter
@@ -21,13 +24,13 @@ class SegmenterContext:
     """What a builder may need: the pipeline config (the chosen model's variant and checkpoint),
     the training images, the dataset folder, the device."""
 
-    config: object
+    config: Any  # (a SA3DPipelineConfig; any object with its fields)
     image_names: Sequence[str]
     data: Path
-    device: object = "cpu"
+    device: str | torch.device = "cpu"
 
 
-Weights = Callable[[object], Path | None]
+Weights = Callable[[Any], Path | None]
 Builder = Callable[[SegmenterContext], Segmenter]
 
 
@@ -63,26 +66,26 @@ def resolve_segmenter_weights(config) -> Path | None:
     return entry(config.segmenter).weights(config)
 
 
-def make_segmenter(config, image_names: Sequence[str], data: Path, device="cpu") -> Segmenter:
+def make_segmenter(config, image_names: Sequence[str], data: Path, device: str | torch.device = "cpu") -> Segmenter:
     """``config`` is the pipeline config (``segmenter`` and the chosen model's variant and checkpoint)."""
     return entry(config.segmenter).build(SegmenterContext(config, image_names, Path(data), device))
 
 
 # ----------------------------------------------------------------------------- SAM and its variants
-def sam_weights(config) -> Path | None:
+def sam_weights(config) -> Path:
     from sa3d_ns.segmenters.sam import resolve_sam_checkpoint
 
     return resolve_sam_checkpoint(config.sam_variant, config.sam_checkpoint)
 
 
-def sam2_weights(config) -> Path | None:
+def sam2_weights(config) -> Path:
     from sa3d_ns.segmenters.sam_variants import require, resolve_sam2_checkpoint
 
     require("sam2", "sam2")
     return resolve_sam2_checkpoint(config.sam2_variant, config.sam2_checkpoint)
 
 
-def sam_hq_weights(config) -> Path | None:
+def sam_hq_weights(config) -> Path:
     from sa3d_ns.segmenters.sam_variants import require, resolve_sam_hq_checkpoint
 
     require("segment_anything_hq", "hq")

@@ -70,7 +70,7 @@ def inject_error(
     near = dilate(mask, 2)
     for _ in range(50):
         c = (rng.uniform(r, w - r), rng.uniform(r, h - r))
-        blob = _disk(mask.shape, c, r)
+        blob = _disk((h, w), c, r)
         if not (blob & near).any():
             return mask | blob
     return mask  # (no room for a blob apart from the object)
@@ -116,6 +116,7 @@ class NoisyOracleSegmenter(OracleSegmenter):
 
     def predict(self, points=None, labels=None, box=None, prior=None, multimask=True) -> Segmentation:
         result = super().predict(points, labels, box, prior, multimask)
+        assert self.view_id is not None and self.instances is not None  # (set_image checked and set both)
         kind, rng = self.error_for(self.view_id)
         self.last_error = None
         if kind is None:

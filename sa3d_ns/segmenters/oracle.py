@@ -20,7 +20,7 @@ def read_instance_mask(path, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an integer instance-id PNG (0 = background); resize with nearest neighbour to (W, H)."""
     img = Image.open(path)
     if size is not None and img.size != tuple(size):
-        img = img.resize(tuple(size), Image.NEAREST)
+        img = img.resize(size, Image.Resampling.NEAREST)
     arr = np.asarray(img)
     if arr.ndim == 3:
         arr = arr[..., 0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,8 @@ class SamSegmenter(Segmenter):
     kept in float32 for the decoder, as the cache already keeps it in half precision)."""
 
     def __init__(self, model, identity: dict | None = None):
-        self.predictor = self._make_predictor(model)
+        # segment_anything's SamPredictor here; HQ-SAM's or SAM 2's in the subclasses (same duck type)
+        self.predictor: Any = self._make_predictor(model)
         self.image_shape: tuple[int, int] | None = None
         self.identity = identity
         self.embedding_cache = None
@@ -119,7 +121,7 @@ class SamSegmenter(Segmenter):
     # --- the interface
     def set_image(self, image, depth=None, view_id=None) -> None:
         image = check_image(image)
-        self.image_shape = image.shape[:2]
+        self.image_shape = (image.shape[0], image.shape[1])
         cache = self.embedding_cache if view_id is not None else None
         name = f"{self.name}{view_id:05d}" if cache is not None else ""
         if cache is not None:

@@ -80,7 +80,7 @@ def resolve_sam_hq_checkpoint(variant: str, checkpoint: Path | None, allow_downl
     return weights.fetch(w.name, allow_download)
 
 
-def build_sam_hq(variant: str, checkpoint: Path, device="cpu"):
+def build_sam_hq(variant: str, checkpoint: Path, device: str | torch.device = "cpu"):
     """An HQ-SAM model of ``variant`` with the weights in ``checkpoint`` (all of them: strict)."""
     try:
         from segment_anything_hq import sam_model_registry
@@ -131,7 +131,7 @@ def resolve_sam2_checkpoint(variant: str, checkpoint: Path | None, allow_downloa
     return weights.fetch(w.name, allow_download)
 
 
-def build_sam2_model(variant: str, checkpoint: Path | None, device="cpu"):
+def build_sam2_model(variant: str, checkpoint: Path | None, device: str | torch.device = "cpu"):
     """A SAM 2.1 model of ``variant``: with the weights in ``checkpoint`` (strict), or random
     weights when it is None (tests, timing)."""
     sam2_weights(variant)

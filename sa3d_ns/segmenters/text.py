@@ -71,7 +71,7 @@ def resolve_text_checkpoint(model: str, checkpoint: Path | None, allow_download:
 class TextDetector:
     """Grounding DINO from a Hugging Face model folder."""
 
-    def __init__(self, folder: Path, device="cpu"):
+    def __init__(self, folder: Path, device: str | torch.device = "cpu"):
         try:
             from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
         except ImportError as err:

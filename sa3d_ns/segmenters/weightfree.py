@@ -34,7 +34,7 @@ FALLBACK_RADIUS = 0.12
 
 
 def _disc(mask: np.ndarray, x: float, y: float, radius: int, value: int) -> None:
-    cv2.circle(mask, (int(round(x)), int(round(y))), radius, int(value), thickness=-1)
+    cv2.circle(mask, (int(round(x)), int(round(y))), radius, int(value), thickness=-1)  # pyright: ignore[reportCallIssue, reportArgumentType]  (cv2's stubs take no number for a Scalar)
 
 
 def point_discs(h: int, w: int, points: np.ndarray, radius: float) -> np.ndarray:
@@ -127,6 +127,7 @@ class WeightFreeSegmenter(Segmenter):
 
     def _grabcut(self, hint, inside, pos, neg, radius):
         """GrabCut from a hint: (final mask, GrabCut result before the component filter, seeds)."""
+        assert self.image is not None  # (predict checked it)
         h, w = hint.shape
         gc = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
         gc[hint] = cv2.GC_PR_FGD
@@ -140,7 +141,7 @@ class WeightFreeSegmenter(Segmenter):
         if init.any() and (~init).any():
             try:
                 bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-                cv2.grabCut(self.image, gc, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
+                cv2.grabCut(self.image, gc, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)  # pyright: ignore[reportCallIssue, reportArgumentType]  (cv2's stubs: no rect is None)
                 raw = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD))
             except cv2.error:
                 raw = init

@@ -21,7 +21,7 @@ def contact_sheet(run_dir: Path, out: Path, tile: int = 192, columns: int = 8) -
     rows = math.ceil(len(files) / columns)
     sheet = np.full((rows * tile, min(columns, len(files)) * tile, 3), 255, np.uint8)
     for k, f in enumerate(files):
-        img = np.asarray(Image.open(f).convert("RGB").resize((tile, tile), Image.BILINEAR))
+        img = np.asarray(Image.open(f).convert("RGB").resize((tile, tile), Image.Resampling.BILINEAR))
         r, c = divmod(k, columns)
         sheet[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = img
     Image.fromarray(sheet).save(out)

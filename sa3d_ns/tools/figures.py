@@ -32,7 +32,7 @@ def renders_strip(run_dir: Path, out: Path, tile: int = 160) -> Path | None:
     rows = []
     for name in names:
         row = [
-            np.asarray(Image.open(root / col / name).convert("RGB").resize((tile, tile), Image.NEAREST))
+            np.asarray(Image.open(root / col / name).convert("RGB").resize((tile, tile), Image.Resampling.NEAREST))
             for col in columns
             if (root / col / name).is_file()
         ]

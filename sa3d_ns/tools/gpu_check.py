@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sa3d_ns.bench import bin_path
+from sa3d_ns.run_folder import RunFolder
 from sa3d_ns.tools.train_nerfacto import CPU_NERFACTO_FLAGS
 
 
@@ -141,7 +142,7 @@ def environment() -> dict:
     except ImportError as err:
         env["nerfstudio"] = f"missing ({err})"
     try:
-        import tinycudann  # noqa: F401
+        import tinycudann  # noqa: F401  # pyright: ignore[reportMissingImports]  (optional: GPU machines only)
 
         env["tinycudann"] = "yes"
     except (ImportError, OSError) as err:  # tcnn raises OSError (EnvironmentError) without a GPU
@@ -230,6 +231,7 @@ def targets(bench: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    assert __doc__ is not None
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="gpu")
     parser.add_argument("--out", type=Path, default=Path("gpu_check_out"), help="the table and figures")
@@ -331,7 +333,7 @@ def cli_stages(check: Check, nerfacto: Path | None, bench_dir: Path, workdir: Pa
         check.skip("ns-train sa3d", "no nerfacto run or prompts")
     if run is not None:
         if check.run("sa3d-eval", [bin_path("sa3d-eval"), "--load-config", str(run), "--split", "test"], "eval"):
-            evals = json.loads((run.parent / "sa3d" / "eval_test" / "eval.json").read_text())
+            evals = json.loads((RunFolder.of(run).eval_dir("test") / "eval.json").read_text())
             check.report["cli_eval"] = {k: v for k, v in evals.items() if not isinstance(v, list)}
         renders = workdir / "renders"
         names = ["rgb_overlay"] + [f"mask_{n}" for n in setting.objects]

@@ -19,13 +19,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
+T = TypeVar("T")
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
+
+def timed(fn: Callable[[], T], device: torch.device, repeats: int) -> tuple[float, T]:
     """Median wall milliseconds of fn() over ``repeats`` runs after one warm-up; and its last result."""
     result = fn()
     times = []
@@ -81,6 +85,7 @@ def render(model, cam, chunk: int, rgb: bool, precision: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    assert __doc__ is not None
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -129,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     hashgrid.BAG_SUM = "auto"
     from sa3d_ns.core.cache import prune_samples
 
+    assert data is not None, "the float32 render with sa3d lookups failed"
     positions, weights, _ = prune_samples(data["positions"], data["weights"], 16)
     weights = weights.float()
     record("samples kept", "16 per ray", 0.0, f"{positions.shape[0]} rays")
@@ -167,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.sam_variant != "none":
         from segment_anything.modeling import ImageEncoderViT
 
-        dims = {"vit_b": (768, 12, 12, [2, 5, 8, 11]), "vit_l": (1024, 24, 16, [5, 11, 17, 23]),
-                "vit_h": (1280, 32, 16, [7, 15, 23, 31])}[args.sam_variant]  # fmt: skip
+        dims = {"vit_b": (768, 12, 12, (2, 5, 8, 11)), "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+                "vit_h": (1280, 32, 16, (7, 15, 23, 31))}[args.sam_variant]  # fmt: skip
         with torch.device(device):
             encoder = ImageEncoderViT(
                 depth=dims[1], embed_dim=dims[0], img_size=1024, mlp_ratio=4,
-                norm_layer=lambda c: torch.nn.LayerNorm(c, eps=1e-6), num_heads=dims[2], patch_size=16,
+                norm_layer=lambda c: torch.nn.LayerNorm(c, eps=1e-6), num_heads=dims[2], patch_size=16,  # pyright: ignore[reportArgumentType]  (typed as a class; SAM's builders pass a partial too)
                 qkv_bias=True, use_rel_pos=True, global_attn_indexes=dims[3], window_size=14, out_chans=256,
             ).eval()  # fmt: skip
         image = torch.randn(1, 3, 1024, 1024, device=device)

@@ -1,0 +1,168 @@
+"""The SA3D pipeline's loop with stand-ins swapped in through nerfstudio's ``_target`` mechanism (as
+nerfstudio's own pipeline tests do): a data manager of six ring cameras and no images, a model
+whose "NeRF" is an analytic scene (a red ball inside a grey dome), and a colour-threshold
+segmenter registered by name. No NeRF is trained; the real pipeline, loop, lifter, cache and run
+folder run as in ``ns-train sa3d``."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.datamanagers.base_datamanager import DataManager, DataManagerConfig
+from nerfstudio.data.dataparsers.base_dataparser import DataparserOutputs
+from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.data.scene_box import SceneBox
+
+from sa3d_ns.core.composite import volume_weights
+from sa3d_ns.core.prompts import Prompt
+from sa3d_ns.nerf.model import SA3DModel, SA3DModelConfig
+from sa3d_ns.nerf.pipeline import SA3DPipeline, SA3DPipelineConfig
+from sa3d_ns.run_folder import RunFolder
+from sa3d_ns.segmenters import factory
+from sa3d_ns.segmenters.base import Segmentation, Segmenter
+
+SIZE, FOCAL, RADIUS, N_VIEWS = 32, 40.0, 0.5, 6
+
+
+def ring_cameras() -> Cameras:
+    """N_VIEWS cameras 3 units from the origin at 20 degrees elevation, looking at it."""
+    c2w = []
+    for i in range(N_VIEWS):
+        a, e = 2 * math.pi * i / N_VIEWS, math.radians(20)
+        pos = 3 * np.array([math.cos(a) * math.cos(e), math.sin(a) * math.cos(e), math.sin(e)])
+        back = pos / np.linalg.norm(pos)  # nerfstudio cameras look along -z
+        right = np.cross([0.0, 0.0, 1.0], back)
+        right /= np.linalg.norm(right)
+        up = np.cross(back, right)
+        c2w.append(np.stack([right, up, back, pos], 1))
+    return Cameras(
+        camera_to_worlds=torch.tensor(np.stack(c2w), dtype=torch.float32),
+        fx=FOCAL, fy=FOCAL, cx=SIZE / 2, cy=SIZE / 2, width=SIZE, height=SIZE,
+    )  # fmt: skip
+
+
+class StandInDataManager(DataManager):
+    """The ring cameras as the training set (image files named, never read: the pipeline
+    segments renders)."""
+
+    def __init__(self, config, device="cpu", test_mode="val", world_size=1, local_rank=0, **kwargs):
+        self.config, self.test_mode = config, test_mode
+        outputs = DataparserOutputs(
+            image_filenames=[Path(f"view{i:02d}.png") for i in range(N_VIEWS)],
+            cameras=ring_cameras(),
+            scene_box=SceneBox(aabb=torch.tensor([[-6.0] * 3, [6.0] * 3])),
+        )
+        self.train_dataset = InputDataset(outputs)
+        self.eval_dataset = None
+        super().__init__()
+
+    def setup_train(self):
+        pass
+
+    def setup_eval(self):
+        pass
+
+    def get_param_groups(self):
+        return {}
+
+    def get_datapath(self) -> Path:
+        return Path(".")
+
+
+class StandInModel(SA3DModel):
+    """SA3DModel whose frozen "NeRF" is analytic: a red ball (radius 0.5) at the origin inside a
+    grey dome (radius 5 to 5.3); everything else is empty."""
+
+    @torch.no_grad()
+    def sample_rays(self, ray_bundle, rgb=True, per_sample=False, sample_scale=1.0, own_appearance=False):
+        o, d = ray_bundle.origins, ray_bundle.directions
+        t = torch.linspace(0.5, 9.0, 96)
+        positions = o[:, None, :] + t[None, :, None] * d[:, None, :]
+        r = positions.norm(dim=-1)
+        ball, dome = r < RADIUS, (r > 5.0) & (r < 5.3)
+        density = 30.0 * (ball | dome).float()[..., None]
+        deltas = torch.full_like(density, float(t[1] - t[0]))
+        w = volume_weights(density, deltas)
+        out = {
+            "positions": positions,
+            "weights": w[..., 0],
+            "depth": (w * t[None, :, None]).sum(1) / w.sum(1).clamp_min(1e-6),
+            "accumulation": w.sum(1),
+        }
+        if rgb:
+            colours = torch.where(ball[..., None], torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.5, 0.5, 0.5]))
+            out["rgb"] = (w * colours).sum(1)
+        return out
+
+
+class RedSegmenter(Segmenter):
+    """Red pixels (the ball) as the mask, whatever the prompt (three equal candidates)."""
+
+    name = "red"
+
+    def set_image(self, image, depth=None, view_id=None):
+        self.image = image.astype(np.int32)
+
+    def predict(self, points=None, labels=None, box=None, prior=None, multimask=True):
+        mask = (self.image[..., 0] > 100) & (self.image[..., 1] < 60)
+        n = 3 if multimask else 1
+        return Segmentation(masks=np.stack([mask] * n), scores=np.array([0.9, 0.8, 0.7][:n]))
+
+
+def red_pixels(pipeline, view: int) -> np.ndarray:
+    r = pipeline.render_view(view)
+    rgb = (r["rgb"].view(r["height"], r["width"], 3) * 255).numpy()
+    return (rgb[..., 0] > 100) & (rgb[..., 1] < 60)
+
+
+def test_the_loop_segments_an_analytic_ball_with_stand_ins(tmp_path, monkeypatch):
+    monkeypatch.setitem(factory.REGISTRY, "red", factory.Entry(lambda ctx: RedSegmenter(), factory.no_weights))
+    config = SA3DPipelineConfig(
+        datamanager=DataManagerConfig(_target=StandInDataManager),
+        model=SA3DModelConfig(
+            _target=StandInModel, objects=["ball"], log2_hashmap_size=12, mask_log2_hashmap_size=14,
+            mask_num_levels=8, mask_min_res=16, mask_max_res=256,
+        ),
+        segmenter="red", cache_dir=tmp_path / "cache", num_prompts=3,
+    )  # fmt: skip
+    pipeline = config.setup(device="cpu", test_mode="test")  # (test mode: no nerfacto checkpoint to load)
+    assert isinstance(pipeline, SA3DPipeline) and isinstance(pipeline.model, StandInModel)
+    run = RunFolder(tmp_path / "run")
+    pipeline.run = run
+    first = red_pixels(pipeline, 0)
+    ys, xs = np.nonzero(first)
+    pipeline.start_objects([Prompt(view=0, points=np.array([[xs.mean(), ys.mean()]], np.float32), name="ball")])
+    records = pipeline.segment_all()
+
+    # every view processed: the prompt, then the others accepted with the rendered 3D mask agreeing
+    assert [r["status"] for r in records] == ["prompt"] + ["accepted"] * (N_VIEWS - 1)
+    assert [r["view"] for r in records][0] == 0 and sorted(r["view"] for r in records) == list(range(N_VIEWS))
+    # (a view 60 degrees from the prompted one sees half of what that one lifted: IoU ~0.6; the mask
+    # grows with each view: the last, opposite the prompt, ~0.99)
+    assert min(r["iou"] for r in records[1:]) >= 0.5 and records[-1]["iou"] > 0.9
+    # the 3D mask: on at the ball's surface seen from a camera, off on the dome behind it
+    field = pipeline.model.mask_fields[0]
+    with torch.no_grad():
+        on = field(torch.tensor([[0.45 * math.cos(0.35), 0.0, 0.45 * math.sin(0.35)]]))
+        dome = field(torch.tensor([[-5.1, 0.0, 0.0], [0.0, -5.1, 0.0]]))
+    assert on.item() > 0 and (dome <= 0).all()
+    # its box, set after the last view, holds the ball and not the dome
+    lo, hi = pipeline.model.object_bounds[0]
+    assert (lo < -0.3).all() and (hi > 0.3).all() and (lo > -1.5).all() and (hi < 1.5).all()
+    # each view's rendered mask matches the ball's pixels
+    for v in range(N_VIEWS):
+        data = pipeline.view_data(v)
+        score = pipeline.objects[0].lifter.score(data["positions"], data["weights"]).view(SIZE, SIZE)
+        truth = red_pixels(pipeline, v)
+        inter, union = ((score > 0).numpy() & truth).sum(), ((score > 0).numpy() | truth).sum()
+        assert inter / union > 0.8, (v, inter / union)
+    # what the run folder holds: a complete summary, each view's mask and image
+    summary = json.loads(run.summary_path.read_text())
+    assert summary["complete"] and summary["objects"][0]["name"] == "ball"
+    assert summary["objects"][0]["counts"] == {"prompt": 1, "accepted": N_VIEWS - 1, "rejected": 0, "skipped": 0}
+    assert len(list(run.masks.glob("*.png"))) == N_VIEWS and len(list(run.views.glob("*.png"))) == N_VIEWS
+    # and the views' samples were cached for a later object
+    assert summary["cache"]["views_built"] == N_VIEWS and list((tmp_path / "cache").rglob("view00000.pt"))
