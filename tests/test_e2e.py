@@ -5,7 +5,10 @@ sa3d-make-scene -> sa3d-train-nerfacto (ns-train nerfacto) -> ns-train sa3d (ora
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -14,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_NERFACTO, point_prompt, run
+from helpers import BIN, TINY_NERFACTO, point_prompt, run
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -1079,3 +1082,77 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(scen
         assert "sa3d: segmenting 22 views at 64x64" in output
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def start_sa3d(scene, out: str, cache: Path, *extra, limit_bytes: int | None = None) -> subprocess.Popen:
+    """ns-train sa3d (oracle, the e2e prompt) as a process whose output can be read as it runs."""
+    import resource
+
+    cmd = [str(BIN / "ns-train"), "sa3d", "--pipeline.nerfacto-config", str(scene["nerfacto"]), "--machine.device-type", "cpu",
+           "--vis", "tensorboard", "--output-dir", str(scene["root"] / out), "--pipeline.prompt", str(scene["prompt"]),
+           "--pipeline.segmenter", "oracle", "--pipeline.cache-dir", str(cache), *map(str, extra)]  # fmt: skip
+
+    def file_size_limit():  # (a disk that fills up: every write beyond the limit fails, EFBIG)
+        if limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.Popen(
+        cmd, cwd=scene["root"], env={**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=file_size_limit,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_run_stopped_mid_loop_leaves_no_half_run_and_a_rerun_reuses_its_cache(scene, sig, code, said):
+    """Ctrl-C or SIGTERM in the middle of the loop: one message saying what was kept (no
+    traceback), exit 130 / 143, the unfinished run folder removed (no command can take it for a
+    finished run), the views cached so far kept whole; the same command run again finishes and
+    reuses them."""
+    out, cache = f"stopped_{sig.name}", scene["root"] / f"cache_{sig.name}"
+    proc = start_sa3d(scene, out, cache)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if "view 5/22" in line:
+            break
+    proc.send_signal(sig)
+    rest, _ = proc.communicate(timeout=300)
+    text = "".join(lines) + rest
+    assert proc.returncode == code, text[-3000:]
+    assert "Traceback" not in text and f"stopped by {said}" in text, text[-3000:]
+    assert "Removed the unfinished run folder" in text and "run it again" in " ".join(text.split())
+    assert not list((scene["root"] / out).glob("*/sa3d/*")), "an unfinished run folder was left"
+    cached = list(cache.rglob("view*.pt"))
+    assert len(cached) >= 5 and not list(cache.rglob("*.tmp"))
+    for path in cached:  # every entry left is whole
+        torch.load(path, map_location="cpu", weights_only=True)
+    r = sa3d(
+        scene,
+        "--pipeline.prompt",
+        scene["prompt"],
+        "--pipeline.segmenter",
+        "oracle",
+        "--pipeline.cache-dir",
+        cache,
+        out=out,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (run_dir,) = sa3d_runs(scene, out)
+    summary = json.loads((run_dir / "sa3d" / "summary.json").read_text())
+    assert summary["complete"] and summary["cache"]["views_reused"] >= len(cached)
+
+
+def test_a_full_disk_while_caching_is_a_clear_error(scene):
+    """The cache's disk fills up (every file limited to 256 KB, less than one view's entry): a clear
+    message naming the file and its folder, exit 2, no partial cache entry, no run folder left."""
+    out, cache = "full_disk", scene["root"] / "cache_full"
+    proc = start_sa3d(scene, out, cache, limit_bytes=256 * 1024)
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 2, text[-3000:]
+    flat = " ".join(text.split())
+    assert "Traceback" not in text and "sa3d error: Could not write the cache entry" in flat, text[-3000:]
+    assert str(cache) in flat.replace(" ", "") or cache.name in flat
+    assert "--pipeline.cache-dir" in flat and "Removed the unfinished run folder" in flat
+    assert not list(cache.rglob("*.pt")) and not list(cache.rglob("*.tmp"))
+    assert not list((scene["root"] / out).glob("*/sa3d/*"))

@@ -45,3 +45,12 @@ def test_export_refuses_a_run_that_is_not_finished(tmp_path):
     r = export(["mesh", "--load-config", tmp_path / "config.yml"], tmp_path)
     assert r.returncode == 2 and "not a finished sa3d run" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yml"]
+    # a run killed before its end (SIGKILL: nothing could clean up): a summary, no checkpoint
+    (tmp_path / "sa3d").mkdir()
+    (tmp_path / "sa3d" / "summary.json").write_text(json.dumps({"complete": False, "objects": [{"name": "object"}]}))
+    for cmd in (["mesh"], ["pointcloud"], ["masks"]):
+        r = export([*cmd, "--load-config", tmp_path / "config.yml"], tmp_path)
+        flat = " ".join(r.stderr.split())
+        assert r.returncode == 2 and "not a finished sa3d run: it has no checkpoint" in flat, r.stderr[-2000:]
+        assert "Run ns-train sa3d again" in flat
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.yml", "sa3d", "summary.json"]

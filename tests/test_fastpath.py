@@ -7,7 +7,8 @@ import torch
 from test_segmenters import disc_scene, tiny_sam
 
 from sa3d_ns.core import hashgrid, lifting
-from sa3d_ns.core.cache import ViewCache, file_identity, prune_samples, top_samples
+from sa3d_ns.core.cache import CacheWriteError, ViewCache, file_identity, prune_samples, top_samples
+from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import MaskLifter
 
 
@@ -356,6 +357,28 @@ def test_view_cache_writes_in_the_background_and_flush_reports_errors(tmp_path, 
 
     monkeypatch.setattr(torch, "save", full_disk)
     cache.save("view00010", {"x": torch.zeros(3)})
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(CacheWriteError, match="view00010.pt .*No space left on device.* MB is free there"):
         cache.flush()
     assert not list(cache.dir.glob("*.tmp"))
+
+
+def test_a_cache_write_that_fails_says_where_and_leaves_nothing(tmp_path, monkeypatch):
+    """torch.save on a full disk (RuntimeError, as torch reports a short write): a clear error naming
+    the entry, its size and the free space, and what to do; no partial file, earlier entries kept."""
+    cache = ViewCache(tmp_path, {"k": 2})
+    cache.save("view00000", {"x": torch.zeros(1000)})
+    real_save = torch.save
+
+    def short_write(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        with open(path, "r+b") as f:  # half of it on the disk, as a full disk leaves it
+            f.truncate(f.seek(0, 2) // 2)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 960 vs 854")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    with pytest.raises(SA3DError, match=r"Could not write the cache entry .*view00001\.pt .*unexpected pos") as err:
+        cache.save("view00001", {"x": torch.zeros(1000)})
+    assert "--pipeline.cache-dir" in str(err.value) and "--pipeline.cache False" in str(err.value)
+    assert sorted(p.name for p in cache.dir.iterdir()) == ["key.json", "view00000.pt"]
+    monkeypatch.setattr(torch, "save", real_save)
+    assert ViewCache(tmp_path, {"k": 2}).load("view00000")["x"].shape == (1000,)
