@@ -262,6 +262,7 @@ def evaluate_run(
     summary_path = run.summary_path
     if not run.has_summary():
         raise SA3DError(f"{summary_path} is missing: --load-config must name a finished sa3d run.")
+    run.check_finished()
     if gt != "instances" and gt_path is None:
         raise SA3DError(f"--gt {gt} needs --gt-path: the folder the benchmark's masks were unpacked to.")
     if gt not in ("instances", "spinnerf", "nvos"):

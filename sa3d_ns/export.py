@@ -44,8 +44,7 @@ def check_run(load_config: Path) -> Path:
     if not load_config.is_file():
         raise SA3DError(f"--load-config {load_config}: file not found. Give the config.yml of an sa3d run.")
     run = RunFolder.of(load_config)
-    if not run.has_summary():
-        raise SA3DError(f"{run.root} is not a finished sa3d run (no sa3d/summary.json).")
+    run.check_finished()
     return run.root
 
 

@@ -85,6 +85,21 @@ class RunFolder:
     def has_summary(self) -> bool:
         return self.summary_path.is_file()
 
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.models.glob("step-*.ckpt")) if self.models.is_dir() else []
+
+    def check_finished(self) -> None:
+        """A clear error unless this is a run that any command may open: its summary.json and a
+        checkpoint (written when ns-train sa3d ends, or by the viewer's Save). A run stopped before
+        its end has neither (ns-train sa3d removes it) or, killed outright, no checkpoint."""
+        if not self.has_summary():
+            raise SA3DError(f"{self.root} is not a finished sa3d run (no sa3d/summary.json).")
+        if not self.checkpoints():
+            raise SA3DError(
+                f"{self.root} is not a finished sa3d run: it has no checkpoint in {self.models} (the run was stopped "
+                "before its end). Run ns-train sa3d again with the same settings; its cache makes the rerun quick."
+            )
+
     def summary(self) -> dict:
         """summary.json, or a clear error when there is none or it cannot be read."""
         path = self.summary_path

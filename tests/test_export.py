@@ -32,11 +32,14 @@ def test_export_bad_flags(tmp_path, args, message):
     (run / "sa3d").mkdir(parents=True)
     (run / "config.yml").write_text("not a real config\n")
     (run / "sa3d" / "summary.json").write_text(json.dumps({"objects": [{"name": "object"}]}))
+    (run / "nerfstudio_models").mkdir()
+    (run / "nerfstudio_models" / "step-000000022.ckpt").write_bytes(b"")  # (flags are checked before it is read)
     if "--load-config" not in args:
         args = [args[0], "--load-config", run / "config.yml", *args[1:]]
     r = export(args, tmp_path)
     assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
-    assert sorted(p.name for p in run.rglob("*")) == ["config.yml", "sa3d", "summary.json"]  # nothing written
+    written = sorted(p.name for p in run.rglob("*"))
+    assert written == ["config.yml", "nerfstudio_models", "sa3d", "step-000000022.ckpt", "summary.json"]  # nothing new
     assert not (tmp_path / "object.obj").exists() and not (tmp_path / "object.stl").exists()
 
 

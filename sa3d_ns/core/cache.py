@@ -13,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+
+from sa3d_ns.core.errors import SA3DError
 
 
 def top_samples(weights: torch.Tensor, k: int) -> torch.Tensor:
@@ -46,6 +49,23 @@ def cache_dir(root: Path, key: dict) -> Path:
     """The folder of ``key``'s entries under ``root`` (a digest of the key)."""
     text = json.dumps(key, sort_keys=True, default=str)
     return Path(root) / hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class CacheWriteError(SA3DError):
+    """A cache entry could not be written (a full disk, a quota, a file-size limit, no permission):
+    nothing of it is left on the disk."""
+
+    def __init__(self, path: Path, size: int, err: Exception):
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MB is free there"
+        except OSError:
+            free = "the free space there is unknown"
+        reason = " ".join(str(err).split())[:200]
+        super().__init__(
+            f"Could not write the cache entry {path} ({size / 2**20:.1f} MB; {type(err).__name__}: {reason}); {free}. "
+            f"Free some space in {path.parent.parent}, or put the cache elsewhere (--pipeline.cache-dir PATH) or turn it "
+            "off (--pipeline.cache False). The entries already written are whole and are reused by the next run."
+        )
 
 
 class ViewCache:
@@ -114,13 +134,17 @@ class ViewCache:
         self._pending[name] = self._writer.submit(self._write, name, cpu)
 
     def _write(self, name: str, data: dict[str, torch.Tensor]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=name, suffix=".tmp")
-        os.close(fd)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=name, suffix=".tmp")
+            os.close(fd)
             torch.save(data, tmp)
             os.replace(tmp, self.path(name))
+        except (OSError, RuntimeError) as err:  # (torch.save on a full disk: RuntimeError "unexpected pos")
+            raise CacheWriteError(self.path(name), tensor_bytes(data), err) from None
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
     def flush(self) -> None:
         """Wait for every write in flight; raises the first one's error."""

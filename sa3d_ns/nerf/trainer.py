@@ -4,7 +4,9 @@ iteration, and removes its own run folder when it stops on bad input."""
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,8 +23,22 @@ if TYPE_CHECKING:
 
 
 def report_and_exit(err: SA3DError) -> None:
-    CONSOLE.print(f"[bold red]sa3d error:[/bold red] {err}")
+    from rich.markup import escape
+
+    CONSOLE.print(f"[bold red]sa3d error:[/bold red] {escape(str(err))}")  # (a message may hold [brackets])
     sys.exit(2)
+
+
+class Stopped(Exception):
+    """The run was told to stop by a signal (SIGTERM; Ctrl-C is Python's KeyboardInterrupt)."""
+
+    def __init__(self, what: str, code: int):
+        super().__init__(what)
+        self.what, self.code = what, code
+
+
+def raise_stopped(signum, frame) -> None:
+    raise Stopped("SIGTERM", 128 + signal.SIGTERM)
 
 
 @dataclass
@@ -51,10 +67,16 @@ class SA3DTrainer(Trainer):
             super().setup(test_mode)
         except SA3DError as err:
             self._abort(err)
+        except KeyboardInterrupt:
+            self._stopped("Ctrl-C", 128 + signal.SIGINT)
         self.pipeline.run = RunFolder(Path(self.base_dir))
         self.config.max_num_iterations = self.pipeline.num_steps()
 
     def train(self) -> None:
+        # SIGTERM stops the run as Ctrl-C does (nerfstudio's own handling of Ctrl-C prints a
+        # traceback and exits 0); only the main thread may set a handler
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, raise_stopped) if main else None
         try:
             if self.config.max_num_iterations == 0 and getattr(self, "viewer_state", None) is not None:
                 # no prompt file: the run waits in the viewer, where objects are prompted (SA3D panel)
@@ -64,6 +86,13 @@ class SA3DTrainer(Trainer):
             super().train()
         except SA3DError as err:
             self._abort(err)
+        except KeyboardInterrupt:
+            self._stopped("Ctrl-C", 128 + signal.SIGINT)
+        except Stopped as stop:
+            self._stopped(stop.what, stop.code)
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
 
     def train_iteration(self, step: int):
         # The lifting is an exact per-view update done by the pipeline: no backward pass here.
@@ -73,7 +102,29 @@ class SA3DTrainer(Trainer):
     def _abort(self, err: SA3DError) -> None:
         """Stop on bad input and remove this run's own folder, so no half-written run remains."""
         self.shutdown()
+        self._remove_unfinished()
+        report_and_exit(err)
+
+    def _remove_unfinished(self) -> None:
         if self.base_dir.is_dir() and not any(self.checkpoint_dir.glob("*.ckpt")):
             shutil.rmtree(self.base_dir, ignore_errors=True)
-            CONSOLE.print(f"Removed the unfinished run folder {self.base_dir}.")
-        report_and_exit(err)
+            CONSOLE.print(f"Removed the unfinished run folder {self.base_dir} (no checkpoint was written).")
+
+    def _stopped(self, what: str, code: int) -> None:
+        """Stopped by the user (Ctrl-C, SIGTERM): remove the unfinished run folder, say what was
+        kept (the caches: whole entries only), exit 128 + the signal's number."""
+        pipeline = getattr(self, "pipeline", None)
+        done = len(pipeline.records) if pipeline is not None else 0
+        total = pipeline.num_steps() if pipeline is not None else 0
+        self.shutdown()
+        CONSOLE.print(f"[bold yellow]sa3d: stopped by {what}[/bold yellow] after {done} of {total} views.")
+        self._remove_unfinished()
+        cache = pipeline.view_cache if pipeline is not None else None
+        if cache is not None:
+            n = len(list(cache.dir.glob("view*.pt")))
+            CONSOLE.print(
+                f"Kept: {n} views' NeRF samples in the cache {cache.dir}; the same command reuses them: run it again to finish."
+            )
+        else:
+            CONSOLE.print("Nothing was cached; run the same command again to start over.")
+        sys.exit(code)
