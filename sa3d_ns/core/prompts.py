@@ -85,7 +85,13 @@ def _fail(source: str, message: str) -> SA3DError:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite JSON number that a float32 holds (pixel coordinates are kept as float32)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v) and abs(float(v)) < 1e38
+    except OverflowError:  # (an integer beyond any float)
+        return False
 
 
 def parse_prompt(data, source: str = "prompt") -> Prompt:
@@ -191,9 +197,15 @@ def _read_json(path: Path):
             f"Prompt file not found: {path}. Pass an existing JSON file with --pipeline.prompt (example: {EXAMPLE})."
         )
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise _fail(str(path), f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    except UnicodeDecodeError as err:
+        raise _fail(str(path), f"not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
+    except RecursionError:
+        raise _fail(str(path), "nested too deeply to read") from None
+    except OSError as err:
+        raise SA3DError(f"Cannot read the prompt file {path}: {err.strerror or err}.") from None
 
 
 def resolve_view(view: int | str, image_names: Sequence[str]) -> int:
