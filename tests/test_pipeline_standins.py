@@ -118,9 +118,8 @@ def red_pixels(pipeline, view: int) -> np.ndarray:
     return (rgb[..., 0] > 100) & (rgb[..., 1] < 60)
 
 
-def test_the_loop_segments_an_analytic_ball_with_stand_ins(tmp_path, monkeypatch):
-    monkeypatch.setitem(factory.REGISTRY, "red", factory.Entry(lambda ctx: RedSegmenter(), factory.no_weights))
-    config = SA3DPipelineConfig(
+def standin_config(tmp_path) -> SA3DPipelineConfig:
+    return SA3DPipelineConfig(
         datamanager=DataManagerConfig(_target=StandInDataManager),
         model=SA3DModelConfig(
             _target=StandInModel, objects=["ball"], log2_hashmap_size=12, mask_log2_hashmap_size=14,
@@ -128,6 +127,21 @@ def test_the_loop_segments_an_analytic_ball_with_stand_ins(tmp_path, monkeypatch
         ),
         segmenter="red", cache_dir=tmp_path / "cache", num_prompts=3,
     )  # fmt: skip
+
+
+def segment_the_ball(config, run: RunFolder | None = None) -> SA3DPipeline:
+    pipeline = config.setup(device="cpu", test_mode="test")  # (test mode: no nerfacto checkpoint to load)
+    pipeline.run = run
+    first = red_pixels(pipeline, 0)
+    ys, xs = np.nonzero(first)
+    pipeline.start_objects([Prompt(view=0, points=np.array([[xs.mean(), ys.mean()]], np.float32), name="ball")])
+    pipeline.segment_all()
+    return pipeline
+
+
+def test_the_loop_segments_an_analytic_ball_with_stand_ins(tmp_path, monkeypatch):
+    monkeypatch.setitem(factory.REGISTRY, "red", factory.Entry(lambda ctx: RedSegmenter(), factory.no_weights))
+    config = standin_config(tmp_path)
     pipeline = config.setup(device="cpu", test_mode="test")  # (test mode: no nerfacto checkpoint to load)
     assert isinstance(pipeline, SA3DPipeline) and isinstance(pipeline.model, StandInModel)
     run = RunFolder(tmp_path / "run")
@@ -166,3 +180,29 @@ def test_the_loop_segments_an_analytic_ball_with_stand_ins(tmp_path, monkeypatch
     assert len(list(run.masks.glob("*.png"))) == N_VIEWS and len(list(run.views.glob("*.png"))) == N_VIEWS
     # and the views' samples were cached for a later object
     assert summary["cache"]["views_built"] == N_VIEWS and list((tmp_path / "cache").rglob("view00000.pt"))
+
+
+def test_a_cache_entry_that_does_not_fit_the_run_is_rendered_again(tmp_path, monkeypatch, capsys):
+    """A view's cache entry written wrong or changed since (here: tensors of another size, then
+    weights that are not finite): detected, said in the log, rendered again; the others reused."""
+    from sa3d_ns.core.cache import view_entry_problem
+
+    monkeypatch.setitem(factory.REGISTRY, "red", factory.Entry(lambda ctx: RedSegmenter(), factory.no_weights))
+    config = standin_config(tmp_path)
+    first = segment_the_ball(config)
+    entries = sorted((tmp_path / "cache").rglob("view*.pt"))
+    assert len(entries) == N_VIEWS
+    good = torch.load(entries[2], weights_only=True)
+    assert view_entry_problem(good, SIZE, SIZE, first.cached_samples(), True) is None
+    torch.save({**good, "positions": good["positions"][:100]}, entries[2])  # another size
+    bad_weights = good["weights"].clone()
+    bad_weights[5, 0] = float("nan")
+    torch.save({**good, "weights": bad_weights}, entries[4])  # not finite
+    capsys.readouterr()
+    again = segment_the_ball(config)
+    log = "".join(capsys.readouterr().out.split())  # (rich wraps long paths anywhere)
+    assert "view00002.ptdoesnotfitthisrun('positions'is(100," in log
+    assert "view00004.ptdoesnotfitthisrun('weights'isnotfinite" in log
+    assert again.cache_stats["views_built"] == 2 and again.cache_stats["views_reused"] >= N_VIEWS - 2
+    assert [r["status"] for r in again.records] == [r["status"] for r in first.records]
+    assert torch.load(entries[2], weights_only=True)["positions"].shape == good["positions"].shape  # rewritten whole

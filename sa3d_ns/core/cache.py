@@ -156,6 +156,32 @@ class ViewCache:
         return sum(p.stat().st_size for p in self.dir.glob("*.pt"))
 
 
+def view_entry_problem(data: dict, height: int, width: int, samples: int, rgb: bool) -> str | None:
+    """What makes a view's cache entry unfit for the run that reads it, or None: the tensors a view
+    of ``height`` x ``width`` rays with ``samples`` samples each must hold (positions R x K x 3,
+    weights R x K, depth H x W, size [H, W], rgb H x W x 3 uint8 when the segmenter sees the
+    render), finite. (The folder's key already names what produced the entries; this catches an
+    entry written wrong or changed since.)"""
+    r = height * width
+    expected = {"positions": (r, samples, 3), "weights": (r, samples), "depth": (height, width), "size": (2,)}
+    if rgb:
+        expected["rgb"] = (height, width, 3)
+    for key, shape in expected.items():
+        value = data.get(key)
+        if not isinstance(value, torch.Tensor):
+            return f"no {key!r} tensor"
+        if tuple(value.shape) != shape:
+            return f"{key!r} is {tuple(value.shape)}, expected {shape}"
+    if data["size"].tolist() != [height, width]:
+        return f"its size is {data['size'].tolist()}, expected {[height, width]}"
+    if rgb and data["rgb"].dtype != torch.uint8:
+        return f"'rgb' is {data['rgb'].dtype}, expected torch.uint8"
+    for key in ("positions", "weights", "depth"):
+        if not data[key].is_floating_point() or not torch.isfinite(data[key]).all():
+            return f"{key!r} is not finite floating point"
+    return None
+
+
 def view_bytes(height: int, width: int, samples: int, rgb: bool) -> int:
     """Bytes one view takes in the cache: per ray ``samples`` positions (3 x float32) and weights
     (float16), a float32 depth and, when the segmenter sees the render, 3 bytes of colour."""

@@ -22,7 +22,15 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig, module_wrapper
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from sa3d_ns.core.cache import ViewCache, cache_dir, file_identity, prune_samples, tensor_bytes, view_bytes
+from sa3d_ns.core.cache import (
+    ViewCache,
+    cache_dir,
+    file_identity,
+    prune_samples,
+    tensor_bytes,
+    view_bytes,
+    view_entry_problem,
+)
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import FootprintCache, MaskLifter
 from sa3d_ns.core.loop import LoopSettings, SA3DLoop
@@ -462,13 +470,11 @@ class SA3DPipeline(VanillaPipeline):
     def check_cache_space(self, root: Path) -> None:
         """Say what the cache will hold, and refuse (before writing anything) when the free disk
         space cannot hold it."""
-        cfg, m = self.config, self.model.config
         folder = cache_dir(root, self.cache_key())
         n = len(self.train_dataset)
         todo = sum(not (folder / f"view{v:05d}.pt").is_file() for v in range(n))
         h, w = self.segment_size()
-        rendered = max(4, round(m.num_nerf_samples_per_ray * cfg.sample_scale))
-        samples = min(cfg.cache_samples, rendered) if cfg.cache_samples > 0 else rendered
+        samples = self.cached_samples()
         need = todo * view_bytes(h, w, samples, self._needs_rgb())
         CONSOLE.log(
             f"sa3d: segmenting {n} views at {w}x{h} (downscale {self.downscale:.3g}); caching {samples} NeRF samples "
@@ -485,6 +491,18 @@ class SA3DPipeline(VanillaPipeline):
                 "off (--pipeline.cache False, slower)."
             )
 
+    def cached_samples(self) -> int:
+        """Samples a ray keeps in the cache: the heaviest --pipeline.cache-samples of those rendered."""
+        cfg, m = self.config, self.model.config
+        rendered = max(4, round(m.num_nerf_samples_per_ray * cfg.sample_scale))
+        return min(cfg.cache_samples, rendered) if cfg.cache_samples > 0 else rendered
+
+    def segment_view_size(self, view: int) -> tuple[int, int]:
+        """(height, width) of training view ``view`` at the segmentation resolution."""
+        cam = self.train_dataset.cameras[view : view + 1]
+        cam.rescale_output_resolution(1.0 / self.downscale)
+        return int(cam.height[0, 0]), int(cam.width[0, 0])
+
     def view_data(self, view: int) -> dict:
         """What a view needs from the NeRF: positions R x K x 3, weights R x K, depth H x W, rgb
         H x W x 3 uint8 (when rendered), height, width. Cached per view on the default path."""
@@ -495,6 +513,15 @@ class SA3DPipeline(VanillaPipeline):
         self._open_caches()
         name = f"view{view:05d}"
         data = self.view_cache.load(name) if self.view_cache is not None else None
+        if data is not None:
+            problem = view_entry_problem(data, *self.segment_view_size(view), self.cached_samples(), self._needs_rgb())
+            if problem is not None:
+                assert self.view_cache is not None
+                CONSOLE.log(
+                    f"[yellow]sa3d: the cache entry {self.view_cache.path(name)} does not fit this run ({problem}): "
+                    "rendering the view again.[/yellow]"
+                )
+                data = None
         if data is None:
             data, kept = self._view_data_from_render(self.render_view(view, rgb=self._needs_rgb()))
             h, w = (int(x) for x in data["size"])
