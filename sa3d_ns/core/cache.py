@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -188,8 +189,9 @@ def view_bytes(height: int, width: int, samples: int, rgb: bool) -> int:
     return height * width * (samples * (3 * 4 + 2) + 4 + (3 if rgb else 0))
 
 
-def tensor_bytes(data: dict[str, torch.Tensor]) -> int:
-    return sum(v.numel() * v.element_size() for v in data.values())
+def tensor_bytes(data: Mapping[str, object]) -> int:
+    """Bytes of the tensors among ``data``'s values."""
+    return sum(v.numel() * v.element_size() for v in data.values() if isinstance(v, torch.Tensor))
 
 
 def file_identity(path: Path | None) -> dict | None:

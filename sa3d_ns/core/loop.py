@@ -36,7 +36,7 @@ from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.metrics import binarize_score, iou
 from sa3d_ns.core.objects import object_box, surface_samples
 from sa3d_ns.core.prompts import Prompt, check_inside, resolve_view
-from sa3d_ns.core.records import ObjectState, ViewRecord
+from sa3d_ns.core.records import ObjectState, ViewData, ViewRecord
 from sa3d_ns.core.regions import keep_supported, review_first_masks
 from sa3d_ns.core.self_prompt import select_self_prompts
 from sa3d_ns.core.views import view_order
@@ -59,17 +59,17 @@ class Scene(Protocol):
         """The training cameras' centres and viewing directions (N x 3 each)."""
         ...
 
-    def view_data(self, view: int) -> dict:
+    def view_data(self, view: int) -> ViewData:
         """What a view needs from the radiance field at the segmentation resolution: positions
         R x K x 3, weights R x K (its rays' samples), depth H x W, size (H, W), rgb H x W x 3 uint8
         (when rendered)."""
         ...
 
-    def segment_input(self, view: int, data: dict) -> np.ndarray:
+    def segment_input(self, view: int, data: ViewData) -> np.ndarray:
         """The image the 2D segmenter sees for ``view`` (H x W x 3 uint8)."""
         ...
 
-    def footprint_key(self, k: int, view: int, data: dict) -> Hashable:
+    def footprint_key(self, k: int, view: int, data: ViewData) -> Hashable:
         """A key under which view ``view``'s footprint in object ``k``'s mask table may be kept
         (the same for every object of the same table layout)."""
         ...
@@ -166,7 +166,7 @@ class SA3DLoop:
             self.active.append(k)
 
     def start_from_camera(
-        self, k: int, centre: np.ndarray, direction: np.ndarray, data: dict, mask: np.ndarray, prompt: Prompt
+        self, k: int, centre: np.ndarray, direction: np.ndarray, data: ViewData, mask: np.ndarray, prompt: Prompt
     ) -> None:
         """Start object ``k`` from its 2D ``mask`` in any camera (centre, viewing direction; its
         ``data`` as :meth:`Scene.view_data` gives it): lift the mask there, then plan every

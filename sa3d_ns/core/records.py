@@ -1,5 +1,6 @@
-"""The loop's records: one per object being segmented (:class:`ObjectState`) and one per processed
-view (:class:`ViewRecord`, the dict that summary.json keeps)."""
+"""The loop's records: one per object being segmented (:class:`ObjectState`), a view's data from
+the radiance field (:class:`ViewData`) and one record per processed view (:class:`ViewRecord`,
+the dict that summary.json keeps)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,18 @@ class ObjectState:
         self.lifter.reset()
         self.prompt, self.order, self.camera_started = prompt, list(order), camera_started
         self.surface_points, self.anchors = [], no_anchors()
+
+
+class ViewData(TypedDict, total=False):
+    """What a view needs from the radiance field (``core.loop.Scene.view_data``), at the
+    segmentation resolution: its rays' samples (the heaviest K of each of R = H x W rays), depth and
+    size, and the rendered image when the segmenter sees it. The same for every object."""
+
+    positions: Required[torch.Tensor]  # R x K x 3
+    weights: Required[torch.Tensor]  # R x K volume weights
+    depth: Required[torch.Tensor]  # H x W
+    size: Required[torch.Tensor]  # [H, W]
+    rgb: torch.Tensor  # H x W x 3 uint8
 
 
 Status = Literal["prompt", "accepted", "rejected", "skipped"]

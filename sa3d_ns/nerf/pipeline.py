@@ -35,7 +35,7 @@ from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import FootprintCache, MaskLifter
 from sa3d_ns.core.loop import LoopSettings, SA3DLoop
 from sa3d_ns.core.prompts import Prompt, check_inside, load_prompts
-from sa3d_ns.core.records import ObjectState, ViewRecord
+from sa3d_ns.core.records import ObjectState, ViewData, ViewRecord
 from sa3d_ns.core.views import auto_downscale
 from sa3d_ns.nerf.cameras import training_camera
 from sa3d_ns.nerf.checkpoints import load_checkpoint
@@ -165,7 +165,7 @@ class SA3DPipeline(VanillaPipeline):
         self.view_cache: ViewCache | None = None
         self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0, "views_in_memory": 0}
         # views' samples kept on the device for later objects (CUDA), within a budget
-        self.view_memo: dict[int, dict] = {}
+        self.view_memo: dict[int, ViewData] = {}
         self.view_memo_budget = view_memory_budget(config.view_memory_mb, self.device)
         self.view_memo_bytes = 0
         self.kept: list[dict] = []  # the summaries of objects kept from --pipeline.add-to
@@ -339,13 +339,13 @@ class SA3DPipeline(VanillaPipeline):
         self.loop.active = [i - (i > k) for i in self.active if i != k]
         self.loop.records = [r for r in self.records if r["object"] != name]
 
-    def camera_data(self, camera) -> dict:
+    def camera_data(self, camera) -> ViewData:
         """What segmentation needs from any camera (a nerfstudio ``Cameras`` of one camera): its
         render (rgb uint8, depth) and the NeRF samples the mask is lifted with (not cached)."""
         data, _ = self._view_data_from_render(self.render_camera(camera.to(self.device), rgb=True))
         return data
 
-    def segment_camera(self, data: dict, prompt: Prompt):
+    def segment_camera(self, data: ViewData, prompt: Prompt):
         """The segmenter's candidates for ``prompt`` (pixels of the camera's render), reviewed as the
         first view of a prompt file is (stray regions left out, each one's warnings)."""
         seg = self.get_segmenter()
@@ -357,16 +357,21 @@ class SA3DPipeline(VanillaPipeline):
         h, w = (int(x) for x in data["size"])
         check_inside(prompt, w, h)
         depth = data["depth"].view(h, w).cpu().float().numpy()
+        assert "rgb" in data  # (camera_data renders it)
         seg.set_image(data["rgb"].cpu().numpy(), depth, view_id=None)
         result = seg.predict(prompt.points, prompt.labels, prompt.box, prior=None, multimask=True)
         review = self.loop.review_first(result, prompt, depth)
         return Segmentation(masks=review.masks, scores=result.scores, warnings=review.warnings)
 
-    def start_object_from_camera(self, k: int, camera, data: dict, mask: np.ndarray, prompt: Prompt) -> None:
+    def start_object_from_camera(self, k: int, camera, data: ViewData, mask: np.ndarray, prompt: Prompt) -> None:
         """Start object ``k`` from its 2D ``mask`` in any camera: lift the mask there, then plan
         every training view (self-prompted), nearest to that camera first."""
         cam_c2w = camera.camera_to_worlds.reshape(-1, 3, 4)[0].cpu().numpy()
-        on_device = {**data, "positions": data["positions"].to(self.device), "weights": data["weights"].to(self.device)}
+        on_device = data.copy()
+        on_device["positions"], on_device["weights"] = (
+            data["positions"].to(self.device),
+            data["weights"].to(self.device),
+        )
         self.loop.start_from_camera(k, cam_c2w[:3, 3], -cam_c2w[:3, 2], on_device, mask, prompt)
 
     def run_steps(self, stop=None, on_step=None) -> list[ViewRecord]:
@@ -503,25 +508,29 @@ class SA3DPipeline(VanillaPipeline):
         cam.rescale_output_resolution(1.0 / self.downscale)
         return int(cam.height[0, 0]), int(cam.width[0, 0])
 
-    def view_data(self, view: int) -> dict:
+    def view_data(self, view: int) -> ViewData:
         """What a view needs from the NeRF: positions R x K x 3, weights R x K, depth H x W, rgb
         H x W x 3 uint8 (when rendered), height, width. Cached per view on the default path."""
         cfg = self.config
         if view in self.view_memo:
             self.cache_stats["views_reused"] += 1
-            return dict(self.view_memo[view])
+            return self.view_memo[view].copy()
         self._open_caches()
         name = f"view{view:05d}"
-        data = self.view_cache.load(name) if self.view_cache is not None else None
-        if data is not None:
-            problem = view_entry_problem(data, *self.segment_view_size(view), self.cached_samples(), self._needs_rgb())
-            if problem is not None:
+        loaded = self.view_cache.load(name) if self.view_cache is not None else None
+        data: ViewData | None = None
+        if loaded is not None:
+            problem = view_entry_problem(
+                loaded, *self.segment_view_size(view), self.cached_samples(), self._needs_rgb()
+            )
+            if problem is None:
+                data = cast(ViewData, loaded)
+            else:
                 assert self.view_cache is not None
                 CONSOLE.log(
                     f"[yellow]sa3d: the cache entry {self.view_cache.path(name)} does not fit this run ({problem}): "
                     "rendering the view again.[/yellow]"
                 )
-                data = None
         if data is None:
             data, kept = self._view_data_from_render(self.render_view(view, rgb=self._needs_rgb()))
             h, w = (int(x) for x in data["size"])
@@ -538,19 +547,20 @@ class SA3DPipeline(VanillaPipeline):
                 self.cache_stats["views_built"] += 1
                 self.cache_stats["bytes"] += tensor_bytes(data)
             if self.view_cache is not None:
-                self.view_cache.save(name, {**data, "weights": data["weights"].half()})
+                entry = {**data, "weights": data["weights"].half()}  # (the disk keeps weights in half precision)
+                self.view_cache.save(name, entry)  # pyright: ignore[reportArgumentType]  (a ViewData holds tensors only)
         else:
             data["weights"] = data["weights"].float()
             self.cache_stats["views_reused"] += 1
         data["positions"] = data["positions"].to(self.device)
         data["weights"] = data["weights"].to(self.device)
         if cfg.cache and self.view_memo_bytes + tensor_bytes(data) <= self.view_memo_budget:
-            self.view_memo[view] = dict(data)
+            self.view_memo[view] = data.copy()
             self.view_memo_bytes += tensor_bytes(data)
             self.cache_stats["views_in_memory"] = len(self.view_memo)
         return data
 
-    def _view_data_from_render(self, r: dict) -> tuple[dict, float | None]:
+    def _view_data_from_render(self, r: dict) -> tuple[ViewData, float | None]:
         """A render's samples (pruned to the heaviest with the cache), depth, size and rgb; and the
         fraction of volume weight the pruning kept (None without the cache)."""
         cfg = self.config
@@ -560,7 +570,7 @@ class SA3DPipeline(VanillaPipeline):
         if cfg.cache:
             positions, weights, kept = prune_samples(positions, weights, cfg.cache_samples)
             weights = weights.half().float()  # what the disk keeps: a cached view reads back the same
-        data = {
+        data: ViewData = {
             "positions": positions,
             "weights": weights,
             "depth": r["depth"].view(h, w),
@@ -570,7 +580,7 @@ class SA3DPipeline(VanillaPipeline):
             data["rgb"] = (r["rgb"].view(h, w, 3).clamp(0, 1) * 255).round().to(torch.uint8)
         return data, kept
 
-    def segment_input(self, view: int, data: dict) -> np.ndarray:
+    def segment_input(self, view: int, data: ViewData) -> np.ndarray:
         """The image the 2D segmenter sees for ``view``, at the segmentation resolution."""
         h, w = (int(x) for x in data["size"])
         if self.config.segment_image == "train" or "rgb" not in data:
@@ -666,13 +676,13 @@ class NerfactoScene:
         c2w = self.pipeline.train_dataset.cameras.camera_to_worlds.cpu().numpy()
         return c2w[:, :3, 3], -c2w[:, :3, 2]
 
-    def view_data(self, view: int) -> dict:
+    def view_data(self, view: int) -> ViewData:
         return self.pipeline.view_data(view)
 
-    def segment_input(self, view: int, data: dict) -> np.ndarray:
+    def segment_input(self, view: int, data: ViewData) -> np.ndarray:
         return self.pipeline.segment_input(view, data)
 
-    def footprint_key(self, k: int, view: int, data: dict):
+    def footprint_key(self, k: int, view: int, data: ViewData):
         return (view, *data["size"].tolist(), self.pipeline.model.field_of(k).layout())
 
     def mask_values(self, k: int, points: torch.Tensor) -> torch.Tensor:
