@@ -193,7 +193,7 @@ def test_a_cache_entry_that_does_not_fit_the_run_is_rendered_again(tmp_path, mon
     entries = sorted((tmp_path / "cache").rglob("view*.pt"))
     assert len(entries) == N_VIEWS
     good = torch.load(entries[2], weights_only=True)
-    assert view_entry_problem(good, SIZE, SIZE, first.cached_samples(), True) is None
+    assert view_entry_problem(good, SIZE, SIZE, first.views.cached_samples(), True) is None
     torch.save({**good, "positions": good["positions"][:100]}, entries[2])  # another size
     bad_weights = good["weights"].clone()
     bad_weights[5, 0] = float("nan")

@@ -8,8 +8,6 @@ mask field. The algorithm lives in :mod:`sa3d_ns.core`; this module orchestrates
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
@@ -24,12 +22,6 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from sa3d_ns.core.cache import (
     ViewCache,
-    cache_dir,
-    file_identity,
-    prune_samples,
-    tensor_bytes,
-    view_bytes,
-    view_entry_problem,
 )
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import FootprintCache, MaskLifter
@@ -40,10 +32,10 @@ from sa3d_ns.core.views import auto_downscale
 from sa3d_ns.nerf.cameras import training_camera
 from sa3d_ns.nerf.checkpoints import load_checkpoint
 from sa3d_ns.nerf.model import MASK_PREFIX, SA3DModel, SA3DModelConfig
+from sa3d_ns.nerf.view_store import ViewStore
 from sa3d_ns.run_folder import RunFolder
 from sa3d_ns.segmenters.base import Segmentation
 
-CACHE_VERSION = 1
 
 
 @dataclass
@@ -162,12 +154,7 @@ class SA3DPipeline(VanillaPipeline):
         budget = footprint_budget(config.footprint_memory_mb, self.device, touch_bytes)
         self.footprints = FootprintCache(budget, reserve=touch_bytes)
         objects = [ObjectState(self._make_lifter(f)) for f in self.model.mask_fields]  # one record per object
-        self.view_cache: ViewCache | None = None
-        self.cache_stats = {"views_built": 0, "views_reused": 0, "weight_kept": [], "bytes": 0, "views_in_memory": 0}
-        # views' samples kept on the device for later objects (CUDA), within a budget
-        self.view_memo: dict[int, ViewData] = {}
-        self.view_memo_budget = view_memory_budget(config.view_memory_mb, self.device)
-        self.view_memo_bytes = 0
+        self.views = ViewStore(self)  # each view's data for the loop: rendered once, cached
         self.kept: list[dict] = []  # the summaries of objects kept from --pipeline.add-to
         # the loop, over this NeRF (NerfactoScene) and the segmenter
         self.loop = SA3DLoop(
@@ -342,7 +329,7 @@ class SA3DPipeline(VanillaPipeline):
     def camera_data(self, camera) -> ViewData:
         """What segmentation needs from any camera (a nerfstudio ``Cameras`` of one camera): its
         render (rgb uint8, depth) and the NeRF samples the mask is lifted with (not cached)."""
-        data, _ = self._view_data_from_render(self.render_camera(camera.to(self.device), rgb=True))
+        data, _ = self.views.from_render(self.render_camera(camera.to(self.device), rgb=True))
         return data
 
     def segment_camera(self, data: ViewData, prompt: Prompt):
@@ -415,171 +402,6 @@ class SA3DPipeline(VanillaPipeline):
         out["height"], out["width"] = h, w
         return out
 
-    # ------------------------------------------------------------------ per-view data and its cache
-    def _needs_rgb(self) -> bool:
-        if not self.config.cache:
-            return True  # the faithful path renders full views
-        return self.config.segment_image == "render" and not self.config.segmenter.startswith("oracle")
-
-    def cache_root(self) -> Path | None:
-        if self.config.cache_dir is not None:
-            return Path(self.config.cache_dir)
-        if self.run is not None:
-            return self.run.root.parent.parent / "sa3d_cache"  # <output>/<experiment>/sa3d_cache
-        return None
-
-    def cache_key(self) -> dict:
-        cfg, m = self.config, self.model.config
-        cams = self.train_dataset.cameras
-        h = hashlib.sha256()
-        for t in (cams.camera_to_worlds, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height):
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return {
-            "version": CACHE_VERSION,
-            "checkpoint": file_identity(cfg.nerfacto_checkpoint),
-            "cameras": h.hexdigest(),
-            "render_downscale": self.downscale,
-            "cache_samples": cfg.cache_samples,
-            "sample_scale": cfg.sample_scale,
-            "rgb": self._needs_rgb(),
-            "match_training_views": cfg.match_training_views,
-            "nerf": {
-                "implementation": m.implementation,
-                "num_nerf_samples_per_ray": m.num_nerf_samples_per_ray,
-                "num_proposal_samples_per_ray": list(m.num_proposal_samples_per_ray),
-                "near_plane": m.near_plane,
-                "far_plane": m.far_plane,
-                "background_color": str(m.background_color),
-            },
-        }
-
-    def _open_caches(self) -> None:
-        root = self.cache_root()
-        if not self.config.cache or root is None or self.view_cache is not None:
-            return
-        self.check_cache_space(root)
-        background = torch.device(self.device).type == "cuda"  # (writes in a thread where they stall a GPU)
-        self.view_cache = ViewCache(root, self.cache_key(), background=background)
-        seg = self.get_segmenter()
-        if seg.identity is not None:
-            seg.embedding_cache = ViewCache(
-                root, {**self.cache_key(), "segmenter": seg.identity}, background=background
-            )
-
-    def segment_size(self) -> tuple[int, int]:
-        """(height, width) of the largest training view at the segmentation resolution."""
-        cams = self.train_dataset.cameras
-        h, w = int(cams.height.max()), int(cams.width.max())
-        return round(h / self.downscale), round(w / self.downscale)
-
-    def check_cache_space(self, root: Path) -> None:
-        """Say what the cache will hold, and refuse (before writing anything) when the free disk
-        space cannot hold it."""
-        folder = cache_dir(root, self.cache_key())
-        n = len(self.train_dataset)
-        todo = sum(not (folder / f"view{v:05d}.pt").is_file() for v in range(n))
-        h, w = self.segment_size()
-        samples = self.cached_samples()
-        need = todo * view_bytes(h, w, samples, self._needs_rgb())
-        CONSOLE.log(
-            f"sa3d: segmenting {n} views at {w}x{h} (downscale {self.downscale:.3g}); caching {samples} NeRF samples "
-            f"per ray: {todo} views to render, ~{need / 2**30:.2f} GB in {folder} ({n - todo} already there)"
-        )
-        existing = next(p for p in (folder, *folder.parents) if p.exists())
-        free = shutil.disk_usage(existing).free
-        if need > 0 and free < need * 1.05 + 64 * 2**20:
-            raise SA3DError(
-                f"Not enough free disk space for the view cache in {folder.parent}: it needs ~{need / 2**30:.2f} GB "
-                f"({todo} views of {w}x{h} rays, {samples} samples each), {free / 2**30:.2f} GB is free. Segment smaller "
-                "views (--pipeline.segment-max-size, e.g. 256, or --pipeline.render-downscale), keep fewer samples "
-                "(--pipeline.cache-samples, e.g. 8), put the cache elsewhere (--pipeline.cache-dir PATH), or turn it "
-                "off (--pipeline.cache False, slower)."
-            )
-
-    def cached_samples(self) -> int:
-        """Samples a ray keeps in the cache: the heaviest --pipeline.cache-samples of those rendered."""
-        cfg, m = self.config, self.model.config
-        rendered = max(4, round(m.num_nerf_samples_per_ray * cfg.sample_scale))
-        return min(cfg.cache_samples, rendered) if cfg.cache_samples > 0 else rendered
-
-    def segment_view_size(self, view: int) -> tuple[int, int]:
-        """(height, width) of training view ``view`` at the segmentation resolution."""
-        cam = self.train_dataset.cameras[view : view + 1]
-        cam.rescale_output_resolution(1.0 / self.downscale)
-        return int(cam.height[0, 0]), int(cam.width[0, 0])
-
-    def view_data(self, view: int) -> ViewData:
-        """What a view needs from the NeRF: positions R x K x 3, weights R x K, depth H x W, rgb
-        H x W x 3 uint8 (when rendered), height, width. Cached per view on the default path."""
-        cfg = self.config
-        if view in self.view_memo:
-            self.cache_stats["views_reused"] += 1
-            return self.view_memo[view].copy()
-        self._open_caches()
-        name = f"view{view:05d}"
-        loaded = self.view_cache.load(name) if self.view_cache is not None else None
-        data: ViewData | None = None
-        if loaded is not None:
-            problem = view_entry_problem(
-                loaded, *self.segment_view_size(view), self.cached_samples(), self._needs_rgb()
-            )
-            if problem is None:
-                data = cast(ViewData, loaded)
-            else:
-                assert self.view_cache is not None
-                CONSOLE.log(
-                    f"[yellow]sa3d: the cache entry {self.view_cache.path(name)} does not fit this run ({problem}): "
-                    "rendering the view again.[/yellow]"
-                )
-        if data is None:
-            data, kept = self._view_data_from_render(self.render_view(view, rgb=self._needs_rgb()))
-            h, w = (int(x) for x in data["size"])
-            if cfg.cache:
-                self.cache_stats["weight_kept"].append(kept)
-                if self.cache_stats["views_built"] == 0 and self.view_cache is not None:
-                    n = len(self.train_dataset)
-                    size = tensor_bytes(data) / 2**20
-                    CONSOLE.log(
-                        f"sa3d: caching each view's NeRF samples ({cfg.cache_samples or 'all'} per ray, {h}x{w} rays): "
-                        f"~{size:.1f} MB per view, ~{size * n / 1024:.2f} GB for {n} views in {self.view_cache.dir} "
-                        "(lower with --pipeline.render-downscale or --pipeline.cache-samples)"
-                    )
-                self.cache_stats["views_built"] += 1
-                self.cache_stats["bytes"] += tensor_bytes(data)
-            if self.view_cache is not None:
-                entry = {**data, "weights": data["weights"].half()}  # (the disk keeps weights in half precision)
-                self.view_cache.save(name, entry)  # pyright: ignore[reportArgumentType]  (a ViewData holds tensors only)
-        else:
-            data["weights"] = data["weights"].float()
-            self.cache_stats["views_reused"] += 1
-        data["positions"] = data["positions"].to(self.device)
-        data["weights"] = data["weights"].to(self.device)
-        if cfg.cache and self.view_memo_bytes + tensor_bytes(data) <= self.view_memo_budget:
-            self.view_memo[view] = data.copy()
-            self.view_memo_bytes += tensor_bytes(data)
-            self.cache_stats["views_in_memory"] = len(self.view_memo)
-        return data
-
-    def _view_data_from_render(self, r: dict) -> tuple[ViewData, float | None]:
-        """A render's samples (pruned to the heaviest with the cache), depth, size and rgb; and the
-        fraction of volume weight the pruning kept (None without the cache)."""
-        cfg = self.config
-        h, w = r["height"], r["width"]
-        positions, weights = r["positions"], r["weights"]
-        kept = None
-        if cfg.cache:
-            positions, weights, kept = prune_samples(positions, weights, cfg.cache_samples)
-            weights = weights.half().float()  # what the disk keeps: a cached view reads back the same
-        data: ViewData = {
-            "positions": positions,
-            "weights": weights,
-            "depth": r["depth"].view(h, w),
-            "size": torch.tensor([h, w]),
-        }
-        if "rgb" in r:
-            data["rgb"] = (r["rgb"].view(h, w, 3).clamp(0, 1) * 255).round().to(torch.uint8)
-        return data, kept
-
     def segment_input(self, view: int, data: ViewData) -> np.ndarray:
         """The image the 2D segmenter sees for ``view``, at the segmentation resolution."""
         h, w = (int(x) for x in data["size"])
@@ -590,36 +412,28 @@ class SA3DPipeline(VanillaPipeline):
             return np.ascontiguousarray(img)
         return data["rgb"].cpu().numpy()
 
+    # ------------------------------------------------------------------ per-view data (the ViewStore's)
+    def view_data(self, view: int) -> ViewData:
+        return self.views.get(view)
+
+    @property
+    def view_cache(self) -> ViewCache | None:
+        return self.views.cache
+
+    @property
+    def cache_stats(self) -> dict:
+        return self.views.stats
+
+    def cache_summary(self) -> dict:
+        return self.views.summary()
+
+    def flush_caches(self) -> None:
+        self.views.flush()
+
     # ------------------------------------------------------------------ the SA3D step
     def sa3d_step(self, step: int) -> ViewRecord:
         """Process the ``step``-th view of the plan (``SA3DLoop.step``); returns its record."""
         return self.loop.step(step)
-
-    def flush_caches(self) -> None:
-        """Wait for the cache writes in flight (views' samples, the segmenter's embeddings)."""
-        for cache in (self.view_cache, self._segmenter.embedding_cache if self._segmenter is not None else None):
-            if cache is not None:
-                cache.flush()
-
-    def cache_summary(self) -> dict:
-        st = self.cache_stats
-        out = {
-            "enabled": self.config.cache,
-            "views_built": st["views_built"],
-            "views_reused": st["views_reused"],
-            "samples_per_ray": self.config.cache_samples,
-            "weight_kept_mean": round(float(np.mean(st["weight_kept"])), 5) if st["weight_kept"] else None,
-            "memory_bytes_built": st["bytes"],
-            "footprints_kept": len(self.footprints.items),
-            "footprint_bytes": self.footprints.bytes,
-            "footprint_hits": self.footprints.hits,
-            "views_in_memory": st["views_in_memory"],
-            "view_memory_bytes": self.view_memo_bytes,
-        }
-        if self.view_cache is not None:
-            out["dir"] = str(self.view_cache.dir)
-            out["disk_bytes"] = self.view_cache.disk_bytes()
-        return out
 
     def object_summary(self, k: int) -> dict:
         summary = self.loop.object_summary(k)
