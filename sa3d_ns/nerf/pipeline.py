@@ -37,7 +37,6 @@ from sa3d_ns.run_folder import RunFolder
 from sa3d_ns.segmenters.base import Segmentation
 
 
-
 @dataclass
 class SA3DPipelineConfig(VanillaPipelineConfig):
     """SA3D over the training views of a nerfacto run."""
