@@ -1,9 +1,11 @@
-"""The sa3d pipeline: one pass of SA3D's cross-view self-prompting loop over the training views.
+"""The sa3d pipeline: SA3D's cross-view self-prompting loop over a nerfacto run's training views.
 
-Each trainer iteration processes one view (the prompt view first): render it with the frozen NeRF,
-segment it (the user's prompt in the first view, self-prompts from the rendered 3D mask in the
-others), reject it when the 2D mask disagrees with the 3D mask, otherwise lift the mask into the
-mask field. The algorithm lives in :mod:`sa3d_ns.core`; this module orchestrates.
+Each trainer iteration is one step of the loop (``sa3d_ns.core.loop.SA3DLoop``: one view of one
+object: render, segment, accept or reject, lift). This module is the nerfstudio side of it: the
+config and its flags, the frozen model, renders of training views and viewer cameras, the 2D
+segmenter and text detector, objects added in the viewer, ``summary.json``'s run-level fields;
+:class:`NerfactoScene` is the loop's radiance field, ``nerf.view_store.ViewStore`` each view's
+data and its caches. See docs/architecture.md.
 """
 
 from __future__ import annotations
