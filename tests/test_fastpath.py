@@ -256,6 +256,11 @@ def test_sa3d_model_uses_the_fast_lookups_where_no_gradient_is_wanted():
         x = torch.randn(50, 4, 3) * 3
         x[0, 0] = torch.tensor([1.0, 0.5, -0.2])  # on the unit cube's surface
         assert torch.equal(contraction(x), SceneContraction.forward(contraction, x))  # the same numbers
+        # the change undone (sa3d_ns.nerf.host.plain_lookups): nerfstudio's own forward on every module
+        from sa3d_ns.nerf.host import plain_lookups
+
+        plain_lookups([*model.modules()])
+        assert not any("forward" in vars(m) for m in [*nerf, *mask, contraction])
 
 
 def test_contraction_equals_nerfstudios():

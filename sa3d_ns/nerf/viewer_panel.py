@@ -17,7 +17,6 @@ run (a new checkpoint and the run's config.yml), so reopening the run shows them
 from __future__ import annotations
 
 import base64
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,12 +368,11 @@ class PanelLogic:
     def load_saved(self, run_dir: Path) -> None:
         """The viewer prompts saved with the run (sa3d/viewer_prompts.json), for Re-run."""
         self.run_dir = Path(run_dir)
-        path = RunFolder(self.run_dir).viewer_prompts
-        if not path.is_file():
-            return
+        run = RunFolder(self.run_dir)
+        path = run.viewer_prompts
         from sa3d_ns.core.prompts import parse_prompt
 
-        for name, entry in json.loads(path.read_text()).items():
+        for name, entry in run.read_viewer_prompts().items():
             if name in self.pipeline.model.object_names and name not in self.camera_prompts:
                 prompt = parse_prompt(entry["prompt"], str(path))
                 prompt.name = name

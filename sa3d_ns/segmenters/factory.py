@@ -159,6 +159,3 @@ def build_noisy_oracle(ctx: SegmenterContext) -> Segmenter:
 
     cfg = ctx.config
     return NoisyOracleSegmenter(instance_reader(ctx), cfg.noise_rate, cfg.noise_kinds, cfg.noise_seed)
-
-
-SEGMENTERS = tuple(REGISTRY)
