@@ -104,3 +104,18 @@ def test_bounds_from_what_the_masks_saw_and_the_crop():
     values = torch.ones(2, 2)
     where = torch.tensor([[0.5, 0.5, 0.5], [5.0, 5.0, 5.0]])
     assert crop(values, where, bounds, 0.0).tolist() == [[1.0, 1.0], [0.0, 1.0]]  # outside box 0: off; no box: kept
+
+
+def test_object_box_keeps_only_points_the_finished_mask_agrees_with():
+    from sa3d_ns.core.objects import object_box
+
+    ball = torch.rand(200, 3)  # the object's surface points, in the unit cube
+    behind = torch.rand(150, 3) + torch.tensor([1.5, 0.0, 0.0])  # a mask rim's background, just behind
+    points = torch.cat([ball, behind])
+    values = torch.cat([torch.ones(200), -torch.ones(150)])  # the finished 3D mask: on the object only
+    lo, hi = object_box(points, values, threshold=0.0)
+    assert (lo > -0.2).all() and (hi < 1.2).all()  # the background left out
+    lo_all, hi_all = object_box(points, torch.ones(350), threshold=0.0)
+    assert hi_all[0] > 2.0  # (what the box would be with the background in)
+    assert object_box(points, torch.cat([torch.ones(7), -torch.ones(343)]), threshold=0.0) is None  # < 8 points
+    assert object_box(points[:7], torch.ones(7), threshold=0.0) is None
