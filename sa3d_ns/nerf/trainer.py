@@ -117,6 +117,11 @@ class SA3DTrainer(Trainer):
         done = len(pipeline.records) if pipeline is not None else 0
         total = pipeline.num_steps() if pipeline is not None else 0
         self.shutdown()
+        if (
+            getattr(self, "training_state", None) == "completed"
+        ):  # (the viewer, kept open after the run: Ctrl-C quits it)
+            CONSOLE.print(f"sa3d: viewer closed ({what}); the run is saved in {self.base_dir}.")
+            sys.exit(0)
         CONSOLE.print(f"[bold yellow]sa3d: stopped by {what}[/bold yellow] after {done} of {total} views.")
         self._remove_unfinished()
         cache = pipeline.view_cache if pipeline is not None else None
