@@ -1093,13 +1093,16 @@ def start_sa3d(scene, out: str, cache: Path, *extra, limit_bytes: int | None = N
            "--vis", "tensorboard", "--output-dir", str(scene["root"] / out), "--pipeline.prompt", str(scene["prompt"]),
            "--pipeline.segmenter", "oracle", "--pipeline.cache-dir", str(cache), *map(str, extra)]  # fmt: skip
 
-    def file_size_limit():  # (a disk that fills up: every write beyond the limit fails, EFBIG)
-        if limit_bytes is not None:
+    def in_child():
+        # Ctrl-C as at a terminal: a process started in the background by a non-interactive shell
+        # (as CI runs the tests) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if limit_bytes is not None:  # (a disk that fills up: every write beyond the limit fails, EFBIG)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     return subprocess.Popen(
         cmd, cwd=scene["root"], env={**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=file_size_limit,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=in_child,
     )  # fmt: skip
 
 
