@@ -57,7 +57,7 @@ def check_usable(prompts) -> None:
         assert p.mask_choice is None or p.mask_choice >= 0
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files)
 def test_any_json_prompt_parses_or_is_an_sa3d_error(data):
     try:
@@ -68,7 +68,7 @@ def test_any_json_prompt_parses_or_is_an_sa3d_error(data):
     check_usable(prompts)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(st.binary(max_size=200), files.map(lambda d: json.dumps(d).encode())))
 def test_any_prompt_file_loads_or_is_an_sa3d_error(tmp_path, raw):
     path = tmp_path / "prompt.json"
