@@ -259,10 +259,8 @@ def evaluate_run(
     if not load_config.is_file():
         raise SA3DError(f"--load-config {load_config}: file not found. Give the config.yml of an sa3d run.")
     run = RunFolder.of(load_config)
-    summary_path = run.summary_path
-    if not run.has_summary():
-        raise SA3DError(f"{summary_path} is missing: --load-config must name a finished sa3d run.")
     run.check_finished()
+    summary_path = run.summary_path
     if gt != "instances" and gt_path is None:
         raise SA3DError(f"--gt {gt} needs --gt-path: the folder the benchmark's masks were unpacked to.")
     if gt not in ("instances", "spinnerf", "nvos"):

@@ -22,9 +22,7 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig, module_wrapper
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from sa3d_ns.core.cache import (
-    ViewCache,
-)
+from sa3d_ns.core.cache import ViewCache
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import FootprintCache, MaskLifter
 from sa3d_ns.core.loop import LoopSettings, SA3DLoop

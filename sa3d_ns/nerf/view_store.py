@@ -91,12 +91,13 @@ class ViewStore:
         root = self.root()
         if not self.pipeline.config.cache or root is None or self.cache is not None:
             return
-        self.check_space(root)
+        key = self.key()  # (hashes every camera: once)
+        self.check_space(root, key)
         background = torch.device(self.pipeline.device).type == "cuda"  # (writes in a thread where they stall a GPU)
-        self.cache = ViewCache(root, self.key(), background=background)
+        self.cache = ViewCache(root, key, background=background)
         seg = self.pipeline.get_segmenter()
         if seg.identity is not None:
-            seg.embedding_cache = ViewCache(root, {**self.key(), "segmenter": seg.identity}, background=background)
+            seg.embedding_cache = ViewCache(root, {**key, "segmenter": seg.identity}, background=background)
 
     def segment_size(self) -> tuple[int, int]:
         """(height, width) of the largest training view at the segmentation resolution."""
@@ -104,10 +105,10 @@ class ViewStore:
         h, w = int(cams.height.max()), int(cams.width.max())
         return round(h / self.pipeline.downscale), round(w / self.pipeline.downscale)
 
-    def check_space(self, root: Path) -> None:
-        """Say what the cache will hold, and refuse (before writing anything) when the free disk
-        space cannot hold it."""
-        folder = cache_dir(root, self.key())
+    def check_space(self, root: Path, key: dict) -> None:
+        """Say what the cache of ``key`` will hold, and refuse (before writing anything) when the free
+        disk space cannot hold it."""
+        folder = cache_dir(root, key)
         n = len(self.pipeline.train_dataset)
         todo = sum(not (folder / f"view{v:05d}.pt").is_file() for v in range(n))
         h, w = self.segment_size()
