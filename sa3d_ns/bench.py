@@ -238,6 +238,7 @@ def run_path(spec: dict) -> dict:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t + (setup_s if i == 0 else 0.0)
         rows = evaluate_views(pipeline, instance_ground_truth(pipeline.datamanager, data, "test", obj_id))
+        export = export_figures(pipeline, data, obj_id, spec["export_check"]) if spec.get("export_check") else {}
         objects.append(
             {
                 "name": names[i],
@@ -250,6 +251,7 @@ def run_path(spec: dict) -> dict:
                 "lift_s": sum(r.get("lift_s", 0.0) for r in records),
                 "miou": float(np.mean([r["iou"] for r in rows])),
                 "macc": float(np.mean([r["accuracy"] for r in rows])),
+                **export,
             }
         )
     peak = (
@@ -262,6 +264,18 @@ def run_path(spec: dict) -> dict:
         "peak_kind": "cuda allocated" if cuda else "RSS",
         "cache": pipeline.cache_summary(),
     }
+
+
+def export_figures(pipeline, data: Path, obj_id: int, every: int) -> dict:
+    """What ``sa3d-export pointcloud`` would write for the pipeline's object 0 (its surface points
+    from every ``every``-th training view, dataset frame), scored against the object's true box
+    (``objects.json``): the share of points beyond it grown by 5 % of its largest side."""
+    from sa3d_ns.core.metrics import outside_box
+    from sa3d_ns.export import object_points, original_frame
+
+    box = next(o for o in json.loads((data / "objects.json").read_text())["objects"] if o["id"] == obj_id)
+    points = original_frame(pipeline, object_points(pipeline, [0], every=every)[0][0])
+    return {"export_points": len(points), "export_outside": outside_box(points, box["bounds_min"], box["bounds_max"])}
 
 
 def spawn_path(spec: dict, workdir: Path) -> dict:
@@ -403,7 +417,7 @@ def report(results: list[dict], device: str, header: str) -> str:
     Console(width=160).print(table)
     cut = Table(title="cut-outs per object, held-out views (sa3d-eval's figures)")
     for col in ("segmenter", "path", "object", "mIoU", "specks %", "ghost %", "removal PSNR", "NeRF PSNR",
-                "unseen %", "outside changed %"):  # fmt: skip
+                "unseen %", "outside changed %", "export outside %"):  # fmt: skip
         cut.add_column(col, justify="left" if col in ("segmenter", "path", "object") else "right")
     for r in results:
         for o in r["objects"]:
@@ -413,6 +427,7 @@ def report(results: list[dict], device: str, header: str) -> str:
                     f"{100 * o.get('ghost', float('nan')):.1f}", f"{o.get('removal_psnr', float('nan')):.2f}",
                     f"{o.get('nerf_psnr', float('nan')):.2f}", f"{100 * o.get('unseen', float('nan')):.1f}",
                     f"{100 * o['outside_changed']:.3f}",
+                    f"{100 * o['export_outside']:.2f}" if "export_outside" in o else "-",
                 )  # fmt: skip
     Console(width=160).print(cut)
     parts = []
@@ -472,6 +487,14 @@ def main(argv: list[str] | None = None) -> int:
         help="change a pipeline setting of one path, e.g. default.cache_samples=16",
     )
     parser.add_argument("--max-views", type=int, default=None, help="process only this many views per object")
+    parser.add_argument(
+        "--export-check",
+        type=int,
+        default=0,
+        metavar="EVERY",
+        help="also score the exported point cloud (from every EVERY-th training view) against each object's true box: "
+        "the share of points beyond it grown by 5 %% (0: off; renders training views)",
+    )
     parser.add_argument(
         "--reference-segmenters",
         nargs="+",
@@ -549,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
                 "path": path, "segmenter": seg, "device": device, "nerfacto_config": str(nerfacto_config),
                 "prompts": prompts[:n], "object_ids": ids[:n], "object_names": args.objects[:n], "sam_variant": args.sam_variant, "checkpoint": ckpt,
                 "sam2_variant": args.sam2_variant, "sam_hq_variant": args.sam_hq_variant,
-                "max_views": args.max_views, "overrides": overrides.get(path, {}),
+                "max_views": args.max_views, "overrides": overrides.get(path, {}), "export_check": args.export_check,
             }  # fmt: skip
             results.append({"segmenter": seg, "path": path, **spawn_path(spec, workdir)})
     header = f"{len(train_names)} training views of {args.size}x{args.size}, objects {' then '.join(args.objects)}"

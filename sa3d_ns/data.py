@@ -53,3 +53,10 @@ def removal_truth_paths(data: Path, obj: int, image_name: str) -> tuple[Path, Pa
     stem = Path(image_name).stem
     truth, seen = folder / f"{stem}.png", folder / "seen" / f"{stem}.png"
     return (truth, seen) if truth.is_file() and seen.is_file() else (None, None)
+
+
+def whole_mask_path(data: Path, obj: int, image_name: str) -> Path | None:
+    """Object ``obj``'s whole silhouette in the view ``image_name``, its hidden parts included
+    (``removed/<obj>/whole/<stem>.png``, as ``sa3d-make-scene`` writes it), or None."""
+    path = transforms_path(data).parent / "removed" / str(obj) / "whole" / f"{Path(image_name).stem}.png"
+    return path if path.is_file() else None

@@ -55,6 +55,7 @@ class GroundTruth:
     image: Path | None = None  # the real image (for the NeRF's own PSNR)
     removed: Path | None = None  # the view rendered without the object (generated scenes)
     seen: Path | None = None  # which pixels of the object's footprint other views see
+    whole: Path | None = None  # the object's whole silhouette, parts hidden by others included
 
 
 def dataset_views(dm) -> dict[str, tuple[str, int, str]]:
@@ -70,7 +71,7 @@ def dataset_views(dm) -> dict[str, tuple[str, int, str]]:
 
 def instance_ground_truth(dm, data: Path, split: str, obj: int) -> list[GroundTruth]:
     """The dataset's own instance masks (``instance_mask_path`` in transforms.json), object ``obj``."""
-    from sa3d_ns.data import instance_mask_paths, removal_truth_paths
+    from sa3d_ns.data import instance_mask_paths, removal_truth_paths, whole_mask_path
     from sa3d_ns.segmenters.oracle import read_instance_mask
 
     keys = {"test": ["eval"], "train": ["train"], "all": ["train", "eval"]}[split]
@@ -83,7 +84,9 @@ def instance_ground_truth(dm, data: Path, split: str, obj: int) -> list[GroundTr
         for i, path in enumerate(instance_mask_paths(data, names)):
             name = Path(names[i]).name
             removed, seen = removal_truth_paths(data, obj, name)
-            out.append(GroundTruth(name, key, i, read_instance_mask(path) == obj, path, Path(names[i]), removed, seen))
+            mask = read_instance_mask(path) == obj
+            whole = whole_mask_path(data, obj, name)
+            out.append(GroundTruth(name, key, i, mask, path, Path(names[i]), removed, seen, whole))
     if not any(g.mask.any() for g in out):
         raise SA3DError(
             f"Object {obj} appears in none of the {len(out)} {split} views' ground-truth masks: nothing to compare with. "
@@ -221,12 +224,15 @@ def evaluate_views(pipeline, truths: list[GroundTruth], k: int = 0) -> list[dict
             pred = pred.astype(bool)
         truth, image = read_rgb(gt.removed, (gw, gh)), read_rgb(gt.image, (gw, gh))
         seen = None if gt.seen is None else read_binary_mask(gt.seen)
+        whole = None if gt.whole is None else read_binary_mask(gt.whole)
+        if whole is not None and whole.shape != gt.mask.shape:
+            whole = None
         rows.append(
             {
                 "image": gt.name,
                 "iou": iou(pred, gt.mask),
                 "accuracy": accuracy(pred, gt.mask),
-                **cutout_figures(gt.mask, acc, rgb, removed, image, truth, seen),
+                **cutout_figures(gt.mask, acc, rgb, removed, image, truth, seen, whole=whole),
                 "_pred": pred,
                 "_gt": gt.mask,
                 "_rgb": rgb,
@@ -236,6 +242,7 @@ def evaluate_views(pipeline, truths: list[GroundTruth], k: int = 0) -> list[dict
                 "_truth": truth,
                 "_image": image,
                 "_seen": seen,
+                "_whole": whole,
             }
         )
     return rows
@@ -360,10 +367,10 @@ def cutout_tile(row: dict, margin: int = 2) -> np.ndarray:
     outside the ground truth grown by ``margin`` px) in magenta | the scene without it | the truth
     without it (where the dataset has it) | the ghost pixels ``cutout_figures``
     counts (removal nearer the render than the truth where the object shows) in red over the truth."""
-    from sa3d_ns.core.metrics import dilate, ghost_pixels, seen_footprint
+    from sa3d_ns.core.metrics import ghost_pixels, seen_footprint, speck_pixels
 
     alone = row["_alone"].clip(0, 1).copy()
-    alone[(row["_acc"] > 0.5) & ~dilate(row["_gt"], margin)] = (1.0, 0.0, 1.0)
+    alone[speck_pixels(row["_acc"], row["_gt"], row.get("_whole"), margin)] = (1.0, 0.0, 1.0)
     tiles = [row["_rgb"].clip(0, 1), alone, row["_removed"].clip(0, 1)]
     if row.get("_truth") is not None:
         truth = row["_truth"]

@@ -325,4 +325,18 @@ def test_cutout_figures_hand_checked():
     assert f["outside_changed"] == pytest.approx(1 / 64) and f["unseen"] == pytest.approx(4 / 36)
     assert f["ghost"] == 0.0 and f["removal_psnr"] == 100.0  # the ghost pixel is unseen: reported apart
     assert set(cutout_figures(gt, acc, rgb, removed)) == {"specks", "outside_psnr", "outside_changed"}
+    # where another object hides part of it, the object alone rightly shows that part: not specks
+    whole = gt.copy()
+    whole[0:2, 0:2] = True  # (a hidden part around the first speck)
+    assert cutout_figures(gt, acc, rgb, removed, whole=whole)["specks"] == pytest.approx(1 / 100)
     assert math.isnan(psnr(np.zeros(0), np.zeros(0)))
+
+
+def test_outside_box_counts_points_beyond_the_grown_box():
+    from sa3d_ns.core.metrics import outside_box
+
+    lo, hi = [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]  # grown by 5 % of 2 = 0.1 on every side
+    points = np.array([[0.5, 1.0, 0.5], [1.05, 1.0, 0.5], [0.5, 2.2, 0.5], [-0.2, 0.0, 0.0]])
+    assert outside_box(points, lo, hi) == pytest.approx(0.5)
+    assert outside_box(points, lo, hi, margin=0.2) == 0.0
+    assert math.isnan(outside_box(np.zeros((0, 3)), lo, hi))

@@ -110,6 +110,7 @@ def test_removal_truth_is_the_view_without_the_object_and_seen_marks_what_others
     objects = json.loads((out / "objects.json").read_text())
     assert objects["set"] == "touching" and [o["name"] for o in objects["objects"]] == [o.name for o in TOUCHING]
     meta = json.loads((out / "transforms.json").read_text())
+    hidden_by_others = dict.fromkeys(range(1, len(TOUCHING) + 1), 0)
     for k in range(1, len(TOUCHING) + 1):
         for f in meta["frames"][:3]:
             name = f["file_path"].split("/")[-1]
@@ -120,6 +121,13 @@ def test_removal_truth_is_the_view_without_the_object_and_seen_marks_what_others
             ids = np.asarray(Image.open(out / f["instance_mask_path"]))
             near = cv2.dilate((ids == k).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3) > 0
             assert not (seen & ~near).any()  # only in the footprint
+            # the whole silhouette: the visible mask and more where a neighbour hides the object
+            whole = np.asarray(Image.open(out / "removed" / str(k) / "whole" / name)) > 0
+            alone, alone_ids, _ = render(c2w, 48, 48, meta["fl_x"], objects=[TOUCHING[k - 1]])
+            assert not ((ids == k) & ~whole).any() and np.array_equal(whole, alone_ids == 1)
+            hidden_by_others[k] += int((whole & (ids != k) & (ids > 0)).sum())
+    # (the touching set's mug and ball hide parts of each other in some of these views)
+    assert hidden_by_others[1] + hidden_by_others[2] > 0
     # the floor seen by a camera, checked against the same camera with the box in place: seen
     # where the box does not hide it, unseen where it does
     c2w = look_at(np.array([0.0, -3.0, 1.5]), np.array([0.0, 0.0, 0.25]))

@@ -95,6 +95,15 @@ def ghost_pixels(removed: np.ndarray, rgb: np.ndarray, truth: np.ndarray, shows:
     return shows & (np.linalg.norm(removed - rgb, axis=-1) < np.linalg.norm(removed - truth, axis=-1))
 
 
+def speck_pixels(
+    acc_object: np.ndarray, gt: np.ndarray, whole: np.ndarray | None = None, margin: int = 2
+) -> np.ndarray:
+    """Where the object alone is opaque (``acc_object`` > 0.5) beyond ``margin`` px of the object:
+    its visible mask ``gt``, and its ``whole`` silhouette where known (the object alone rightly
+    shows its parts hidden by other objects)."""
+    return (acc_object > 0.5) & ~dilate(gt if whole is None else (gt | whole), margin)
+
+
 def cutout_figures(
     gt: np.ndarray,
     acc_object: np.ndarray,
@@ -105,12 +114,14 @@ def cutout_figures(
     seen: np.ndarray | None = None,
     margin: int = 2,
     differs: float = 0.1,
+    whole: np.ndarray | None = None,
 ) -> dict:
     """How clean one view's cut-outs are (masks H x W bool, images H x W x 3 floats in [0, 1]).
 
     - ``specks``: the fraction of the image where the object alone is opaque
-      (``acc_object`` > 0.5) outside the ground-truth mask grown by ``margin`` px: density the 3D
-      mask claims away from the object;
+      (``acc_object`` > 0.5) outside the ground-truth mask grown by ``margin`` px (the mask and,
+      where known, the object's ``whole`` silhouette, the parts other objects hide included, which
+      the object alone rightly shows): density the 3D mask claims away from the object;
     - ``outside_psnr`` / ``outside_changed``: outside that footprint, removal must change nothing:
       PSNR of ``removed`` against ``rgb``, and the fraction of pixels changed by more than 0.05;
 
@@ -126,7 +137,7 @@ def cutout_figures(
     """
     footprint = dilate(gt, margin)
     out = {
-        "specks": float(np.mean((acc_object > 0.5) & ~footprint)),
+        "specks": float(np.mean(speck_pixels(acc_object, gt, whole, margin))),
         "outside_psnr": psnr(removed[~footprint], rgb[~footprint]),
         "outside_changed": float(np.mean(np.abs(removed - rgb).max(-1)[~footprint] > 0.05))
         if (~footprint).any()
@@ -142,3 +153,14 @@ def cutout_figures(
         unseen=float(np.mean(~seen_fp[footprint])) if footprint.any() else 0.0,
     )
     return out
+
+
+def outside_box(points: np.ndarray, lo, hi, margin: float = 0.05) -> float:
+    """Fraction of ``points`` (N x 3) beyond the box ``lo``..``hi`` grown on every side by ``margin``
+    times its largest side (the object's true box: what an exported cut-out should stay in)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    if len(points) == 0:
+        return float("nan")
+    pad = margin * float((hi - lo).max())
+    inside = ((points >= lo - pad) & (points <= hi + pad)).all(axis=1)
+    return float(1.0 - inside.mean())

@@ -378,14 +378,26 @@ def _render_view(out: Path, i: int, c2w, width: int, height: int, focal: float, 
     return depth
 
 
+def silhouette(obj: Obj, c2w: np.ndarray, w: int, h: int, focal: float) -> np.ndarray:
+    """H x W: the pixels (through their centres) whose ray meets ``obj``, whatever is in front of
+    it: the object's whole silhouette in a camera of :func:`render`, hidden parts included."""
+    xs, ys = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    d = np.stack([(xs - w / 2) / focal, -(ys - h / 2) / focal, -np.ones_like(xs)], -1).reshape(-1, 3) @ c2w[:3, :3].T
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    t, _ = _intersect(obj, np.broadcast_to(c2w[:3, 3], d.shape), d)
+    return np.isfinite(t).reshape(h, w)
+
+
 def _render_removed(k: int, i: int) -> None:
-    """View ``i`` without object ``k`` and which of the pixels it uncovers other views see."""
+    """View ``i`` without object ``k``, which of the pixels it uncovers other views see, and
+    object ``k``'s whole silhouette."""
     from sa3d_ns.core.metrics import dilate
 
     out, views, depths, objects = _SHARED["out"], _SHARED["views"], _SHARED["depths"], _SHARED["objects"]
     focal, width, height, texture = _SHARED["focal"], _SHARED["width"], _SHARED["height"], _SHARED["texture"]
     folder = out / "removed" / str(k)
     (folder / "seen").mkdir(parents=True, exist_ok=True)
+    (folder / "whole").mkdir(parents=True, exist_ok=True)
     rest = [o for j, o in enumerate(objects, start=1) if j != k]
     img, _, depth = render(views[i], width, height, focal, objects=rest, texture=texture)
     name = f"frame_{i:05d}.png"
@@ -397,6 +409,8 @@ def _render_removed(k: int, i: int) -> None:
     if footprint.any():
         seen = seen_elsewhere(np.where(footprint, depth, 0.0), views[i], others, focal) & footprint
     Image.fromarray((seen * 255).astype(np.uint8)).save(folder / "seen" / name)
+    whole = silhouette(objects[k - 1], views[i], width, height, focal)
+    Image.fromarray((whole * 255).astype(np.uint8)).save(folder / "whole" / name)
 
 
 def write_removal_truth(
@@ -406,7 +420,9 @@ def write_removal_truth(
     scene without it really looks like), and ``removed/<id>/seen/<frame>.png``: the pixels where
     that object is (its instance mask grown by 3 px) whose uncovered surface at least one *other*
     view sees (255) -- what a NeRF of the views can know there; the rest (under the object, in
-    its shadow for every camera) can only be inpainted."""
+    its shadow for every camera) can only be inpainted; ``removed/<id>/whole/<frame>.png``: the
+    object's whole silhouette (255), its parts hidden by other objects included (what the object
+    rendered alone covers)."""
     jobs = [(k, i) for k in range(1, len(objects) + 1) for i in range(len(views))]
     description = f"Rendering {len(views)} views without each of {len(objects)} objects" if progress else None
     shared = dict(out=Path(out), views=views, depths=depths, objects=objects, focal=focal, width=width, height=height)
