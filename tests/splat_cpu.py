@@ -19,7 +19,10 @@ compositing, by the CUDA kernel's rules:
 Checked against a compositing written pixel by pixel in ``tests/test_splat_cpu.py``.
 
 :func:`patched` swaps it in for gsplat's own, with what else splatfacto needs on a CPU (its
-``.cuda()`` calls made no-ops, LPIPS not built, torch.compile off).
+``.cuda()`` calls made no-ops, LPIPS not built, torch.compile off), and CPU twins of the gsplat
+functions that list a view's (Gaussian, pixel) pairs, which the product calls for its per-view
+lists (``gsplat.fully_fused_projection``, ``isect_tiles``, ``isect_offset_encode``,
+``rasterize_to_indices_in_range``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ import math
 from contextlib import contextmanager
 
 import torch
-from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
+from gsplat.cuda._torch_impl import (
+    _fully_fused_projection,
+    _isect_offset_encode,
+    _quat_scale_to_covar_preci,
+    _spherical_harmonics,
+)
 
 
 def tile_ranges(means2d: torch.Tensor, radii: torch.Tensor, tile_size: int, tiles_w: int, tiles_h: int):
@@ -174,6 +182,101 @@ def rasterization(
     return render, alpha, meta
 
 
+# ---------------------------------------------------------------- gsplat's pair functions, on a CPU
+def fully_fused_projection(
+    means, covars, quats, scales, viewmats, Ks, width, height, eps2d=0.3, near_plane=0.01, far_plane=1e10,
+    radius_clip=0.0, packed=False, sparse_grad=False, calc_compensations=False, camera_model="pinhole",
+):  # fmt: skip
+    """``gsplat.fully_fused_projection`` (unpacked, pinhole) through gsplat's reference functions."""
+    if packed or camera_model != "pinhole":
+        raise NotImplementedError("splat_cpu: unpacked pinhole projection only")
+    if covars is None:
+        covars, _ = _quat_scale_to_covar_preci(quats, scales, True, False, triu=False)
+    radii, means2d, depths, conics, comp = _fully_fused_projection(
+        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+        calc_compensations=calc_compensations,
+    )  # fmt: skip
+    if radius_clip > 0:
+        radii = torch.where(radii <= radius_clip, torch.zeros_like(radii), radii)
+    return radii, means2d, depths, conics, comp
+
+
+def isect_tiles(
+    means2d, radii, depths, tile_size, tile_width, tile_height, sort=True, packed=False, n_cameras=None,
+    camera_ids=None, gaussian_ids=None,
+):  # fmt: skip
+    """``gsplat.isect_tiles`` (unpacked): every (camera, tile, Gaussian) its radius overlaps, as
+    ids (camera | tile | the depth's float bits) sorted, and the flat Gaussian index of each."""
+    if packed:
+        raise NotImplementedError("splat_cpu: unpacked intersections only")
+    C, N = radii.shape
+    lo, hi = tile_ranges(means2d, radii, tile_size, tile_width, tile_height)
+    size = hi - lo
+    counts = (size[..., 0] * size[..., 1]).reshape(-1)
+    flat = torch.repeat_interleave(torch.arange(C * N), counts)
+    local = torch.arange(len(flat)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    lo, size = lo.reshape(-1, 2)[flat], size.reshape(-1, 2)[flat]
+    tx, ty = lo[:, 0] + local % size[:, 0].clamp(min=1), lo[:, 1] + local // size[:, 0].clamp(min=1)
+    bits = (tile_width * tile_height).bit_length()
+    depth_bits = depths.reshape(-1)[flat].float().contiguous().view(torch.int32).long() & 0xFFFFFFFF
+    isect_ids = ((flat // N) << (32 + bits)) | ((ty * tile_width + tx) << 32) | depth_bits
+    if sort:
+        isect_ids, order = torch.sort(isect_ids)
+        flat = flat[order]
+    return counts.reshape(C, N).int(), isect_ids, flat.int()
+
+
+def isect_offset_encode(isect_ids, n_cameras, tile_width, tile_height):
+    """``gsplat.isect_offset_encode``: gsplat's own reference."""
+    return _isect_offset_encode(isect_ids, n_cameras, tile_width, tile_height)
+
+
+def rasterize_to_indices_in_range(
+    range_start, range_end, transmittances, means2d, conics, opacities, image_width, image_height, tile_size,
+    isect_offsets, flatten_ids,
+):  # fmt: skip
+    """``gsplat.rasterize_to_indices_in_range``: the (Gaussian, pixel, camera) triples that count,
+    for the Gaussians of batches [range_start, range_end) (tile_size^2 each) of each tile's
+    front-to-back list, starting from ``transmittances``."""
+    C, N = opacities.shape
+    block = tile_size * tile_size
+    offsets = torch.cat([isect_offsets.reshape(-1).long(), torch.tensor([len(flatten_ids)])])
+    tile_height, tile_width = isect_offsets.shape[1:3]
+    out_g, out_p, out_c = [], [], []
+    for t in range(C * tile_height * tile_width):
+        a, b = int(offsets[t]) + range_start * block, min(int(offsets[t]) + range_end * block, int(offsets[t + 1]))
+        if a >= b:
+            continue
+        cam, tile = divmod(t, tile_height * tile_width)
+        ty, tx = divmod(tile, tile_width)
+        g = flatten_ids[a:b].long() - cam * N
+        y0, x0 = ty * tile_size, tx * tile_size
+        ys, xs = torch.meshgrid(
+            torch.arange(y0, min(y0 + tile_size, image_height)), torch.arange(x0, min(x0 + tile_size, image_width)),
+            indexing="ij",
+        )  # fmt: skip
+        pix = (ys * image_width + xs).reshape(-1)
+        d = means2d[cam, g][None] - (torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).to(means2d)[:, None] + 0.5)
+        ca, cb, cc = conics[cam, g].unbind(-1)
+        sigma = 0.5 * (ca * d[..., 0] ** 2 + cc * d[..., 1] ** 2) + cb * d[..., 0] * d[..., 1]
+        alpha = torch.clamp_max(opacities[cam, g] * torch.exp(-sigma), 0.999)
+        alpha = torch.where((sigma >= 0) & (alpha >= 1.0 / 255.0), alpha, torch.zeros_like(alpha))
+        start = transmittances[cam].reshape(-1)[pix][:, None]
+        before = start * torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
+        counted = (torch.cumsum(((before * (1 - alpha) <= 1e-4) & (alpha > 0)).int(), 1) == 0) & (alpha > 0)
+        rows, cols = counted.nonzero(as_tuple=True)
+        out_g.append(g[cols])
+        out_p.append(pix[rows])
+        out_c.append(torch.full_like(rows, cam))
+    if not out_g:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, empty
+    return torch.cat(out_g), torch.cat(out_p), torch.cat(out_c)
+
+
+PAIR_FUNCTIONS = ("fully_fused_projection", "isect_tiles", "isect_offset_encode", "rasterize_to_indices_in_range")
+
+
 @contextmanager
 def patched():
     """gsplat's rasterization replaced by :func:`rasterization` where nerfstudio and gsplat look it
@@ -186,8 +289,11 @@ def patched():
     from sa3d_ns.nerf.host import lpips_disabled
 
     saved = (gsplat.rasterization, gsplat.rendering.rasterization, splatfacto.rasterization, torch.Tensor.cuda)
+    saved_pairs = {name: getattr(gsplat, name) for name in PAIR_FUNCTIONS}
     compile_off = dynamo.disable
     gsplat.rasterization = gsplat.rendering.rasterization = splatfacto.rasterization = rasterization
+    for name in PAIR_FUNCTIONS:
+        setattr(gsplat, name, globals()[name])
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
     dynamo.disable = True  # (splatfacto compiles get_viewmat: 16 s on a CPU for nothing)
     try:
@@ -195,6 +301,8 @@ def patched():
             yield
     finally:
         gsplat.rasterization, gsplat.rendering.rasterization, splatfacto.rasterization, torch.Tensor.cuda = saved
+        for name, fn in saved_pairs.items():
+            setattr(gsplat, name, fn)
         dynamo.disable = compile_off
 
 

@@ -106,3 +106,33 @@ def test_refuses_what_it_does_not_do():
     means, quats, scales, opacities, colors, viewmats, Ks = a_few_gaussians()
     with pytest.raises(NotImplementedError):
         rasterization(means, quats, scales, opacities, colors, viewmats, Ks, 8, 8, absgrad=True)
+
+
+def test_the_products_pair_lists_give_the_kernels_weights():
+    """sa3d_ns.splat.lists.view_pairs (gsplat's pair functions, here their CPU twins, then the
+    weights in torch) lists the same weights as the compositing, and the heaviest per pixel."""
+    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
+    from splat_cpu import patched
+
+    from sa3d_ns.core.splats import heaviest
+    from sa3d_ns.splat.lists import view_pairs
+
+    means, quats, scales, opacities, colors, viewmats, Ks = a_few_gaussians(n=40, seed=2)
+    opacities[:5] = 1.0  # (some pixels stop early)
+    w, h = 40, 36  # (tiles cut by the image's edge)
+    with patched():
+        pixels, gaussians, weights = view_pairs(means, quats, scales, opacities, viewmats[0], Ks[0], w, h)
+    covars, _ = _quat_scale_to_covar_preci(quats, scales, True, False, triu=False)
+    radii, means2d, depths, conics, _ = _fully_fused_projection(means, covars, viewmats, Ks, w, h)
+    _, _, dense = composite(means2d[0], conics[0], opacities, colors, depths[0], radii[0], w, h, 16, with_weights=True)
+    assert dense is not None
+    listed = torch.zeros_like(dense)
+    listed[pixels, gaussians] = weights
+    assert torch.allclose(listed, dense, atol=1e-6) and (dense > 0).sum() == len(weights)
+    # each pixel's pairs come front to back
+    same = pixels[1:] == pixels[:-1]
+    assert (depths[0][gaussians][1:][same] >= depths[0][gaussians][:-1][same]).all()
+    ids, top = heaviest(pixels, gaussians, weights, w * h, 3)
+    best = dense.topk(3, dim=1)
+    assert torch.allclose(top, best.values, atol=1e-6)
+    assert (ids[top > 0] == best.indices[top > 0]).all()
