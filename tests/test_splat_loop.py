@@ -21,7 +21,7 @@ from sa3d_ns.scene.generate import OBJECTS, make_scene
 from sa3d_ns.segmenters.oracle import OracleSegmenter, read_instance_mask
 from sa3d_ns.splat.scene import Gaussians, GaussianScene, View
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # (a CPU splatfacto training: minutes)
 HERE = Path(__file__).parent
 
 
