@@ -166,3 +166,40 @@ def test_blender_layout(tmp_path):
     assert math.isclose(
         0.5 * 32 / math.tan(0.5 * splits["train"]["camera_angle_x"]), 0.5 * 32 / math.tan(math.radians(25))
     )
+
+
+def test_sparse_point_cloud_lies_on_the_surfaces_the_views_see(small_scene):
+    """sparse_pc.ply (named in transforms.json, as ns-process-data names COLMAP's points): points
+    on the support or on an object, coloured as the views see them; nerfstudio's dataparser reads
+    it as splatfacto's seed points."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    meta = json.loads((small_scene / "transforms.json").read_text())
+    assert meta["ply_file_path"] == "sparse_pc.ply"
+    parser = NerfstudioDataParserConfig(data=small_scene, load_3D_points=True).setup()
+    outputs = parser.get_dataparser_outputs("train")
+    seeded = outputs.metadata["points3D_xyz"]
+    assert 3000 <= len(seeded) <= 4000 and outputs.metadata["points3D_rgb"].shape == seeded.shape
+    # back in the scene's own frame: on the support (z = 0) or within an object's box
+    scale, transform = outputs.dataparser_scale, outputs.dataparser_transform
+    points = ((seeded / scale) - transform[:, 3]) @ transform[:, :3]
+    points = points.numpy()
+    on_support = np.abs(points[:, 2]) < 1e-3
+    in_object = np.zeros(len(points), bool)
+    for obj in OBJECTS:
+        lo, hi = obj.bounds()
+        in_object |= ((points >= np.array(lo) - 1e-3) & (points <= np.array(hi) + 1e-3)).all(1)
+    assert (on_support | in_object).all() and in_object.sum() > 0.1 * len(points)
+    # without: no point cloud, and transforms.json names none
+    out = small_scene.parent / "nopoints"
+    make_scene(out, num_views=4, width=16, height=16, progress=False, removal_truth=False, points=0)
+    assert "ply_file_path" not in json.loads((out / "transforms.json").read_text())
+    assert not (out / "sparse_pc.ply").exists()
+
+
+@pytest.mark.parametrize("flag", [["--points", "-1"], ["--num-views", "1"], ["--workers", "0"]])
+def test_make_scene_refuses_bad_numbers(tmp_path, flag):
+    from helpers import run
+
+    r = run(["sa3d-make-scene", "--output", tmp_path / "s", "--width", "16", "--height", "16", *flag], tmp_path)
+    assert r.returncode == 2 and "sa3d-make-scene: need" in r.stderr and not (tmp_path / "s").exists()

@@ -55,13 +55,17 @@ def seen_anchors(anchors: torch.Tensor, positions: torch.Tensor, weights: torch.
     height = len(points) // width
     dist = torch.cdist(anchors.float().to(points.device), points)  # A x R
     dist[:, ~valid] = torch.inf
+    strength = weights.float().max(-1).values
     out = []
     for a in range(len(anchors)):
-        d, r = torch.min(dist[a], 0)
-        r = int(r)
+        d = dist[a].min()
         if not torch.isfinite(d):
             out.append(None)
             continue
+        # of the rays whose surface point is nearest (several, when it is a splat's Gaussian: every
+        # pixel it covers most), the one where it weighs most: its centre, not a pixel on its rim
+        ties = (dist[a] <= d).nonzero().squeeze(-1)
+        r = int(ties[strength[ties].argmax()])
         row, col = divmod(r, width)
         near = [
             rr * width + cc

@@ -64,9 +64,10 @@ def vote_targets(mask: torch.Tensor, neg_weight: float) -> torch.Tensor:
 def render_mask_score(
     field: Callable[[torch.Tensor], torch.Tensor], positions: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """S = sum_i w_i m(x_i) for R rays of S samples: positions R x S x 3, weights R x S -> R."""
+    """S = sum_i w_i m(x_i) for R rays of S samples: positions R x S x 3 (or whatever else the field
+    reads per sample, R x S x ...), weights R x S -> R."""
     r, s = weights.shape
-    values = field(positions.reshape(-1, 3)).reshape(r, s)
+    values = field(positions.reshape(r * s, *positions.shape[2:])).reshape(r, s)
     return (weights * values).sum(dim=-1)
 
 
@@ -151,7 +152,8 @@ class MaskLifter:
 
     Args:
         field: maps N x 3 positions to N mask values; linear in ``param`` with non-negative
-            interpolation weights.
+            interpolation weights. (The "positions" are whatever a sample holds for the field:
+            3D points for a hash grid, the Gaussian's index for a splat's per-Gaussian mask.)
         param: the field's one trainable tensor (the hash table).
         mode: ``vote`` or ``sgd`` (see the module docstring).
         lr: step size of the ``sgd`` mode.
@@ -205,7 +207,7 @@ class MaskLifter:
         for start in range(0, r, self.chunk_rays):
             sl = slice(start, min(start + self.chunk_rays, r))
             n = sl.stop - sl.start
-            idx, w = self.corners(positions[sl].reshape(-1, 3))
+            idx, w = self.corners(positions[sl].reshape(n * s, *positions.shape[2:]))
             levels = idx.shape[0]
             w.mul_(weights[sl].reshape(1, -1, 1).to(w))  # the samples' volume weights folded in
             yield sl, idx.view(levels, n, -1), w.view(levels, n, -1)

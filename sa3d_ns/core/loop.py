@@ -114,6 +114,12 @@ class LoopSettings:
         return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
 
 
+def lifted(data: ViewData) -> torch.Tensor:
+    """What the objects' 3D masks read per sample of a view: its ``samples`` where the scene gives
+    them (a splat: each Gaussian's index), else the samples' positions (a NeRF's hash grid)."""
+    return data["samples"] if "samples" in data else data["positions"]
+
+
 def format_duration(seconds: float) -> str:
     """e.g. 42 s, 3 min 05 s, 2 h 10 min."""
     seconds = int(round(seconds))
@@ -184,7 +190,7 @@ class SA3DLoop:
         self.scene.set_bounds(k, None)
         positions, weights = data["positions"], data["weights"]
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(weights.device)
-        obj.lifter.add_view(positions, weights, mask_t, self.settings.neg_weight_first)
+        obj.lifter.add_view(lifted(data), weights, mask_t, self.settings.neg_weight_first)
         obj.surface_points = [surface_samples(positions, weights, mask_t).cpu()]
         obj.anchors = click_anchors(positions, weights, int(data["size"][1]), prompt.points[prompt.labels == 1])
         self.active, self.records = [k], []
@@ -223,7 +229,7 @@ class SA3DLoop:
         data = self.scene.view_data(view)
         h, w = (int(x) for x in data["size"])
         key = self.scene.footprint_key(k, view, data)  # its footprint is every object's
-        score = lifter.score(data["positions"], data["weights"], key=key).view(h, w).cpu()
+        score = lifter.score(lifted(data), data["weights"], key=key).view(h, w).cpu()
         depth = data["depth"].view(h, w).cpu().float()
         image = self.scene.segment_input(view, data)
         t_render = time.perf_counter() - t0
@@ -298,7 +304,7 @@ class SA3DLoop:
             neg = cfg.neg_weight
         t1 = time.perf_counter()
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
-        lifter.add_view(data["positions"], data["weights"], mask_t, neg, key=key)
+        lifter.add_view(lifted(data), data["weights"], mask_t, neg, key=key)
         obj.surface_points.append(surface_samples(data["positions"], data["weights"], mask_t).cpu())
         rec["lift_s"] = round(time.perf_counter() - t1, 4)
         return self.finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)

@@ -47,6 +47,7 @@ class ViewData(TypedDict, total=False):
     depth: Required[torch.Tensor]  # H x W
     size: Required[torch.Tensor]  # [H, W]
     rgb: torch.Tensor  # H x W x 3 uint8
+    samples: torch.Tensor  # R x K: what the 3D mask reads per sample when it is not its position (a Gaussian's index)
 
 
 Status = Literal["prompt", "accepted", "rejected", "skipped"]

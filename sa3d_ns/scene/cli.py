@@ -30,6 +30,8 @@ class MakeSceneArgs:
     """Also render every view without each object (removed/<id>/, for sa3d-eval's removal figures) and which uncovered pixels other views see (removed/<id>/seen/)."""
     workers: int | None = None
     """Processes rendering views side by side (default: one per CPU core)."""
+    points: int = 4000
+    """Points of the sparse point cloud (sparse_pc.ply, back-projected from the views' depths) that splatfacto starts from, as from COLMAP's; 0: none (random start)."""
 
 
 def entrypoint() -> None:
@@ -38,8 +40,14 @@ def entrypoint() -> None:
     from sa3d_ns.scene.generate import make_scene
 
     args = tyro.cli(MakeSceneArgs)
-    if args.num_views < 2 or args.width < 8 or args.height < 8 or (args.workers is not None and args.workers < 1):
-        print("sa3d-make-scene: need --num-views >= 2, --width/--height >= 8 and --workers >= 1.", file=sys.stderr)
+    if (
+        args.num_views < 2 or args.width < 8 or args.height < 8 or (args.workers is not None and args.workers < 1)
+        or args.points < 0
+    ):  # fmt: skip
+        print(
+            "sa3d-make-scene: need --num-views >= 2, --width/--height >= 8, --workers >= 1 and --points >= 0.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     try:
         path = make_scene(
@@ -53,6 +61,7 @@ def entrypoint() -> None:
             objects=args.objects,
             removal_truth=args.removal_truth,
             workers=args.workers,
+            points=args.points,
         )
     except FileExistsError as err:
         print(f"sa3d-make-scene: {err}", file=sys.stderr)

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sa3d_ns.core.geometry import write_ply
+
 
 @dataclass
 class Obj:
@@ -240,13 +242,17 @@ def make_scene(
     objects: str = "demo",
     removal_truth: bool = True,
     workers: int | None = None,
+    points: int = 4000,
 ) -> Path:
     """Write the dataset to ``out``; returns the transforms.json path (``layout`` "blender":
     the blender-data dataparser's layout, see :func:`write_blender`; returns transforms_train.json).
     ``objects`` names an object set of :data:`OBJECT_SETS`. ``removal_truth``: also write, for
     every object and view, the view rendered with that object taken out and which of the pixels
     it uncovers some other view sees (:func:`write_removal_truth`). ``workers``: processes that
-    render views side by side (default: one per CPU core, at most one per view; 1: this process)."""
+    render views side by side (default: one per CPU core, at most one per view; 1: this process).
+    ``points``: a sparse point cloud of the scene's surfaces (``sparse_pc.ply``, named by
+    ``ply_file_path`` in transforms.json, as ``ns-process-data`` writes COLMAP's points), which
+    splatfacto starts its Gaussians from; 0: none."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder (nothing was overwritten).")
@@ -289,6 +295,9 @@ def make_scene(
         "p2": 0.0,
         "frames": frames,
     }
+    if points > 0:
+        write_ply(out / "sparse_pc.ply", *surface_points(out, frames, views, depths, focal, width, height, points))
+        meta["ply_file_path"] = "sparse_pc.ply"
     listed = [
         {"id": i, "name": o.name, "kind": o.kind, "bounds_min": o.bounds()[0], "bounds_max": o.bounds()[1]}
         for i, o in enumerate(scene_objects, start=1)
@@ -300,6 +309,31 @@ def make_scene(
         return write_blender(out, meta, fov_deg)
     (out / "transforms.json").write_text(json.dumps(meta, indent=1))
     return out / "transforms.json"
+
+
+def surface_points(
+    out: Path,
+    frames: list[dict],
+    views: list[np.ndarray],
+    depths: list[np.ndarray],
+    focal: float,
+    w: int,
+    h: int,
+    n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """About ``n`` points (N x 3) of the surfaces the views see, with their colours (N x 3 uint8):
+    pixels of every view back-projected at their depth (the sky left out), drawn at random (seed 0)."""
+    rng = np.random.default_rng(0)
+    per_view = -(-n // len(views))
+    points, colors = [], []
+    for frame, c2w, depth in zip(frames, views, depths, strict=True):
+        rows, cols = np.nonzero(depth > 0)
+        pick = rng.choice(len(rows), size=min(per_view, len(rows)), replace=False)
+        rows, cols, z = rows[pick], cols[pick], depth[rows[pick], cols[pick]]
+        cam = np.stack([(cols + 0.5 - w / 2) / focal * z, -(rows + 0.5 - h / 2) / focal * z, -z], -1)
+        points.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
+        colors.append(np.asarray(Image.open(out / frame["file_path"]).convert("RGB"))[rows, cols])
+    return np.concatenate(points)[:n], np.concatenate(colors)[:n]
 
 
 def project(points: np.ndarray, c2w: np.ndarray, focal: float, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,1 @@
+"""SA3D on splatfacto runs: the glue between gsplat / nerfstudio's splatfacto and the algorithm."""
