@@ -1085,12 +1085,14 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(scen
         subprocess.run(["umount", str(small)], capture_output=True)
 
 
-def start_sa3d(scene, out: str, cache: Path, *extra, limit_bytes: int | None = None) -> subprocess.Popen:
-    """ns-train sa3d (oracle, the e2e prompt) as a process whose output can be read as it runs."""
+def start_sa3d(
+    scene, out: str, cache: Path, *extra, limit_bytes: int | None = None, prompt: Path | None = None
+) -> subprocess.Popen:
+    """ns-train sa3d (oracle, the e2e prompt or ``prompt``) as a process whose output can be read as it runs."""
     import resource
 
     cmd = [str(BIN / "ns-train"), "sa3d", "--pipeline.nerfacto-config", str(scene["nerfacto"]), "--machine.device-type", "cpu",
-           "--vis", "tensorboard", "--output-dir", str(scene["root"] / out), "--pipeline.prompt", str(scene["prompt"]),
+           "--vis", "tensorboard", "--output-dir", str(scene["root"] / out), "--pipeline.prompt", str(prompt or scene["prompt"]),
            "--pipeline.segmenter", "oracle", "--pipeline.cache-dir", str(cache), *map(str, extra)]  # fmt: skip
 
     def in_child():
@@ -1164,3 +1166,54 @@ def test_a_full_disk_while_caching_is_a_clear_error(scene):
     assert "--pipeline.cache-dir" in flat and "Removed the unfinished run folder" in flat
     assert not list(cache.rglob("*.pt")) and not list(cache.rglob("*.tmp"))
     assert not list((scene["root"] / out).glob("*/sa3d/*"))
+
+
+@pytest.mark.parametrize("objects", ["two objects", "one object"])
+def test_two_runs_at_once_sharing_one_cache(scene, objects):
+    """Two ns-train sa3d started together on the scene, into the same output folder (nerfstudio's
+    run folders are named to the second: they would be the same folder) and with one cache folder:
+    each gets its own run folder, both finish with their object segmented, and every cache entry
+    left is whole and read back by a third run."""
+    root = scene["root"]
+    out, cache = f"together_{objects[:3]}", root / f"cache_together_{objects[:3]}"
+    ids = np.asarray(Image.open(root / "scene" / "instances" / "frame_00000.png"))
+    depth = cv2.distanceTransform(np.pad(ids == 2, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)  # (the crate's most interior pixel)
+    crate = write(
+        root / "prompt_crate.json", json.dumps({"view": "frame_00000.png", "points": [[x, y]], "labels": [1]})
+    )
+    second = crate if objects == "two objects" else scene["prompt"]
+    same = ("--timestamp", "together")  # (as two runs started in the same second)
+    procs = [start_sa3d(scene, out, cache, *same), start_sa3d(scene, out, cache, *same, prompt=second)]
+    texts = [p.communicate(timeout=900)[0] for p in procs]
+    for proc, text in zip(procs, texts, strict=True):
+        assert proc.returncode == 0 and "Traceback" not in text, text[-3000:]
+    runs = sa3d_runs(scene, out)
+    assert len(runs) == 2, runs  # two folders, even when started in the same second
+    results = {}
+    for run_dir in runs:
+        summary = json.loads((run_dir / "sa3d" / "summary.json").read_text())
+        assert summary["complete"] and len(list((run_dir / "nerfstudio_models").glob("*.ckpt"))) == 1
+        r = sa3d_eval(run_dir, cwd=root)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        result = json.loads((run_dir / "sa3d" / "eval_test" / "eval.json").read_text())
+        results[result["objects"][0]["object_id"]] = result["miou"]
+    expected = {1, 2} if objects == "two objects" else {1}
+    assert set(results) == expected and min(results.values()) > 0.6, results
+    entries = list(cache.rglob("*.pt"))
+    assert entries and not list(cache.rglob("*.tmp"))
+    for path in entries:
+        torch.load(path, map_location="cpu", weights_only=True)
+    r = sa3d(
+        scene,
+        "--pipeline.prompt",
+        scene["prompt"],
+        "--pipeline.segmenter",
+        "oracle",
+        "--pipeline.cache-dir",
+        cache,
+        out=out,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (third,) = set(sa3d_runs(scene, out)) - set(runs)
+    assert json.loads((third / "sa3d" / "summary.json").read_text())["cache"]["views_built"] == 0

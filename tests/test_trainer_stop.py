@@ -54,3 +54,16 @@ def test_stopped_run_with_a_saved_checkpoint_is_kept(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert stop.value.code == 143 and t.base_dir.is_dir() and "Removed" not in out
     assert "Nothing was cached" in out
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
+    """nerfstudio names a run's folder by its start time, to the second: the second of two runs
+    started together takes <timestamp>_2 (created atomically), never the first one's folder."""
+    from sa3d_ns.nerf.trainer import SA3DTrainerConfig
+
+    made = []
+    for _ in range(3):
+        config = SA3DTrainerConfig(method_name="sa3d", experiment_name="scene", output_dir=tmp_path, timestamp="T")
+        config.claim_run_folder()
+        made.append(config.get_base_dir())
+    assert [d.name for d in made] == ["T", "T_2", "T_3"] and all(d.is_dir() for d in made)

@@ -91,8 +91,15 @@ class ViewCache:
         self.dir = cache_dir(root, key)
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "key.json"
-        if not meta.is_file():
-            meta.write_text(json.dumps(key, indent=1, sort_keys=True, default=str))
+        if not meta.is_file():  # (atomically: another run may open the same cache at the same time)
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="key", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(key, indent=1, sort_keys=True, default=str))
+                os.replace(tmp, meta)
+            except OSError as err:
+                Path(tmp).unlink(missing_ok=True)
+                raise CacheWriteError(meta, 0, err) from None
         self.hits = 0
         self.misses = 0
         self.background = background

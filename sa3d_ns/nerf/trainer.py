@@ -56,6 +56,25 @@ class SA3DTrainerConfig(TrainerConfig):
             except SA3DError as err:
                 report_and_exit(err)
         super().set_timestamp()
+        self.claim_run_folder()
+
+    def claim_run_folder(self) -> None:
+        """Create the run's folder, or if another run took it (ns-train sa3d started twice in the
+        same second: nerfstudio's timestamps are to the second) the next free ``<timestamp>_2``,
+        ``_3``...: two runs never write into one folder. (mkdir is atomic: one process wins.)"""
+        stamp = self.timestamp
+        for n in range(1, 1000):
+            self.timestamp = stamp if n == 1 else f"{stamp}_{n}"
+            base = self.get_base_dir()
+            base.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                base.mkdir()
+                return
+            except FileExistsError:
+                continue
+        report_and_exit(
+            SA3DError(f"{base.parent} holds runs {stamp} to {self.timestamp}: choose another --output-dir.")
+        )
 
 
 class SA3DTrainer(Trainer):
