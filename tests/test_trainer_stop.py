@@ -67,3 +67,14 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
         config.claim_run_folder()
         made.append(config.get_base_dir())
     assert [d.name for d in made] == ["T", "T_2", "T_3"] and all(d.is_dir() for d in made)
+
+
+def test_a_run_folder_that_cannot_be_made_is_a_clear_error(tmp_path, capsys):
+    from sa3d_ns.nerf.trainer import SA3DTrainerConfig
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    config = SA3DTrainerConfig(method_name="sa3d", experiment_name="scene", output_dir=blocker, timestamp="T")
+    with pytest.raises(SystemExit) as exit_info:
+        config.claim_run_folder()
+    assert exit_info.value.code == 2 and "Cannot create the run folder" in capsys.readouterr().out

@@ -66,12 +66,16 @@ class SA3DTrainerConfig(TrainerConfig):
         for n in range(1, 1000):
             self.timestamp = stamp if n == 1 else f"{stamp}_{n}"
             base = self.get_base_dir()
-            base.parent.mkdir(parents=True, exist_ok=True)
             try:
+                base.parent.mkdir(parents=True, exist_ok=True)
                 base.mkdir()
                 return
             except FileExistsError:
                 continue
+            except OSError as err:
+                report_and_exit(
+                    SA3DError(f"Cannot create the run folder {base} ({err.strerror}): choose another --output-dir.")
+                )
         report_and_exit(
             SA3DError(f"{base.parent} holds runs {stamp} to {self.timestamp}: choose another --output-dir.")
         )
