@@ -1168,7 +1168,7 @@ def test_a_full_disk_while_caching_is_a_clear_error(scene):
     assert not list((scene["root"] / out).glob("*/sa3d/*"))
 
 
-@pytest.mark.parametrize("objects", ["two objects", "one object"])
+@pytest.mark.parametrize("objects", ["two objects", pytest.param("one object", marks=pytest.mark.extended)])
 def test_two_runs_at_once_sharing_one_cache(scene, objects):
     """Two ns-train sa3d started together on the scene, into the same output folder (nerfstudio's
     run folders are named to the second: they would be the same folder) and with one cache folder:
