@@ -1180,7 +1180,8 @@ def test_two_runs_at_once_sharing_one_cache(scene, objects):
     depth = cv2.distanceTransform(np.pad(ids == 2, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)  # (the crate's most interior pixel)
     crate = write(
-        root / "prompt_crate.json", json.dumps({"view": "frame_00000.png", "points": [[float(x), float(y)]], "labels": [1]})
+        root / "prompt_crate.json",
+        json.dumps({"view": "frame_00000.png", "points": [[float(x), float(y)]], "labels": [1]}),
     )
     second = crate if objects == "two objects" else scene["prompt"]
     same = ("--timestamp", "together")  # (as two runs started in the same second)
