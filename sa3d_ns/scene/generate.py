@@ -138,6 +138,23 @@ def mosaic(u: np.ndarray, v: np.ndarray, cell: float) -> np.ndarray:
     return MOSAIC[((iu * 73856093) ^ (iv * 19349663)) % len(MOSAIC)]
 
 
+def pixel_rays(c2w: np.ndarray, w: int, h: int, focal: float, ox: float = 0.5, oy: float = 0.5) -> np.ndarray:
+    """Unit directions (H * W x 3, row-major) of the rays through each pixel at offset (ox, oy)
+    within it (0.5: its centre) of a camera of :func:`render` (OpenGL axes: looks along -z, y up)."""
+    xs, ys = np.meshgrid(np.arange(w) + ox, np.arange(h) + oy)
+    d = np.stack([(xs - w / 2) / focal, -(ys - h / 2) / focal, -np.ones_like(xs)], -1).reshape(-1, 3) @ c2w[:3, :3].T
+    return d / np.linalg.norm(d, axis=-1, keepdims=True)
+
+
+def backproject(depth: np.ndarray, c2w: np.ndarray, focal: float) -> np.ndarray:
+    """The world points (H * W x 3, row-major) of a z-depth map (H x W) of a camera of :func:`render`,
+    through the pixel centres."""
+    h, w = depth.shape
+    xs, ys = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    cam = np.stack([(xs - w / 2) / focal * depth, -(ys - h / 2) / focal * depth, -depth], -1).reshape(-1, 3)
+    return cam @ c2w[:3, :3].T + c2w[:3, 3]
+
+
 def render(
     c2w: np.ndarray, w: int, h: int, focal: float, objects=OBJECTS, ss: int = 2, texture: str = "plain"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,10 +168,7 @@ def render(
     ids_centre = None
     offsets = [((i + 0.5) / ss, (j + 0.5) / ss) for i in range(ss) for j in range(ss)]
     for k, (ox, oy) in enumerate(offsets + [(0.5, 0.5)]):
-        xs, ys = np.meshgrid(np.arange(w) + ox, np.arange(h) + oy)
-        dirs = np.stack([(xs - w / 2) / focal, -(ys - h / 2) / focal, -np.ones_like(xs)], -1).reshape(-1, 3)
-        d = dirs @ c2w[:3, :3].T
-        d /= np.linalg.norm(d, axis=-1, keepdims=True)
+        d = pixel_rays(c2w, w, h, focal, ox, oy)
         o = np.broadcast_to(c2w[:3, 3], d.shape)
         best_t = np.full(len(d), np.inf)
         best_id = np.zeros(len(d), dtype=np.int64)
@@ -327,11 +341,10 @@ def surface_points(
     per_view = -(-n // len(views))
     points, colors = [], []
     for frame, c2w, depth in zip(frames, views, depths, strict=True):
-        rows, cols = np.nonzero(depth > 0)
-        pick = rng.choice(len(rows), size=min(per_view, len(rows)), replace=False)
-        rows, cols, z = rows[pick], cols[pick], depth[rows[pick], cols[pick]]
-        cam = np.stack([(cols + 0.5 - w / 2) / focal * z, -(rows + 0.5 - h / 2) / focal * z, -z], -1)
-        points.append(cam @ c2w[:3, :3].T + c2w[:3, 3])
+        hits = np.flatnonzero(depth.reshape(-1) > 0)
+        pick = rng.choice(hits, size=min(per_view, len(hits)), replace=False)
+        points.append(backproject(depth, c2w, focal)[pick])
+        rows, cols = np.divmod(pick, w)
         colors.append(np.asarray(Image.open(out / frame["file_path"]).convert("RGB"))[rows, cols])
     return np.concatenate(points)[:n], np.concatenate(colors)[:n]
 
@@ -354,9 +367,7 @@ def seen_elsewhere(
     other camera (c2w, its z-depth map of the whole scene) sees: projected there, in its image and
     not hidden (its depth there within ``tol`` relative of the point's)."""
     h, w = depth.shape
-    xs, ys = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-    cam = np.stack([(xs - w / 2) / focal * depth, -(ys - h / 2) / focal * depth, -depth], -1).reshape(-1, 3)
-    points = cam @ c2w[:3, :3].T + c2w[:3, 3]
+    points = backproject(depth, c2w, focal)
     seen = np.zeros(h * w, bool)
     for other_c2w, other_depth in others:
         pix, z = project(points, other_c2w, focal, w, h)
@@ -415,9 +426,7 @@ def _render_view(out: Path, i: int, c2w, width: int, height: int, focal: float, 
 def silhouette(obj: Obj, c2w: np.ndarray, w: int, h: int, focal: float) -> np.ndarray:
     """H x W: the pixels (through their centres) whose ray meets ``obj``, whatever is in front of
     it: the object's whole silhouette in a camera of :func:`render`, hidden parts included."""
-    xs, ys = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-    d = np.stack([(xs - w / 2) / focal, -(ys - h / 2) / focal, -np.ones_like(xs)], -1).reshape(-1, 3) @ c2w[:3, :3].T
-    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    d = pixel_rays(c2w, w, h, focal)
     t, _ = _intersect(obj, np.broadcast_to(c2w[:3, 3], d.shape), d)
     return np.isfinite(t).reshape(h, w)
 
