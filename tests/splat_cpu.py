@@ -51,6 +51,26 @@ def tile_ranges(means2d: torch.Tensor, radii: torch.Tensor, tile_size: int, tile
     return lo, hi
 
 
+def tile_blend(
+    means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, start=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel's rules for the pixels (ys, xs) of a tile and its Gaussians in depth order (means2d
+    G x 2, conics G x 3, opacities G): each pair's alpha, the transmittance before it (times
+    ``start``, P x 1, when given) and whether it counts (the pixel has not stopped), each P x G."""
+    pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).to(means2d)
+    d = means2d[None] - (pix[:, None, :] + 0.5)
+    a, b, c = conics.unbind(-1)
+    sigma = 0.5 * (a * d[..., 0] ** 2 + c * d[..., 1] ** 2) + b * d[..., 0] * d[..., 1]
+    alpha = torch.clamp_max(opacities * torch.exp(-sigma), 0.999)
+    alpha = torch.where((sigma >= 0) & (alpha >= 1.0 / 255.0), alpha, torch.zeros_like(alpha))
+    logs = torch.log1p(-alpha)  # (T as exp of a cumulative sum: cumprod's backward is several times dearer)
+    before = torch.exp(torch.cumsum(logs, 1) - logs)
+    if start is not None:
+        before = start * before
+    counted = torch.cumsum(((before * (1 - alpha) <= 1e-4) & (alpha > 0)).int(), 1) == 0
+    return alpha, before, counted
+
+
 def composite(
     means2d: torch.Tensor,  # [N, 2]
     conics: torch.Tensor,  # [N, 3]
@@ -82,15 +102,7 @@ def composite(
             if len(g) == 0:
                 continue
             ys, xs = torch.meshgrid(torch.arange(y0, y1), torch.arange(x0, x1), indexing="ij")
-            pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).to(means2d)
-            d = means2d[g][None] - (pix[:, None, :] + 0.5)
-            a, b, c = conics[g].unbind(-1)
-            sigma = 0.5 * (a * d[..., 0] ** 2 + c * d[..., 1] ** 2) + b * d[..., 0] * d[..., 1]
-            alpha = torch.clamp_max(opacities[g] * torch.exp(-sigma), 0.999)
-            alpha = torch.where((sigma >= 0) & (alpha >= 1.0 / 255.0), alpha, torch.zeros_like(alpha))
-            logs = torch.log1p(-alpha)  # (T as exp of a cumulative sum: cumprod's backward is several times dearer)
-            before = torch.exp(torch.cumsum(logs, 1) - logs)
-            counted = torch.cumsum(((before * (1 - alpha) <= 1e-4) & (alpha > 0)).int(), 1) == 0
+            alpha, before, counted = tile_blend(means2d[g], conics[g], opacities[g], ys, xs)
             w = alpha * before * counted
             image[y0:y1, x0:x1] = (w @ colors[g]).reshape(y1 - y0, x1 - x0, -1)
             alpha_out[y0:y1, x0:x1] = (1 - torch.prod(1 - alpha * counted, 1, keepdim=True)).reshape(
@@ -257,15 +269,9 @@ def rasterize_to_indices_in_range(
             indexing="ij",
         )  # fmt: skip
         pix = (ys * image_width + xs).reshape(-1)
-        d = means2d[cam, g][None] - (torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).to(means2d)[:, None] + 0.5)
-        ca, cb, cc = conics[cam, g].unbind(-1)
-        sigma = 0.5 * (ca * d[..., 0] ** 2 + cc * d[..., 1] ** 2) + cb * d[..., 0] * d[..., 1]
-        alpha = torch.clamp_max(opacities[cam, g] * torch.exp(-sigma), 0.999)
-        alpha = torch.where((sigma >= 0) & (alpha >= 1.0 / 255.0), alpha, torch.zeros_like(alpha))
         start = transmittances[cam].reshape(-1)[pix][:, None]
-        before = start * torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
-        counted = (torch.cumsum(((before * (1 - alpha) <= 1e-4) & (alpha > 0)).int(), 1) == 0) & (alpha > 0)
-        rows, cols = counted.nonzero(as_tuple=True)
+        alpha, _, counted = tile_blend(means2d[cam, g], conics[cam, g], opacities[cam, g], ys, xs, start)
+        rows, cols = (counted & (alpha > 0)).nonzero(as_tuple=True)
         out_g.append(g[cols])
         out_p.append(pix[rows])
         out_c.append(torch.full_like(rows, cam))
