@@ -519,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
         args.worker_out.write_text(json.dumps(result))
         return 0
 
+    if args.export_check < 0:
+        raise SystemExit(
+            f"benchmark: --export-check takes 0 (off) or every how many training views, got {args.export_check}."
+        )
     import torch
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

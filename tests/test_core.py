@@ -340,3 +340,11 @@ def test_outside_box_counts_points_beyond_the_grown_box():
     assert outside_box(points, lo, hi) == pytest.approx(0.5)
     assert outside_box(points, lo, hi, margin=0.2) == 0.0
     assert math.isnan(outside_box(np.zeros((0, 3)), lo, hi))
+
+
+def test_benchmark_refuses_a_negative_export_check(tmp_path):
+    from sa3d_ns.bench import main
+
+    with pytest.raises(SystemExit, match="--export-check takes 0"):
+        main(["--workdir", str(tmp_path / "b"), "--export-check", "-1"])
+    assert not (tmp_path / "b").exists()
