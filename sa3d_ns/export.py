@@ -3,11 +3,14 @@
     sa3d-export masks      --load-config <run>/config.yml [--output DIR] [--object NAME|all]
     sa3d-export pointcloud --load-config <run>/config.yml [--num-points 100000] [--output object.ply] [--object NAME|all]
     sa3d-export mesh       --load-config <run>/config.yml [--resolution 128] [--output object.ply|.obj] [--object NAME|all]
+    sa3d-export gaussians  --load-config <run>/config.yml [--output DIR] [--object NAME|all]   (splatfacto runs)
 
 ``masks``: a binary PNG (0/255) per training image, at the image file's own resolution, named after
 it. ``pointcloud``: coloured points on the object's surface (each training view's rendered depth
 where the rendered mask is on), in the dataset's original world frame. ``mesh``: marching cubes of
-the NeRF's density restricted to the 3D mask, in a box around the object, in the same frame.
+the NeRF's density restricted to the 3D mask, in a box around the object, in the same frame (NeRF
+runs). ``gaussians`` (splatfacto runs): the object's Gaussians and the scene without them, as two
+.ply files in the layout of splatfacto's ``ns-export gaussian-splat`` (its frame: nerfstudio's).
 Outputs default to ``<run>/sa3d/export/``; an existing output is never overwritten. A run with
 several objects writes one output per object (``--object all``, the default) or the one named.
 """
@@ -303,6 +306,17 @@ class Mesh:
     """Upper corner of that box."""
 
 
+@dataclass
+class Gaussians:
+    """A splatfacto run's object as Gaussians: object.ply (its Gaussians) and scene_without_object.ply (the rest), in the layout of ns-export gaussian-splat (any 3DGS viewer opens them)."""
+
+    load_config: Path
+    output: Path | None = None
+    """Folder to create (default <run>/sa3d/export/gaussians; with several objects one sub-folder per object)."""
+    object: str = "all"
+    """Object name, or all: one folder per object."""
+
+
 def check_box(args):
     """(min, max) of --bbox-min/--bbox-max, None when neither is given."""
     lo, hi = args.bbox_min, args.bbox_max
@@ -350,10 +364,65 @@ def output_paths(
     return paths
 
 
+def run_method(load_config: Path) -> str:
+    """ "splatfacto" for an sa3d run of a splatfacto run, else "nerfacto" (read from config.yml)."""
+    import yaml
+
+    try:
+        config = yaml.load(Path(load_config).read_text(), Loader=yaml.Loader)
+    except Exception as err:  # noqa: BLE001
+        raise SA3DError(f"--load-config {load_config}: not a readable config.yml ({type(err).__name__}).") from None
+    return "splatfacto" if type(getattr(config, "pipeline", None)).__name__ == "SA3DSplatPipelineConfig" else "nerfacto"
+
+
+@torch.no_grad()
+def export_gaussians(pipeline, targets: dict[int, Path]) -> dict[int, tuple[int, int]]:
+    """For each object k -> folder: ``object.ply`` (its Gaussians) and ``scene_without_object.ply``
+    (all the others), splatfacto's layout; returns (object's count, the rest's count)."""
+    from sa3d_ns.splat.ply import exportable, splat_fields, write_splat_ply
+
+    model = pipeline.model
+    fields = splat_fields(
+        *(t.detach().cpu().numpy() for t in (model.means, model.features_dc, model.features_rest)),
+        *(t.detach().cpu().numpy() for t in (model.opacities, model.scales, model.quats)),
+    )
+    keep = exportable(fields)
+    on = (model.object_values() > model.config.mask_threshold).cpu().numpy()
+    counts = {}
+    for k, folder in targets.items():
+        mine = on[:, k] & keep
+        if not mine.any():
+            raise SA3DError(f"No Gaussian of {model.object_names[k]!r} is in its 3D mask: nothing to export.")
+        n_obj = write_splat_ply(folder / "object.ply", {c: v[mine] for c, v in fields.items()})
+        n_rest = write_splat_ply(
+            folder / "scene_without_object.ply", {c: v[~on[:, k] & keep] for c, v in fields.items()}
+        )
+        counts[k] = (n_obj, n_rest)
+    return counts
+
+
 def run_export(args) -> str:
     run = check_run(args.load_config)  # before any output folder is made
     names, chosen = chosen_objects(run, args.object)
     export_dir = RunFolder(run).export
+    method = run_method(args.load_config)
+    if isinstance(args, Gaussians) and method != "splatfacto":
+        raise SA3DError(
+            f"{args.load_config} segmented a NeRF, which has no Gaussians: export it as a pointcloud or mesh."
+        )
+    if isinstance(args, Mesh) and method == "splatfacto":
+        raise SA3DError(
+            f"{args.load_config} segmented a splatfacto run: a mesh needs a NeRF's density; export its Gaussians "
+            "(sa3d-export gaussians) or a pointcloud."
+        )
+    if isinstance(args, Gaussians):
+        outs = output_paths(args.output, export_dir / "gaussians", names, chosen, is_dir=True)
+        counts = export_gaussians(load_run(args.load_config), outs)
+        return "\n".join(
+            f"Wrote {counts[k][0]} Gaussians of {names[k]} to {outs[k] / 'object.ply'} and the other {counts[k][1]} "
+            f"to {outs[k] / 'scene_without_object.ply'}"
+            for k in chosen
+        )
     if isinstance(args, Masks):
         outs = output_paths(args.output, export_dir / "masks", names, chosen, is_dir=True)
         written = export_masks(load_run(args.load_config), outs)
@@ -390,6 +459,7 @@ def entrypoint() -> None:
         Annotated[Masks, tyro.conf.subcommand("masks")]
         | Annotated[PointCloud, tyro.conf.subcommand("pointcloud")]
         | Annotated[Mesh, tyro.conf.subcommand("mesh")]
+        | Annotated[Gaussians, tyro.conf.subcommand("gaussians")]
     )
     try:
         print(run_export(args))

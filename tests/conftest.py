@@ -22,3 +22,13 @@ def numpy2() -> Path:
         )
         assert r.returncode == 0, f"could not install {NUMPY2} into {target}: {r.stderr[-2000:]}"
     return target
+
+
+@pytest.fixture(scope="session")
+def cpu_splat(tmp_path_factory) -> tuple[Path, Path]:
+    """(folder, config.yml) of a 200-step splatfacto of a 48 x 48, 24-view generated scene (the
+    scene in <folder>/scene), trained on the CPU through tests/splat_cpu.py (about a minute)."""
+    from helpers import train_cpu_splat
+
+    root = tmp_path_factory.mktemp("cpu_splat")
+    return root, train_cpu_splat(root)

@@ -338,7 +338,22 @@ def train(argv: list[str]) -> None:
         ns_train.entrypoint()
 
 
+def run(argv: list[str]) -> None:
+    """Any installed command with gsplat's rasterization on the CPU (``python tests/splat_cpu.py
+    run ns-train sa3d ...``, ``... run ns-render ...``, ``... run sa3d-export ...``)."""
+    import sys
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name=argv[0])
+    sys.argv = list(argv)
+    with patched():
+        script.load()()
+
+
 if __name__ == "__main__":
     import sys
 
-    train(sys.argv[1:])
+    if sys.argv[1] == "run":
+        run(sys.argv[2:])
+    else:
+        train(sys.argv[1:])

@@ -2,7 +2,6 @@
 sa3d-make-scene -> sa3d-train-nerfacto (ns-train nerfacto) -> ns-train sa3d (oracle, weightfree)
 -> ns-render dataset of `mask` -> sa3d-eval; and every bad input of `ns-train sa3d`."""
 
-import hashlib
 import io
 import json
 import os
@@ -17,19 +16,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import BIN, TINY_NERFACTO, point_prompt, run
+from helpers import BIN, TINY_NERFACTO, point_prompt, run, tree_digest
 from PIL import Image
 
 pytestmark = pytest.mark.slow
-
-
-def tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 on a generated scene, each pixel's Gaussians listed through gsplat's pair functions (their CPU twins
 here), the oracle segmenter and one click on the ball; the 3D mask is one value per Gaussian."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,35 +14,15 @@ from sa3d_ns.core.metrics import iou
 from sa3d_ns.core.prompts import Prompt
 from sa3d_ns.core.records import ObjectState
 from sa3d_ns.core.splats import gaussian_lifter
-from sa3d_ns.scene.generate import OBJECTS, make_scene
+from sa3d_ns.scene.generate import OBJECTS
 from sa3d_ns.segmenters.oracle import OracleSegmenter, read_instance_mask
 from sa3d_ns.splat.scene import Gaussians, GaussianScene, View
 
-pytestmark = [pytest.mark.slow, pytest.mark.extended]  # (a CPU splatfacto training: minutes)
-HERE = Path(__file__).parent
+pytestmark = pytest.mark.slow  # (a CPU splatfacto training, shared: about a minute)
 
 
-@pytest.fixture(scope="module")
-def splat_run(tmp_path_factory):
-    """A 48 x 48, 24-view generated scene and a 200-step splatfacto of it (from its sparse points)."""
-    root = tmp_path_factory.mktemp("splat")
-    make_scene(root / "scene", num_views=24, width=48, height=48, progress=False, removal_truth=False)
-    cmd = [sys.executable, HERE / "splat_cpu.py", "splatfacto", "--data", root / "scene", "--output-dir", root / "out",
-           "--max-num-iterations", "200", "--steps-per-save", "100000", "nerfstudio-data"]  # fmt: skip
-    r = subprocess.run(
-        [str(c) for c in cmd],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root, next((root / "out").glob("scene/splatfacto/*/config.yml"))
-
-
-def test_the_loop_segments_the_ball_on_a_trained_splat(splat_run):
-    root, config = splat_run
+def test_the_loop_segments_the_ball_on_a_trained_splat(cpu_splat):
+    root, config = cpu_splat
     data = root / "scene"
     with patched():
         from nerfstudio.utils.eval_utils import eval_setup

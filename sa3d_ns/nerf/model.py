@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from nerfstudio.cameras.rays import RayBundle
@@ -76,7 +76,68 @@ class SA3DModelConfig(NerfactoModelConfig):
     """Evaluate the frozen nerfacto's hash grids (torch implementation), and the mask fields' where no gradient is wanted (renders), by listing each point's corners and one fused gather, and the L-inf scene contraction with a max instead of linalg.norm: the same values to float rounding, the lookups 2 to 4x cheaper than nerfstudio's torch lookup on a CPU (False: nerfstudio's own)."""
 
 
-class SA3DModel(NerfactoModel):
+class MaskObjects:
+    """The objects of an sa3d model, whatever holds their 3D masks (``mask_fields``: one entry per
+    object, a hash-grid mask field or a per-Gaussian table; ``object_bounds``: each one's box):
+    names, colours, render output names; objects added, removed, renamed later (the viewer). The
+    model provides ``new_mask_field()``."""
+
+    config: Any  # (the model's config: objects, overlay_color)
+    mask_fields: Any  # (an nn.ModuleList or nn.ParameterList)
+    object_bounds: torch.Tensor
+
+    def new_mask_field(self) -> Any:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def add_object(self, name: str) -> int:
+        """A new, empty object at the end; returns its index. The new field and box are built
+        before they replace the old ones, so a render running meanwhile sees one or the other."""
+        check_name(name, "the object name")
+        if name in self.config.objects:
+            raise SA3DError(f"An object named {name!r} exists already; its objects are {self.object_names}.")
+        device = self.object_bounds.device
+        field = self.new_mask_field().to(device)
+        fields = type(self.mask_fields)([*self.mask_fields, field])
+        bounds = torch.cat([self.object_bounds, unbounded(1).to(device)])
+        self.mask_fields, self.object_bounds = fields, bounds
+        self.config.objects = [*self.config.objects, name]
+        return len(self.config.objects) - 1
+
+    @torch.no_grad()
+    def remove_object(self, k: int) -> None:
+        keep = [i for i in range(len(self.config.objects)) if i != k]
+        fields = type(self.mask_fields)([self.mask_fields[i] for i in keep])
+        bounds = self.object_bounds[keep].clone()
+        self.config.objects = [self.config.objects[i] for i in keep]
+        self.mask_fields, self.object_bounds = fields, bounds
+
+    def rename_object(self, k: int, name: str) -> None:
+        check_name(name, "the object name")
+        if name in self.config.objects and self.config.objects.index(name) != k:
+            raise SA3DError(f"An object named {name!r} exists already; its objects are {self.object_names}.")
+        self.config.objects = [name if i == k else n for i, n in enumerate(self.config.objects)]
+
+    @property
+    def object_names(self) -> list[str]:
+        return list(self.config.objects)
+
+    @property
+    def object_colors(self) -> list[tuple[float, float, float]]:
+        return [tuple(self.config.overlay_color), *palette(len(self.config.objects))[1:]][: len(self.config.objects)]
+
+    def object_index(self, name: str) -> int:
+        if name not in self.config.objects:
+            raise SA3DError(f"No object named {name!r} in this run; its objects are {self.object_names}.")
+        return self.config.objects.index(name)
+
+    def output_name(self, base: str, k: int) -> str:
+        """The render output of object ``k`` (``mask``, ``rgb_object``...): the plain name when the
+        run has one object, ``<base>_<name>`` when it has several."""
+        return base if len(self.config.objects) == 1 else f"{base}_{self.config.objects[k]}"
+
+
+class SA3DModel(MaskObjects, NerfactoModel):
     """Nerfacto, frozen, with a mask field rendered by the NeRF's own volume weights."""
 
     config: SA3DModelConfig
@@ -108,57 +169,9 @@ class SA3DModel(NerfactoModel):
             fast_lookups(field.modules())
         return field
 
-    # ----------------------------------------------------------------- objects added, removed, renamed later (viewer)
-    @torch.no_grad()
-    def add_object(self, name: str) -> int:
-        """A new, empty object at the end; returns its index. The new field and box are built
-        before they replace the old ones, so a render running meanwhile sees one or the other."""
-        check_name(name, "the object name")
-        if name in self.config.objects:
-            raise SA3DError(f"An object named {name!r} exists already; its objects are {self.object_names}.")
-        device = self.object_bounds.device
-        field = self.new_mask_field().to(device)
-        fields = nn.ModuleList([*self.mask_fields, field])
-        bounds = torch.cat([self.object_bounds, unbounded(1).to(device)])
-        self.mask_fields, self.object_bounds = fields, bounds
-        self.config.objects = [*self.config.objects, name]
-        return len(self.config.objects) - 1
-
-    @torch.no_grad()
-    def remove_object(self, k: int) -> None:
-        keep = [i for i in range(len(self.config.objects)) if i != k]
-        fields = nn.ModuleList([self.mask_fields[i] for i in keep])
-        bounds = self.object_bounds[keep].clone()
-        self.config.objects = [self.config.objects[i] for i in keep]
-        self.mask_fields, self.object_bounds = fields, bounds
-
-    def rename_object(self, k: int, name: str) -> None:
-        check_name(name, "the object name")
-        if name in self.config.objects and self.config.objects.index(name) != k:
-            raise SA3DError(f"An object named {name!r} exists already; its objects are {self.object_names}.")
-        self.config.objects = [name if i == k else n for i, n in enumerate(self.config.objects)]
-
     def field_of(self, k: int) -> MaskField:
         """Object ``k``'s mask field."""
         return cast(MaskField, self.mask_fields[k])
-
-    @property
-    def object_names(self) -> list[str]:
-        return list(self.config.objects)
-
-    @property
-    def object_colors(self) -> list[tuple[float, float, float]]:
-        return [tuple(self.config.overlay_color), *palette(len(self.config.objects))[1:]][: len(self.config.objects)]
-
-    def object_index(self, name: str) -> int:
-        if name not in self.config.objects:
-            raise SA3DError(f"No object named {name!r} in this run; its objects are {self.object_names}.")
-        return self.config.objects.index(name)
-
-    def output_name(self, base: str, k: int) -> str:
-        """The render output of object ``k`` (``mask``, ``rgb_object``...): the plain name when the
-        run has one object, ``<base>_<name>`` when it has several."""
-        return base if len(self.config.objects) == 1 else f"{base}_{self.config.objects[k]}"
 
     @torch.no_grad()
     def object_values(self, positions: torch.Tensor) -> torch.Tensor:
@@ -174,7 +187,7 @@ class SA3DModel(NerfactoModel):
         return exclusive(values, self.config.mask_threshold)
 
     # ----------------------------------------------------------------- frozen nerfacto weights
-    def load_nerfacto_state(self, pipeline_state: dict, source: Path) -> None:
+    def load_source_state(self, pipeline_state: dict, source: Path) -> None:
         """Load the source run's nerfacto weights; every nerfacto parameter must be found."""
         state = {k[len("_model.") :]: v for k, v in pipeline_state.items() if k.startswith("_model.")}
         state.pop("device_indicator_param", None)

@@ -44,10 +44,12 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     _target: type = field(default_factory=lambda: SA3DPipeline)
     datamanager: VanillaDataManagerConfig = field(default_factory=VanillaDataManagerConfig)
     model: SA3DModelConfig = field(default_factory=SA3DModelConfig)
+    source_config: Path | None = None
+    """config.yml of the run to segment: a nerfacto or a splatfacto run (its data, dataparser settings, model settings and latest checkpoint are used; the run is only read)."""
     nerfacto_config: Path | None = None
-    """config.yml of the nerfacto run to segment (its data, dataparser settings, nerfacto settings and latest checkpoint are used; the run is only read)."""
+    """config.yml of a nerfacto run to segment (as --pipeline.source-config, which also takes splatfacto runs)."""
     nerfacto_checkpoint: Path | None = None
-    """Filled from --pipeline.nerfacto-config: the nerfacto checkpoint the frozen NeRF was loaded from."""
+    """Filled from --pipeline.source-config: the source run's checkpoint the frozen NeRF (or splat) was loaded from."""
     prompt: Path | None = None
     """Prompt JSON: {"view": 0, "points": [[x, y], ...], "labels": [1, 0, ...], "box": [x0, y0, x1, y1], "mask_choice": null, "name": "object"}, or several objects: {"objects": [prompt, ...]}."""
     add_to: Path | None = None
@@ -148,8 +150,7 @@ class SA3DPipeline(VanillaPipeline):
         # one lifter per object; the default path votes by gathers and scatters over each view's
         # footprint (kept in memory for every later object; room is held first for every view's
         # touch, one table each), the faithful path (no cache) by autograd
-        mcfg = self.model.config
-        touch_bytes = len(self.train_dataset) * mcfg.mask_num_levels * 2**mcfg.mask_log2_hashmap_size * 4
+        touch_bytes = self._touch_bytes()
         budget = footprint_budget(config.footprint_memory_mb, self.device, touch_bytes)
         self.footprints = FootprintCache(budget, reserve=touch_bytes)
         objects = [ObjectState(self._make_lifter(f)) for f in self.model.mask_fields]  # one record per object
@@ -157,7 +158,7 @@ class SA3DPipeline(VanillaPipeline):
         self.kept: list[dict] = []  # the summaries of objects kept from --pipeline.add-to
         # the loop, over this NeRF (NerfactoScene) and the segmenter
         self.loop = SA3DLoop(
-            NerfactoScene(self), LoopSettings.of(config), objects, names=lambda: self.model.object_names,
+            self._make_scene(), LoopSettings.of(config), objects, names=lambda: self.model.object_names,
             segmenter=self.get_segmenter, find_text=self.find_text, log=CONSOLE.log,
         )  # fmt: skip
         # the SA3D panel of the nerfstudio viewer (picked up by the viewer when there is one)
@@ -169,6 +170,15 @@ class SA3DPipeline(VanillaPipeline):
             self._setup_segmentation()
 
     # ------------------------------------------------------------------ setup
+    def _touch_bytes(self) -> int:
+        """The bytes of one touch table (a view summed into an object's mask table) per view."""
+        mcfg = self.model.config
+        return len(self.train_dataset) * mcfg.mask_num_levels * 2**mcfg.mask_log2_hashmap_size * 4
+
+    def _make_scene(self):
+        """The loop's radiance field (``core.loop.Scene``)."""
+        return NerfactoScene(self)
+
     @property
     def model(self) -> SA3DModel:
         """The sa3d model (unwrapped if in DDP, as nerfstudio's)."""
@@ -230,10 +240,10 @@ class SA3DPipeline(VanillaPipeline):
         cfg = self.config
         if cfg.nerfacto_checkpoint is None:
             raise SA3DError(
-                "No nerfacto checkpoint: pass --pipeline.nerfacto-config outputs/<scene>/nerfacto/<timestamp>/config.yml."
+                "No source checkpoint: pass --pipeline.source-config outputs/<scene>/<method>/<timestamp>/config.yml."
             )
-        state = load_checkpoint(cfg.nerfacto_checkpoint, "nerfacto checkpoint")["pipeline"]
-        self.model.load_nerfacto_state(state, cfg.nerfacto_checkpoint)
+        state = load_checkpoint(cfg.nerfacto_checkpoint, "source run's checkpoint")["pipeline"]
+        self.model.load_source_state(state, cfg.nerfacto_checkpoint)
         if cfg.prompt is None:  # prompts come from the viewer's SA3D panel
             CONSOLE.log("sa3d: no prompt file; prompt objects in the viewer (Control tab, SA3D panel).")
         prompts = load_prompts(cfg.prompt) if cfg.prompt is not None else []
@@ -446,6 +456,7 @@ class SA3DPipeline(VanillaPipeline):
             "prompt_file": str(self.config.prompt),
             "add_to": str(self.config.add_to) if self.config.add_to else None,
             "segmenter": self.config.segmenter,
+            "source_config": str(self.config.source_config),
             "nerfacto_config": str(self.config.nerfacto_config),
             "views_total": len(self.plan),
             "views_done": len(self.records),
@@ -552,6 +563,15 @@ def load_kept_objects(model, add_to: Path, checkpoint: Path, count: int) -> list
     config.yml) and return their summaries, marked with the run they come from."""
     state = load_checkpoint(checkpoint, "sa3d checkpoint of --pipeline.add-to")["pipeline"]
     for k in range(count):
+        if isinstance(model.mask_fields[k], torch.nn.Parameter):  # (a splat's: one value per Gaussian)
+            values = state.get(f"_model.{MASK_PREFIX}{k}")
+            if values is None or values.shape != model.mask_fields[k].shape:
+                raise SA3DError(
+                    f"The mask of object {k} in {checkpoint} does not fit this run ({None if values is None else tuple(values.shape)} "
+                    f"values, {len(model.mask_fields[k])} Gaussians): add objects to a run of the same splatfacto checkpoint."
+                )
+            model.mask_fields[k].data.copy_(values)
+            continue
         prefix = f"_model.{MASK_PREFIX}{k}."
         part = {key[len(prefix) :]: v for key, v in state.items() if key.startswith(prefix)}
         result = model.mask_fields[k].load_state_dict(part, strict=False)

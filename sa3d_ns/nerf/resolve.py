@@ -1,4 +1,5 @@
-"""Fill an sa3d run config from the user's nerfacto run and check every input up front."""
+"""Fill an sa3d run config from the user's source run (nerfacto or splatfacto) and check every
+input up front."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.objects import check_unique
 from sa3d_ns.core.prompts import check_inside, load_prompts, resolve_view
 from sa3d_ns.nerf.checkpoints import latest_checkpoint
-from sa3d_ns.nerf.source_run import copy_nerfacto_settings, load_source_run
+from sa3d_ns.nerf.source_run import SourceRun, copy_nerfacto_settings, copy_splatfacto_settings, load_source_run
 from sa3d_ns.run_folder import RunFolder
 
 if TYPE_CHECKING:
     from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
     from nerfstudio.models.nerfacto import NerfactoModelConfig
+    from nerfstudio.models.splatfacto import SplatfactoModelConfig
 
 MASK_SETTINGS = ("mask_num_levels", "mask_min_res", "mask_max_res", "mask_log2_hashmap_size", "mask_implementation")
 
@@ -50,7 +52,10 @@ def resolve_config(config) -> None:
     """``config`` is an SA3DTrainerConfig; it is changed in place."""
     pipe = config.pipeline
     check_settings(pipe)
-    src = load_source_run(pipe.nerfacto_config)
+    src = load_source_run(*source_flag(pipe))
+    if src.kind == "splatfacto":
+        config.pipeline = pipe = splat_pipeline(pipe)
+    pipe.source_config = src.config_path
     src_dm = cast("VanillaDataManagerConfig", src.config.pipeline.datamanager)
     dm = pipe.datamanager
     dm.dataparser = copy.deepcopy(src_dm.dataparser)
@@ -64,12 +69,15 @@ def resolve_config(config) -> None:
         data = find_data(src_dm.data or src_dm.dataparser.data, src)
     dm.data = Path(data)
     dm.dataparser.data = Path(data)
-    # (load_source_run checked that its model is a nerfacto)
-    copy_nerfacto_settings(cast("NerfactoModelConfig", src.config.pipeline.model), pipe.model)
+    if src.kind == "splatfacto":
+        copy_splatfacto_settings(cast("SplatfactoModelConfig", src.config.pipeline.model), pipe.model)
+    else:
+        model = cast("NerfactoModelConfig", pipe.model)
+        copy_nerfacto_settings(cast("NerfactoModelConfig", src.config.pipeline.model), model)
+        model.implementation = checkpoint_implementation(src.checkpoint)
     pipe.nerfacto_checkpoint = src.checkpoint
     if config.experiment_name is None:
         config.experiment_name = src.config.experiment_name
-    pipe.model.implementation = checkpoint_implementation(src.checkpoint)
 
     if pipe.prompt is None and "viewer" not in str(config.vis):
         raise SA3DError(
@@ -82,7 +90,7 @@ def resolve_config(config) -> None:
     for prompt in prompts:
         view = resolve_view(prompt.view, names)
         check_inside(prompt, int(outputs.cameras.width[view]), int(outputs.cameras.height[view]))
-    kept = resolve_add_to(pipe, src.checkpoint) if pipe.add_to is not None else []
+    kept = resolve_add_to(pipe, src) if pipe.add_to is not None else []
     pipe.model.objects = kept + new_object_names(kept, prompts, str(pipe.prompt))
     config.max_num_iterations = len(names) * pipe.num_passes * len(prompts)
 
@@ -105,6 +113,35 @@ def resolve_config(config) -> None:
             if not 0 <= getattr(pipe, name) <= 1:
                 raise SA3DError(f"--pipeline.{name.replace('_', '-')} must be in [0, 1], got {getattr(pipe, name)}.")
         resolve_text_checkpoint(pipe.text_model, pipe.text_checkpoint)
+
+
+def source_flag(pipe) -> tuple[Path | None, str]:
+    """The source run's config.yml and the flag it came from (--pipeline.source-config, or
+    --pipeline.nerfacto-config as before); both given must name the same file."""
+    given = [(Path(p), f) for p, f in ((pipe.source_config, "--pipeline.source-config"),
+                                        (pipe.nerfacto_config, "--pipeline.nerfacto-config")) if p is not None]  # fmt: skip
+    if len(given) == 2 and given[0][0].resolve() != given[1][0].resolve():
+        raise SA3DError(
+            f"--pipeline.source-config {given[0][0]} and --pipeline.nerfacto-config {given[1][0]} name different runs: "
+            "give one of them (--pipeline.source-config takes nerfacto and splatfacto runs)."
+        )
+    return given[0] if given else (None, "--pipeline.source-config")
+
+
+def splat_pipeline(pipe):
+    """The sa3d pipeline config for a splatfacto source: the same settings, the splat model."""
+    import dataclasses
+
+    from sa3d_ns.splat.pipeline import SA3DSplatPipelineConfig
+
+    out = SA3DSplatPipelineConfig()
+    for f in dataclasses.fields(pipe):
+        if f.name not in ("_target", "model"):
+            setattr(out, f.name, getattr(pipe, f.name))
+    for name in ("objects", "mask_threshold", "overlay_color", "overlay_alpha", "crop_to_bounds",
+                 "object_background", "rgba_object"):  # fmt: skip
+        setattr(out.model, name, getattr(pipe.model, name))
+    return out
 
 
 def training_folder(src) -> Path | None:
@@ -157,9 +194,10 @@ def checkpoint_implementation(checkpoint: Path) -> Literal["tcnn", "torch"]:
     return "tcnn"
 
 
-def resolve_add_to(pipe, nerfacto_checkpoint: Path) -> list[str]:
-    """Check the sa3d run of --pipeline.add-to (finished, same nerfacto checkpoint), take its mask
+def resolve_add_to(pipe, src: SourceRun) -> list[str]:
+    """Check the sa3d run of --pipeline.add-to (finished, same source checkpoint), take its mask
     field settings and latest checkpoint; return its object names."""
+    nerfacto_checkpoint = src.checkpoint
     flag = f"--pipeline.add-to {pipe.add_to}"
     path = Path(pipe.add_to)
     if path.is_dir():
@@ -184,7 +222,7 @@ def resolve_add_to(pipe, nerfacto_checkpoint: Path) -> list[str]:
             f"{flag}: that run segmented another NeRF ({old_ckpt}), not {nerfacto_checkpoint}. "
             "Objects can only be added to a run of the same nerfacto checkpoint."
         )
-    for key in MASK_SETTINGS:
+    for key in MASK_SETTINGS if src.kind == "nerfacto" else ():
         setattr(pipe.model, key, getattr(old_model, key))
     pipe.add_to = path.resolve()
     pipe.add_to_checkpoint = latest_checkpoint(path.parent / old.relative_model_dir).resolve()

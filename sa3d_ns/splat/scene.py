@@ -57,14 +57,26 @@ class View:
 
 class GaussianScene:
     """Frozen Gaussians seen by ``views`` (named ``names``); object k's mask is ``tables[k]`` (one
-    value per Gaussian). ``samples`` Gaussians are kept per pixel (the heaviest)."""
+    value per Gaussian). ``samples`` Gaussians are kept per pixel (the heaviest). Views' data are
+    kept in memory once computed, up to ``memory_bytes`` (None: all); the rest is computed again
+    when asked for. ``background`` (3) is the colour behind the splat in the images segmented."""
 
     def __init__(
-        self, gaussians: Gaussians, views: list[View], names: list[str], tables: list[torch.Tensor], samples: int = 16
+        self,
+        gaussians: Gaussians,
+        views: list[View],
+        names: list[str],
+        tables,
+        samples: int = 16,
+        memory_bytes: int | None = None,
+        background: torch.Tensor | None = None,
     ):
         self.gaussians, self.views, self.names, self.tables, self.samples = gaussians, views, names, tables, samples
+        self.memory_bytes, self.background = memory_bytes, background
         self.bounds: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._data: dict[int, ViewData] = {}
+        self._kept_bytes = 0
+        self.stats = {"views_built": 0, "views_reused": 0, "views_in_memory": 0, "bytes": 0}
         self._tree = None
 
     # ------------------------------------------------------------------ views
@@ -94,21 +106,38 @@ class GaussianScene:
         )  # fmt: skip
         return out[0], alpha[0, ..., 0]
 
-    @torch.no_grad()
     def view_data(self, view: int) -> ViewData:
         if view in self._data:
+            self.stats["views_reused"] += 1
             return self._data[view]
-        v, g = self.views[view], self.gaussians
+        data = self.data_of(self.views[view])
+        self.stats["views_built"] += 1
+        size = sum(t.numel() * t.element_size() for t in data.values() if isinstance(t, torch.Tensor))
+        if self.memory_bytes is None or self._kept_bytes + size <= self.memory_bytes:
+            self._data[view] = data
+            self._kept_bytes += size
+            self.stats["views_in_memory"], self.stats["bytes"] = len(self._data), self._kept_bytes
+        return data
+
+    @torch.no_grad()
+    def data_of(self, v: View) -> ViewData:
+        """What the loop needs of camera ``v``: each pixel's heaviest Gaussians (ids, weights,
+        their means as positions), the expected depth, the render."""
+        g = self.gaussians
         viewmat = viewmat_of(v.c2w)
         pixels, ids, weights = view_pairs(
             g.means, g.quats, g.scales, g.opacities, viewmat, v.K, v.width, v.height, g.antialiased
         )
         samples, w = heaviest(pixels, ids, weights, v.width * v.height, self.samples)
         z = (g.means @ viewmat[:3, :3].T + viewmat[:3, 3])[:, 2]
-        total = torch.zeros(v.width * v.height, dtype=weights.dtype).index_add_(0, pixels, weights)
+        total = torch.zeros(v.width * v.height, dtype=weights.dtype, device=weights.device).index_add_(
+            0, pixels, weights
+        )
         depth = torch.zeros_like(total).index_add_(0, pixels, weights * z[ids]) / total.clamp_min(1e-8)
-        rgb, _ = self.render(v)
-        data: ViewData = {
+        rgb, alpha = self.render(v)
+        if self.background is not None:
+            rgb = rgb[..., :3] + (1 - alpha[..., None]) * self.background.to(rgb)
+        return {
             "samples": samples.int(),
             "positions": g.means[samples],
             "weights": w.float(),
@@ -116,8 +145,6 @@ class GaussianScene:
             "size": torch.tensor([v.height, v.width]),
             "rgb": (rgb[..., :3].clamp(0, 1) * 255).round().to(torch.uint8),
         }
-        self._data[view] = data
-        return data
 
     def segment_input(self, view: int, data: ViewData) -> np.ndarray:
         rgb = data.get("rgb")

@@ -1,0 +1,142 @@
+"""The sa3d pipeline on a splatfacto run: the same loop, flags, prompts, segmenters and run folder as
+on a nerfacto run (``nerf.pipeline.SA3DPipeline``), over frozen Gaussians.
+
+What differs is the radiance field (:class:`SplatfactoScene`: each view's pixels' heaviest
+Gaussians and blending weights from gsplat's kernel, ``splat.scene.GaussianScene``), the 3D mask
+(one value per Gaussian per object, ``core.splats.gaussian_lifter``) and the model
+(``splat.model.SA3DSplatModel``). Views' data are kept in memory within --pipeline.view-memory-mb
+(default: a quarter of the memory free at start-up); the rest is listed again when asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import cast
+
+import torch
+
+from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.lifting import MaskLifter
+from sa3d_ns.core.records import ViewData
+from sa3d_ns.core.splats import gaussian_lifter
+from sa3d_ns.nerf.cameras import training_camera
+from sa3d_ns.nerf.pipeline import NerfactoScene, SA3DPipeline, SA3DPipelineConfig, free_memory
+from sa3d_ns.splat.model import SA3DSplatModel, SA3DSplatModelConfig
+from sa3d_ns.splat.scene import GaussianScene, View
+
+DEFAULT_SAMPLES = 16  # Gaussians kept per pixel when --pipeline.cache-samples is 0
+
+
+@dataclass
+class SA3DSplatPipelineConfig(SA3DPipelineConfig):
+    """SA3D over the training views of a splatfacto run (filled from --pipeline.source-config)."""
+
+    _target: type = field(default_factory=lambda: SA3DSplatPipeline)
+    model: SA3DSplatModelConfig = field(default_factory=SA3DSplatModelConfig)  # type: ignore[assignment]
+
+
+def camera_view(camera) -> View:
+    """A nerfstudio one-camera ``Cameras`` as a :class:`View`."""
+    return View(
+        camera.camera_to_worlds.reshape(-1, 3, 4)[0],
+        camera.get_intrinsics_matrices().reshape(-1, 3, 3)[0],
+        int(camera.width.reshape(-1)[0]),
+        int(camera.height.reshape(-1)[0]),
+    )
+
+
+class SplatfactoScene(NerfactoScene):
+    """The loop's radiance field on a splat: the pipeline's training views (as for a NeRF); a
+    view's data from :class:`GaussianScene` (built on first use, once the source checkpoint is
+    loaded); object k's 3D mask is the model's ``mask_fields[k]``, read at the Gaussians whose
+    means the loop's points are."""
+
+    def __init__(self, pipeline: SA3DSplatPipeline):
+        super().__init__(pipeline)
+        self._gaussians: GaussianScene | None = None
+
+    @property
+    def model(self) -> SA3DSplatModel:
+        return cast(SA3DSplatModel, self.pipeline.model)
+
+    def gaussians(self) -> GaussianScene:
+        model, p = self.model, self.pipeline
+        if self._gaussians is None or len(self._gaussians.gaussians) != len(model.means):
+            cfg = p.config
+            views = [camera_view(training_camera(p, i, scale=1.0 / p.downscale)) for i in range(len(p.train_dataset))]
+            budget = cfg.view_memory_mb * 2**20 if cfg.view_memory_mb is not None else free_memory(p.device) // 4
+            self._gaussians = GaussianScene(
+                model.gaussians(), views, p.image_names, model.mask_fields, samples=cfg.cache_samples or DEFAULT_SAMPLES,
+                memory_bytes=budget, background=splat_background(model),
+            )  # fmt: skip
+        return self._gaussians
+
+    def view_data(self, view: int) -> ViewData:
+        return self.gaussians().view_data(view)
+
+    def footprint_key(self, k: int, view: int, data: ViewData):
+        return (view, *data["size"].tolist(), "gaussians", len(self.model.means))
+
+    def mask_values(self, k: int, points: torch.Tensor) -> torch.Tensor:
+        values = self.model.mask_fields[k].detach()
+        return values[self.gaussians().gaussians_at(points).to(values.device)].cpu()
+
+
+def splat_background(model: SA3DSplatModel) -> torch.Tensor:
+    """The colour behind the splat in its renders outside training (splatfacto's rule)."""
+    kind = model.config.background_color
+    if kind == "white":
+        return torch.ones(3, device=model.device)
+    if kind == "black":
+        return torch.zeros(3, device=model.device)
+    return torch.as_tensor(model.background_color, device=model.device).float()
+
+
+class SA3DSplatPipeline(SA3DPipeline):
+    config: SA3DSplatPipelineConfig  # type: ignore[assignment]
+
+    @property
+    def model(self) -> SA3DSplatModel:  # type: ignore[override]
+        return cast(SA3DSplatModel, super().model)
+
+    def _touch_bytes(self) -> int:
+        return 0  # (no footprints: a Gaussian's mask value is read directly)
+
+    def _make_scene(self) -> SplatfactoScene:
+        return SplatfactoScene(self)
+
+    @property
+    def scene(self) -> SplatfactoScene:
+        return cast(SplatfactoScene, self.loop.scene)
+
+    def _make_lifter(self, f) -> MaskLifter:
+        cfg = self.config
+        return gaussian_lifter(f, mode=cfg.lifting, lr=cfg.sgd_lr, vote_prior=cfg.vote_prior)
+
+    def view_data(self, view: int) -> ViewData:
+        return self.scene.view_data(view)
+
+    @property
+    def view_cache(self):
+        return None  # (views' lists live in memory only)
+
+    @property
+    def cache_stats(self) -> dict:
+        return self.scene.gaussians().stats
+
+    def cache_summary(self) -> dict:
+        return {"kind": "memory", **self.scene.gaussians().stats}
+
+    def flush_caches(self) -> None:
+        pass
+
+    def camera_data(self, camera) -> ViewData:
+        """What segmentation needs from any camera (the viewer's): its pixels' Gaussians, depth
+        and render (not kept)."""
+        return self.scene.gaussians().data_of(camera_view(camera.to(self.device)))
+
+    def render_view(self, view: int, rgb: bool = True) -> dict:
+        raise SA3DError("render_view is the NeRF's; a splat's views are listed by SplatfactoScene.view_data.")
+
+    def render_camera(self, cam, rgb: bool = True, appearance: int | None = None) -> dict:
+        raise SA3DError("render_camera is the NeRF's; a splat's cameras are listed by SA3DSplatPipeline.camera_data.")
