@@ -29,11 +29,18 @@ def on_cpu(*cmd) -> list:
 
 @pytest.fixture(scope="module")
 def segmented(cpu_splat, tmp_path_factory):
-    """An sa3d run of the CPU splatfacto: the ball, one click in view 0, the oracle segmenter."""
+    """An sa3d run of the CPU splatfacto: the ball and the crate, one click each in view 0, the oracle
+    segmenter."""
     root, splat_config = cpu_splat
     digest = tree_digest(splat_config.parent)
     work = tmp_path_factory.mktemp("splat_e2e")
-    prompt = point_prompt(root / "scene", work / "ball.json")
+    prompts = []
+    for obj, name in ((1, "ball"), (2, "crate")):
+        prompts.append(
+            {**json.loads(point_prompt(root / "scene", work / f"{name}.json", obj).read_text()), "name": name}
+        )
+    prompt = work / "two.json"
+    prompt.write_text(json.dumps({"objects": prompts}))
     r = run(on_cpu("ns-train", "sa3d", "--pipeline.source-config", splat_config, "--pipeline.prompt", prompt,
                    "--pipeline.segmenter", "oracle", "--machine.device-type", "cpu", "--vis", "tensorboard",
                    "--output-dir", work / "out"), cwd=work)  # fmt: skip
@@ -46,31 +53,71 @@ def test_ns_train_sa3d_segments_a_splatfacto_run(segmented):
     root, work, config, digest, splat_config = segmented
     summary = json.loads((config.parent / "sa3d" / "summary.json").read_text())
     assert summary["complete"] and summary["source_config"] == str(splat_config.resolve())
-    views = summary["objects"][0]["views"]
-    assert views[0]["status"] == "prompt" and len(views) == 22
-    assert sum(v["status"] == "accepted" for v in views) >= 20, [v["status"] for v in views]
+    assert [o["name"] for o in summary["objects"]] == ["ball", "crate"]
+    for obj in summary["objects"]:
+        views = obj["views"]
+        assert views[0]["status"] == "prompt" and len(views) == 22
+        assert sum(v["status"] == "accepted" for v in views) >= 18, [v["status"] for v in views]
     saved = yaml.load(config.read_text(), Loader=yaml.Loader)
     assert type(saved.pipeline).__name__ == "SA3DSplatPipelineConfig"
     assert tree_digest(splat_config.parent) == digest  # the splatfacto run is only read
 
-    # held-out views, rendered by ns-render: the mask against the true instance mask
+    # held-out views, rendered by ns-render: each object's mask against its true instance mask
     r = run(on_cpu("ns-render", "dataset", "--load-config", config, "--split", "test", "--rendered-output-names",
-                   "mask", "rgb_object", "rgb_removed", "--output-path", work / "renders", "--image-format", "png",
-                   "--colormap-options.colormap", "gray"), cwd=work)  # fmt: skip
+                   "mask_ball", "mask_crate", "rgb_object_ball", "rgb_removed", "--output-path", work / "renders",
+                   "--image-format", "png", "--colormap-options.colormap", "gray"), cwd=work)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    scores = []
-    for path in sorted((work / "renders" / "test" / "mask").iterdir()):
-        mask = np.asarray(Image.open(path))[..., 0] > 127
-        truth = np.asarray(Image.open(root / "scene" / "instances" / f"{path.stem}.png")) == 1
-        scores.append(iou(mask, truth))
-    assert len(scores) >= 2 and np.mean(scores) > 0.8, scores
-    for name in ("rgb_object", "rgb_removed"):
+    for name, obj, bar in (("ball", 1, 0.8), ("crate", 2, 0.6)):
+        scores = []
+        for path in sorted((work / "renders" / "test" / f"mask_{name}").iterdir()):
+            mask = np.asarray(Image.open(path))[..., 0] > 127
+            truth = np.asarray(Image.open(root / "scene" / "instances" / f"{path.stem}.png")) == obj
+            scores.append(iou(mask, truth))
+        print(f"{name}: held-out IoU {[round(x, 3) for x in scores]}")
+        assert len(scores) >= 2 and np.mean(scores) > bar, (name, scores)
+    for name in ("rgb_object_ball", "rgb_removed"):
         assert len(list((work / "renders" / "test" / name).iterdir())) == len(scores)
+
+    # sa3d-eval finds each object's instance and scores it as ns-render's masks did
+    r = run(on_cpu("sa3d-eval", "--load-config", config, "--split", "test"), cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((config.parent / "sa3d" / "eval_test" / "eval.json").read_text())
+    found = {o["object"]: (o["object_id"], o["miou"]) for o in result["objects"]}
+    assert found["ball"][0] == 1 and found["ball"][1] > 0.8 and found["crate"][0] == 2, found
+
+
+def test_add_an_object_to_a_splat_run(segmented):
+    """--pipeline.add-to on a splat run: the kept objects' masks come back unchanged, the new one
+    is segmented."""
+    root, work, config, _, splat_config = segmented
+    prompt = point_prompt(root / "scene", work / "can.json", 3)
+    r = run(on_cpu("ns-train", "sa3d", "--pipeline.source-config", splat_config, "--pipeline.prompt", prompt,
+                   "--pipeline.add-to", config, "--pipeline.segmenter", "oracle", "--machine.device-type", "cpu",
+                   "--vis", "tensorboard", "--output-dir", work / "added"), cwd=work)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    added = next((work / "added").glob("scene/sa3d/*/config.yml"))
+    summary = json.loads((added.parent / "sa3d" / "summary.json").read_text())
+    assert [o["name"] for o in summary["objects"]] == ["ball", "crate", "object"]
+    assert summary["objects"][0]["from_run"] == str(config.parent)
+    import torch
+
+    def masks(cfg: Path) -> dict:
+        state = torch.load(next((cfg.parent / "nerfstudio_models").glob("*.ckpt")), weights_only=False)["pipeline"]
+        return {k: v for k, v in state.items() if k.startswith("_model.mask_fields.")}
+
+    old, new = masks(config), masks(added)
+    assert set(new) == {f"_model.mask_fields.{k}" for k in range(3)}
+    for key, values in old.items():
+        assert torch.equal(values, new[key]), key
+    assert (new["_model.mask_fields.2"] > 0).sum() > 10
 
 
 def test_export_gaussians_writes_the_ball_in_splatfactos_layout(segmented):
     root, work, config, _, _ = segmented
-    r = run(on_cpu("sa3d-export", "gaussians", "--load-config", config, "--output", work / "gaussians"), cwd=work)
+    r = run(
+        on_cpu("sa3d-export", "gaussians", "--load-config", config, "--object", "ball", "--output", work / "gaussians"),
+        cwd=work,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     obj, rest = read_ply(work / "gaussians" / "object.ply"), read_ply(work / "gaussians" / "scene_without_object.ply")
     # ns-export gaussian-splat's columns, in its order (SH degree 1: 3 x 3 higher coefficients)
@@ -83,24 +130,33 @@ def test_export_gaussians_writes_the_ball_in_splatfactos_layout(segmented):
     centre = (t[:, :3] @ np.array(OBJECTS[0].centre) + t[:, 3]) * scale
     means = np.stack([obj["x"], obj["y"], obj["z"]], 1)
     radius = OBJECTS[0].size[0] * scale
-    assert 20 < len(means) < len(rest["x"])
+    assert 20 < len(means) < len(rest["x"])  # (the scene without the ball keeps the crate's Gaussians)
     assert (np.linalg.norm(means - centre, axis=1) < radius * 1.5).mean() > 0.9
     rest_means = np.stack([rest["x"], rest["y"], rest["z"]], 1)
     assert (np.linalg.norm(rest_means - centre, axis=1) < radius * 0.6).sum() < 0.1 * len(means)
     # never over an existing export
-    r = run(on_cpu("sa3d-export", "gaussians", "--load-config", config, "--output", work / "gaussians"), cwd=work)
+    r = run(
+        on_cpu("sa3d-export", "gaussians", "--load-config", config, "--object", "ball", "--output", work / "gaussians"),
+        cwd=work,
+    )
     assert r.returncode == 2 and "exists" in r.stderr
 
 
 def test_masks_and_pointcloud_export_and_what_a_splat_run_refuses(segmented):
     root, work, config, _, splat_config = segmented
-    r = run(on_cpu("sa3d-export", "masks", "--load-config", config, "--output", work / "masks"), cwd=work)
+    r = run(
+        on_cpu("sa3d-export", "masks", "--load-config", config, "--object", "ball", "--output", work / "masks"),
+        cwd=work,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     written = sorted((work / "masks").iterdir())
     assert len(written) == 22
     truth = np.asarray(Image.open(root / "scene" / "instances" / written[0].name)) == 1
     assert iou(np.asarray(Image.open(written[0])) > 127, truth) > 0.8
-    r = run(on_cpu("sa3d-export", "pointcloud", "--load-config", config, "--output", work / "ball.ply"), cwd=work)
+    r = run(
+        on_cpu("sa3d-export", "pointcloud", "--load-config", config, "--object", "ball", "--output", work / "ball.ply"),
+        cwd=work,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     r = run(on_cpu("sa3d-export", "mesh", "--load-config", config), cwd=work)
     assert r.returncode == 2 and "sa3d-export gaussians" in r.stderr
