@@ -179,7 +179,7 @@ def build_pipeline(spec: dict):
 
     config = copy.deepcopy(sa3d_method.config)
     pipe = cast("SA3DPipelineConfig", config.pipeline)
-    pipe.nerfacto_config = Path(spec["nerfacto_config"])
+    pipe.source_config = Path(spec["source_config"])
     pipe.prompt = Path(spec["prompts"][0])
     pipe.segmenter = spec["segmenter"]
     pipe.sam_variant = spec.get("sam_variant", "vit_b")
@@ -191,15 +191,26 @@ def build_pipeline(spec: dict):
     pipe.sam_hq_checkpoint = ckpt if spec["segmenter"] == "sam-hq" else None
     pipe.save_view_images = False
     pipe.cache_dir = Path(spec["cache_dir"])
-    for key, value in {**PATHS[spec["path"]], **spec.get("overrides", {})}.items():
-        target, name = (pipe.model, key[len("model.") :]) if key.startswith("model.") else (pipe, key)
-        if not hasattr(target, name):
-            raise SystemExit(f"benchmark: the pipeline has no setting {key!r}")
-        setattr(target, name, parse_setting(getattr(target, name), value))
+    path_settings, given = PATHS[spec["path"]], spec.get("overrides", {})
+    settings = {**path_settings, **given}
+    for key, value in settings.items():
+        if not key.startswith("model."):
+            if not hasattr(pipe, key):
+                raise SystemExit(f"benchmark: the pipeline has no setting {key!r}")
+            setattr(pipe, key, parse_setting(getattr(pipe, key), value))
     config.machine.device_type = spec["device"]
-    resolve_config(config)
+    resolve_config(config)  # (a splatfacto source swaps in the splat pipeline's config)
+    model = config.pipeline.model  # (the model's settings after the source run's are copied)
+    for key, value in settings.items():
+        if key.startswith("model."):
+            name = key[len("model.") :]
+            if not hasattr(model, name):
+                if key in path_settings and key not in given:
+                    continue  # (a path's setting of the other model, e.g. the NeRF's hash-grid lookups)
+                raise SystemExit(f"benchmark: the {type(model).__name__} has no setting {key!r}")
+            setattr(model, name, parse_setting(getattr(model, name), value))
     device = torch.device(spec["device"])
-    return pipe.setup(device=device, test_mode="val", world_size=1, local_rank=0)
+    return config.pipeline.setup(device=device, test_mode="val", world_size=1, local_rank=0)
 
 
 def run_path(spec: dict) -> dict:
@@ -281,7 +292,9 @@ def export_figures(pipeline, data: Path, obj_id: int, every: int) -> dict:
 def spawn_path(spec: dict, workdir: Path) -> dict:
     import shutil
 
-    tag = f"{spec['segmenter']}_{spec['path']}" + (f"_{spec['tag']}" if spec.get("tag") else "")
+    tag = f"{spec.get('source', 'nerfacto')}_{spec['segmenter']}_{spec['path']}" + (
+        f"_{spec['tag']}" if spec.get("tag") else ""
+    )
     spec["cache_dir"] = str(workdir / f"cache_{tag}")
     shutil.rmtree(spec["cache_dir"], ignore_errors=True)  # the first object pays for building the caches
     spec_file = workdir / f"spec_{tag}.json"
@@ -356,7 +369,7 @@ def scale_table(args, device: str, workdir: Path) -> int:
             train_names, prompts, ids = scene_prompts(scene, args.objects, workdir, f"v{views}_s{size}_")
             log(f"scale: {len(train_names)} training views of {size}x{size} ...")
             spec = {
-                "path": "default", "segmenter": "oracle", "device": device, "nerfacto_config": str(nerfacto_config),
+                "path": "default", "segmenter": "oracle", "device": device, "source_config": str(nerfacto_config),
                 "prompts": prompts, "object_ids": ids, "checkpoint": None, "max_views": None,
                 "overrides": {"segment_max_size": "0"}, "tag": f"v{views}_s{size}",
             }  # fmt: skip
@@ -403,27 +416,27 @@ def report(results: list[dict], device: str, header: str) -> str:
     from rich.table import Table
 
     table = Table(title=f"sa3d benchmark on {device}: {header}")
-    for col in ("segmenter", "path", "views", "render s", "segment s", "lift s", "1st object s", "2nd object s",
-                "peak MB", "mIoU 1st", "mIoU 2nd", "acc 1st"):  # fmt: skip
-        table.add_column(col, justify="left" if col in ("segmenter", "path") else "right")
+    for col in ("source", "segmenter", "path", "views", "render s", "segment s", "lift s", "1st object s",
+                "2nd object s", "peak MB", "mIoU 1st", "mIoU 2nd", "acc 1st"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("source", "segmenter", "path") else "right")
     for r in results:
         o1 = r["objects"][0]
         o2 = r["objects"][1] if len(r["objects"]) > 1 else None
         table.add_row(
-            r["segmenter"], r["path"], str(o1["views"]), f"{o1['render_s']:.1f}", f"{o1['segment_s']:.1f}",
+            r.get("source", "nerfacto"), r["segmenter"], r["path"], str(o1["views"]), f"{o1['render_s']:.1f}", f"{o1['segment_s']:.1f}",
             f"{o1['lift_s']:.2f}", f"{o1['seconds']:.1f}", f"{o2['seconds']:.1f}" if o2 else "-", f"{r['peak_mb']:.0f}",
             f"{o1['miou']:.4f}", f"{o2['miou']:.4f}" if o2 else "-", f"{o1['macc']:.4f}",
         )  # fmt: skip
     Console(width=160).print(table)
     cut = Table(title="cut-outs per object, held-out views (sa3d-eval's figures)")
-    for col in ("segmenter", "path", "object", "mIoU", "specks %", "ghost %", "removal PSNR", "NeRF PSNR",
+    for col in ("source", "segmenter", "path", "object", "mIoU", "specks %", "ghost %", "removal PSNR", "NeRF PSNR",
                 "unseen %", "outside changed %", "export outside %"):  # fmt: skip
-        cut.add_column(col, justify="left" if col in ("segmenter", "path", "object") else "right")
+        cut.add_column(col, justify="left" if col in ("source", "segmenter", "path", "object") else "right")
     for r in results:
         for o in r["objects"]:
             if "specks" in o:
                 cut.add_row(
-                    r["segmenter"], r["path"], o.get("name", "?"), f"{o['miou']:.4f}", f"{100 * o['specks']:.3f}",
+                    r.get("source", "nerfacto"), r["segmenter"], r["path"], o.get("name", "?"), f"{o['miou']:.4f}", f"{100 * o['specks']:.3f}",
                     f"{100 * o.get('ghost', float('nan')):.1f}", f"{o.get('removal_psnr', float('nan')):.2f}",
                     f"{o.get('nerf_psnr', float('nan')):.2f}", f"{100 * o.get('unseen', float('nan')):.1f}",
                     f"{100 * o['outside_changed']:.3f}",
@@ -431,13 +444,17 @@ def report(results: list[dict], device: str, header: str) -> str:
                 )  # fmt: skip
     Console(width=160).print(cut)
     parts = []
-    for seg in dict.fromkeys(r["segmenter"] for r in results):
-        ref = next((r for r in results if r["segmenter"] == seg and r["path"] == "reference"), None)
-        dft = next((r for r in results if r["segmenter"] == seg and r["path"] == "default"), None)
+    sources = list(dict.fromkeys(r.get("source", "nerfacto") for r in results))
+    for source, seg in ((src, seg) for src in sources for seg in dict.fromkeys(r["segmenter"] for r in results)):
+        mine = [r for r in results if r.get("source", "nerfacto") == source and r["segmenter"] == seg]
+        ref = next((r for r in mine if r["path"] == "reference"), None)
+        dft = next((r for r in mine if r["path"] == "default"), None)
         if ref is None or dft is None:
             continue
         first = ref["objects"][0]["seconds"] / max(dft["objects"][0]["seconds"], 1e-9)
-        text = f"{seg}: first object {first:.2f}x"
+        text = (
+            f"{seg}: first object {first:.2f}x" if len(sources) == 1 else f"{source} {seg}: first object {first:.2f}x"
+        )
         if len(ref["objects"]) > 1:
             second = ref["objects"][1]["seconds"] / max(dft["objects"][1]["seconds"], 1e-9)
             text += f", second object {second:.2f}x"
@@ -448,7 +465,16 @@ def report(results: list[dict], device: str, header: str) -> str:
         miou = lambda r: np.mean([o["miou"] for o in r["objects"]])  # noqa: E731
         text += f", mIoU reference {miou(ref):.4f} default {miou(dft):.4f}"
         parts.append(text)
-    return "speed-up (reference time / default time): " + "; ".join(parts)
+    line = "speed-up (reference time / default time): " + "; ".join(parts)
+    if len(sources) > 1:  # the same scene, objects and segmenter on each source: held-out mIoU of the default path
+        both = []
+        for seg in dict.fromkeys(r["segmenter"] for r in results):
+            row = {r.get("source", "nerfacto"): r for r in results if r["segmenter"] == seg and r["path"] == "default"}
+            if len(row) == len(sources):
+                both.append(f"{seg} " + ", ".join(
+                    f"{src} {np.mean([o['miou'] for o in row[src]['objects']]):.4f}" for src in sources))  # fmt: skip
+        line += "\nheld-out mIoU, default path, by source: " + "; ".join(both)
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,6 +485,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="image width and height of the generated scene")
     parser.add_argument("--nerfacto-steps", type=int, default=None, help="default: 300 on CPU, 3000 on CUDA")
     parser.add_argument("--nerfacto-config", type=Path, default=None, help="use this nerfacto run of a generated scene")
+    parser.add_argument(
+        "--splatfacto-config",
+        type=Path,
+        default=None,
+        help="also (or with no --nerfacto-config: only) segment this splatfacto run of the same generated scene "
+        "(on a CPU: with PYTHONPATH=tests/cpu_gsplat, the tests' CPU rasterizer)",
+    )
     parser.add_argument(
         "--segmenters",
         nargs="+",
@@ -534,17 +567,25 @@ def main(argv: list[str] | None = None) -> int:
         args.scale_views, args.scale_sizes = args.scale_views or [args.num_views], args.scale_sizes or [args.size]
         return scale_table(args, device, workdir)
     steps = args.nerfacto_steps or (300 if device == "cpu" else 3000)
-    if args.nerfacto_config:
-        nerfacto_config = args.nerfacto_config.resolve()
+    sources: list[tuple[str, Path]] = []
+    scene: Path | None = None
+    for flag, given in (("--nerfacto-config", args.nerfacto_config), ("--splatfacto-config", args.splatfacto_config)):
+        if given is None:
+            continue
         from sa3d_ns.nerf.source_run import load_source_run
 
-        src = load_source_run(nerfacto_config)
+        src = load_source_run(given.resolve(), flag)
         dm = cast("VanillaDataManagerConfig", src.config.pipeline.datamanager)
-        scene = Path(dm.data or dm.dataparser.data)
-    else:
+        data = Path(dm.data or dm.dataparser.data).resolve()
+        if scene is not None and data != scene:
+            raise SystemExit(f"benchmark: {flag} was trained on {data}, not on {scene}: compare runs of one scene.")
+        scene = data
+        sources.append((src.kind, src.config_path))
+    if not sources:
         scene, nerfacto_config = prepare_scene(
             workdir, args.num_views, args.size, steps, device, args.scene_objects, args.scene_texture
         )
+        sources.append(("nerfacto", nerfacto_config))
     if args.objects == ["all"]:
         args.objects = [o["name"] for o in json.loads((scene / "objects.json").read_text())["objects"]]
     if not (scene / "objects.json").is_file():
@@ -562,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"benchmark: --set {item!r}: expected PATH.KEY=VALUE with PATH in {list(PATHS)}")
         overrides.setdefault(path, {})[key] = value
     results = []
-    for seg in args.segmenters:
+    for (source, source_config), seg in ((s, seg) for s in sources for seg in args.segmenters):
         variant = {"sam": args.sam_variant, "sam2": args.sam2_variant, "sam-hq": args.sam_hq_variant}.get(seg)
         ckpt = str(random_checkpoint(workdir, seg, variant)) if variant else None
         for path in args.paths:
@@ -571,14 +612,14 @@ def main(argv: list[str] | None = None) -> int:
             n = len(args.objects)
             if path == "reference" and args.reference_objects:
                 n = max(1, min(n, args.reference_objects))
-            log(f"{seg}, {path} path: {n} object(s) ...")
+            log(f"{source}, {seg}, {path} path: {n} object(s) ...")
             spec = {
-                "path": path, "segmenter": seg, "device": device, "nerfacto_config": str(nerfacto_config),
+                "path": path, "segmenter": seg, "device": device, "source": source, "source_config": str(source_config),
                 "prompts": prompts[:n], "object_ids": ids[:n], "object_names": args.objects[:n], "sam_variant": args.sam_variant, "checkpoint": ckpt,
                 "sam2_variant": args.sam2_variant, "sam_hq_variant": args.sam_hq_variant,
                 "max_views": args.max_views, "overrides": overrides.get(path, {}), "export_check": args.export_check,
             }  # fmt: skip
-            results.append({"segmenter": seg, "path": path, **spawn_path(spec, workdir)})
+            results.append({"source": source, "segmenter": seg, "path": path, **spawn_path(spec, workdir)})
     header = f"{len(train_names)} training views of {args.size}x{args.size}, objects {' then '.join(args.objects)}"
     if args.max_views:
         header += f", first {args.max_views} views per object"
@@ -588,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "device": device,
                 "scene": str(scene),
-                "nerfacto_config": str(nerfacto_config),
+                "sources": {kind: str(path) for kind, path in sources},
                 "objects": args.objects,
                 "results": results,
                 "summary": last,

@@ -60,3 +60,18 @@ def train_cpu_splat(root: Path, steps: int = 200) -> Path:
     r = run(cmd, cwd=root, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     return next((root / "out").glob("scene/splatfacto/*/config.yml"))
+
+
+def relocated_copy(src: Path, root: Path) -> Path:
+    """A copy of an sa3d run under ``root/outputs``, its config.yml's output-dir pointing there (as
+    a user moves a run): nerfstudio finds a run's checkpoints through that setting."""
+    import shutil
+
+    import yaml
+
+    run_dir = root / "outputs" / src.relative_to(src.parent.parent.parent)
+    shutil.copytree(src, run_dir)
+    config = yaml.load((run_dir / "config.yml").read_text(), Loader=yaml.Loader)
+    config.output_dir = root / "outputs"
+    (run_dir / "config.yml").write_text(yaml.dump(config))
+    return run_dir

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import BIN, TINY_NERFACTO, point_prompt, run, tree_digest
+from helpers import BIN, TINY_NERFACTO, point_prompt, relocated_copy, run, tree_digest
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -764,19 +764,6 @@ def test_ns_train_without_a_prompt_waits_in_the_viewer(scene, tmp_path):
     text = log.read_text()
     assert alive and "<html" in page.lower(), text[-3000:]
     assert "prompt objects in the viewer" in " ".join(text.split()) and "Traceback" not in text, text[-3000:]
-
-
-def relocated_copy(src: Path, root: Path) -> Path:
-    """A copy of an sa3d run under ``root/outputs``, its config.yml's output-dir pointing there (as
-    a user moves a run): nerfstudio finds a run's checkpoints through that setting."""
-    import yaml
-
-    run_dir = root / "outputs" / src.relative_to(src.parent.parent.parent)
-    shutil.copytree(src, run_dir)
-    config = yaml.load((run_dir / "config.yml").read_text(), Loader=yaml.Loader)
-    config.output_dir = root / "outputs"
-    (run_dir / "config.yml").write_text(yaml.dump(config))
-    return run_dir
 
 
 def wait_for(condition, timeout: float, what: str, panel=None) -> None:

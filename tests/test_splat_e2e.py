@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import point_prompt, run, tree_digest
+from helpers import point_prompt, relocated_copy, run, tree_digest
 from PIL import Image
 
-from sa3d_ns.core.metrics import iou
+from sa3d_ns.core.metrics import iou, outside_box
 from sa3d_ns.scene.generate import OBJECTS
 from sa3d_ns.splat.ply import read_ply
 
@@ -158,9 +158,74 @@ def test_masks_and_pointcloud_export_and_what_a_splat_run_refuses(segmented):
         cwd=work,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    # the ball's surface points (the dataset's frame): inside its true box grown by 5 %
+    cloud = read_ply(work / "ball.ply")
+    points = np.stack([cloud["x"], cloud["y"], cloud["z"]], 1)
+    box = json.loads((root / "scene" / "objects.json").read_text())["objects"][0]
+    assert len(points) > 100 and outside_box(points, box["bounds_min"], box["bounds_max"]) < 0.05
     r = run(on_cpu("sa3d-export", "mesh", "--load-config", config), cwd=work)
     assert r.returncode == 2 and "sa3d-export gaussians" in r.stderr
     # two different source runs named at once
     r = run(["ns-train", "sa3d", "--pipeline.source-config", splat_config, "--pipeline.nerfacto-config",
              work / "other" / "config.yml", "--vis", "tensorboard"], cwd=work)  # fmt: skip
     assert r.returncode == 2 and "name different runs" in r.stdout + r.stderr
+
+
+def test_the_reference_path_on_a_splat(cpu_splat, tmp_path):
+    """--pipeline.cache False: every view rendered whole by gsplat and lifted by autograd through
+    its rasterizer (the benchmark's reference); the ball comes out as on the default path."""
+    root, splat_config = cpu_splat
+    prompt = point_prompt(root / "scene", tmp_path / "ball.json")
+    r = run(on_cpu("ns-train", "sa3d", "--pipeline.source-config", splat_config, "--pipeline.prompt", prompt,
+                   "--pipeline.segmenter", "oracle", "--pipeline.cache", "False", "--pipeline.lifting", "sgd",
+                   "--machine.device-type", "cpu", "--vis", "tensorboard", "--output-dir", tmp_path / "out"),
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    config = next((tmp_path / "out").glob("scene/sa3d/*/config.yml"))
+    summary = json.loads((config.parent / "sa3d" / "summary.json").read_text())
+    assert summary["cache"]["kind"] == "none" and summary["cache"]["views_built"] == 22
+    r = run(on_cpu("sa3d-eval", "--load-config", config, "--split", "test"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((config.parent / "sa3d" / "eval_test" / "eval.json").read_text())["miou"] > 0.8
+
+
+def test_viewer_panel_on_a_splat_run(segmented, tmp_path):
+    """The viewer panel's logic on the finished splat run, loaded as ns-viewer loads it: the ball
+    prompted again with a click in a held-out camera (weight-free segmenter), Segment finds it in
+    3D (one value per Gaussian), Save writes a checkpoint that reopens with it."""
+    import torch
+    from splat_cpu import patched
+
+    from sa3d_ns.evaluate import evaluate_views, instance_ground_truth
+    from sa3d_ns.nerf.viewer_panel import PanelLogic
+
+    root, work, config, _, _ = segmented
+    run_dir = relocated_copy(config.parent, tmp_path)
+    with patched():
+        from nerfstudio.utils.eval_utils import eval_setup
+
+        _, pipeline, _, _ = eval_setup(run_dir / "config.yml", test_mode="test")
+        pipeline.config.segmenter = "weightfree"  # (the oracle cannot answer a click in a free camera)
+        messages = []
+        logic = PanelLogic(pipeline, notify=messages.append)
+        logic.delete("ball")
+        assert pipeline.model.object_names == ["crate"]
+        ds = pipeline.datamanager.eval_dataset
+        camera = ds.cameras[0:1]
+        w, h = int(camera.width[0, 0]), int(camera.height[0, 0])
+        inst = np.asarray(Image.open(root / "scene" / "instances" / Path(ds.image_filenames[0]).name))
+        ys, xs = np.nonzero(inst == 1)
+        logic.add_point(camera, ((np.median(xs) + 0.5) / w, (np.median(ys) + 0.5) / h), 1)
+        assert logic.current is not None and logic.current.masks is not None
+        assert logic.segment("ball", wait=True), messages
+        assert pipeline.model.object_names == ["crate", "ball"] and logic.progress["done"] == 22
+        data = Path(pipeline.datamanager.dataparser.config.data)
+        rows = evaluate_views(pipeline, instance_ground_truth(pipeline.datamanager, data, "train", 1), k=1)
+        miou = float(np.mean([r["iou"] for r in rows]))
+        print(f"viewer-prompted ball on the splat: mIoU over the training views {miou:.4f}")
+        assert miou > 0.6, messages
+        logic.save(run_dir)
+        _, reopened, _, _ = eval_setup(run_dir / "config.yml", test_mode="test")
+        assert reopened.model.object_names == ["crate", "ball"]
+        saved, now = reopened.model.state_dict(), pipeline.model.state_dict()
+        assert all(torch.equal(saved[k], now[k]) for k in now if k.startswith(("mask_fields.", "object_bounds")))

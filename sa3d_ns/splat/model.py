@@ -73,12 +73,14 @@ class SA3DSplatModel(MaskObjects, SplatfactoModel):
         self._freeze()
 
     def _freeze(self) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
+        """Only the masks are parameters (lifted by the pipeline; the reference path's autograd
+        differentiates renders in them): the Gaussians are frozen."""
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith(MASK_PREFIX))
 
     def new_mask_field(self) -> Parameter:
         """An empty (zero) mask: one value per Gaussian."""
-        return Parameter(torch.zeros(len(self.means), device=self.means.device), requires_grad=False)
+        return Parameter(torch.zeros(len(self.means), device=self.means.device))
 
     def field_of(self, k: int) -> Parameter:
         """Object ``k``'s mask values (one per Gaussian)."""
@@ -192,7 +194,9 @@ class SA3DSplatModel(MaskObjects, SplatfactoModel):
         own, degree = self.own_colors()
         background = torch.tensor(cfg.object_background, device=rgb.device, dtype=rgb.dtype)
         rays = ray_lengths(camera, h, w).to(rgb.device)  # z-depth -> distance along the unit ray
-        inside = values > cfg.mask_threshold  # N x K
+        # each Gaussian wholly in one cut-out or the other (sharing the border's Gaussians by their
+        # mask value was measured worse: ghost 6.8 -> 33.6 %, removal PSNR 21.98 -> 18.16 dB)
+        share = (values > cfg.mask_threshold).to(opacity.dtype)  # N x K
 
         def alone_and_removed(on: torch.Tensor, suffix: str) -> None:
             render, alpha = self._raster(camera, own, opacity * on, degree, "RGB+ED")
@@ -200,17 +204,17 @@ class SA3DSplatModel(MaskObjects, SplatfactoModel):
             out["rgb_object" + suffix] = (premultiplied + (1 - alpha) * background).clamp(0, 1)
             out["rgb_object_premultiplied" + suffix] = premultiplied
             out["accumulation_object" + suffix] = alpha
-            out["depth_object" + suffix] = render[0, ..., 3:4] / alpha.clamp_min(1e-6) * rays
-            render, alpha = self._raster(camera, own, opacity * ~on, degree)
+            out["depth_object" + suffix] = render[0, ..., 3:4] * rays  # (gsplat's ED: the expected z-depth)
+            render, alpha = self._raster(camera, own, opacity * (1 - on), degree)
             out["rgb_removed" + suffix] = (render[0, ..., :3] + (1 - alpha[0]) * out["background"]).clamp(0, 1)
 
-        alone_and_removed(inside.any(-1), "")
+        alone_and_removed(share.amax(-1) if k_all else opacity.new_zeros(len(opacity)), "")
         if k_all > 1:
             on = scores > cfg.mask_threshold
             for k, name in enumerate(cfg.objects[:k_all]):
                 out[f"mask_{name}"] = on[:, k : k + 1].float().reshape(h, w, 1)
                 out[f"mask_score_{name}"] = scores[:, k : k + 1].reshape(h, w, 1)
-                alone_and_removed(inside[:, k], f"_{name}")
+                alone_and_removed(share[:, k], f"_{name}")
 
     def get_rgba_image(self, outputs: dict, output_name: str = "rgb") -> torch.Tensor:
         """``ns-render --rendered-output-names rgba``: the object alone on a transparent background

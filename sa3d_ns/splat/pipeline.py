@@ -22,6 +22,7 @@ from sa3d_ns.core.splats import gaussian_lifter
 from sa3d_ns.nerf.cameras import training_camera
 from sa3d_ns.nerf.pipeline import NerfactoScene, SA3DPipeline, SA3DPipelineConfig, free_memory
 from sa3d_ns.splat.model import SA3DSplatModel, SA3DSplatModelConfig
+from sa3d_ns.splat.reference import RasterViews
 from sa3d_ns.splat.scene import GaussianScene, View
 
 DEFAULT_SAMPLES = 16  # Gaussians kept per pixel when --pipeline.cache-samples is 0
@@ -54,6 +55,8 @@ class SplatfactoScene(NerfactoScene):
     def __init__(self, pipeline: SA3DSplatPipeline):
         super().__init__(pipeline)
         self._gaussians: GaussianScene | None = None
+        # --pipeline.cache False: the faithful reference (every view rendered whole, lifted by autograd)
+        self.reference = pipeline.raster_views()
 
     @property
     def model(self) -> SA3DSplatModel:
@@ -72,6 +75,8 @@ class SplatfactoScene(NerfactoScene):
         return self._gaussians
 
     def view_data(self, view: int) -> ViewData:
+        if self.reference is not None:
+            return self.reference.view_data(view)
         return self.gaussians().view_data(view)
 
     def footprint_key(self, k: int, view: int, data: ViewData):
@@ -99,6 +104,14 @@ class SA3DSplatPipeline(SA3DPipeline):
     def model(self) -> SA3DSplatModel:  # type: ignore[override]
         return cast(SA3DSplatModel, super().model)
 
+    def raster_views(self) -> RasterViews | None:
+        """With --pipeline.cache False, the reference's views (one for the scene and the lifters)."""
+        if self.config.cache:
+            return None
+        if getattr(self, "_raster_views", None) is None:
+            self._raster_views = RasterViews(lambda: self.scene.gaussians())
+        return self._raster_views
+
     def _touch_bytes(self) -> int:
         return 0  # (no footprints: a Gaussian's mask value is read directly)
 
@@ -111,6 +124,9 @@ class SA3DSplatPipeline(SA3DPipeline):
 
     def _make_lifter(self, f) -> MaskLifter:
         cfg = self.config
+        raster = self.raster_views()
+        if raster is not None:  # (the reference: autograd through gsplat's rasterizer)
+            return raster.lifter(f, mode=cfg.lifting, lr=cfg.sgd_lr, vote_prior=cfg.vote_prior)
         return gaussian_lifter(f, mode=cfg.lifting, lr=cfg.sgd_lr, vote_prior=cfg.vote_prior)
 
     def view_data(self, view: int) -> ViewData:
@@ -122,10 +138,10 @@ class SA3DSplatPipeline(SA3DPipeline):
 
     @property
     def cache_stats(self) -> dict:
-        return self.scene.gaussians().stats
+        return self.scene.reference.stats if self.scene.reference is not None else self.scene.gaussians().stats
 
     def cache_summary(self) -> dict:
-        return {"kind": "memory", **self.scene.gaussians().stats}
+        return {"kind": "memory" if self.config.cache else "none", **self.cache_stats}
 
     def flush_caches(self) -> None:
         pass
