@@ -125,7 +125,7 @@ def write(path: Path, text: str) -> Path:
     "case, match",
     [
         ("missing_config", "file not found"),
-        ("not_nerfacto", "sa3d segments runs of the nerfacto family (ns-train nerfacto, nerfacto-big"),
+        ("not_nerfacto", "depth-nerfacto) and the splatfacto family (ns-train splatfacto, splatfacto-big)"),
         ("tcnn_checkpoint", "trained with tiny-cuda-nn"),
         ("malformed_json", "not valid JSON"),
         ("point_outside", "outside view"),

@@ -86,6 +86,7 @@ def test_ns_train_sa3d_segments_a_splatfacto_run(segmented):
     assert found["ball"][0] == 1 and found["ball"][1] > 0.8 and found["crate"][0] == 2, found
 
 
+@pytest.mark.extended  # (CI runs it after the README's suite)
 def test_add_an_object_to_a_splat_run(segmented):
     """--pipeline.add-to on a splat run: the kept objects' masks come back unchanged, the new one
     is segmented."""
@@ -171,6 +172,7 @@ def test_masks_and_pointcloud_export_and_what_a_splat_run_refuses(segmented):
     assert r.returncode == 2 and "name different runs" in r.stdout + r.stderr
 
 
+@pytest.mark.extended  # (CI runs it after the README's suite)
 def test_the_reference_path_on_a_splat(cpu_splat, tmp_path):
     """--pipeline.cache False: every view rendered whole by gsplat and lifted by autograd through
     its rasterizer (the benchmark's reference); the ball comes out as on the default path."""
@@ -189,6 +191,7 @@ def test_the_reference_path_on_a_splat(cpu_splat, tmp_path):
     assert json.loads((config.parent / "sa3d" / "eval_test" / "eval.json").read_text())["miou"] > 0.8
 
 
+@pytest.mark.extended  # (CI runs it after the README's suite)
 def test_viewer_panel_on_a_splat_run(segmented, tmp_path):
     """The viewer panel's logic on the finished splat run, loaded as ns-viewer loads it: the ball
     prompted again with a click in a held-out camera (weight-free segmenter), Segment finds it in

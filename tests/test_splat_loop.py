@@ -18,7 +18,7 @@ from sa3d_ns.scene.generate import OBJECTS
 from sa3d_ns.segmenters.oracle import OracleSegmenter, read_instance_mask
 from sa3d_ns.splat.scene import Gaussians, GaussianScene, View
 
-pytestmark = pytest.mark.slow  # (a CPU splatfacto training, shared: about a minute)
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # (test_splat_e2e covers the loop in the README's suite)
 
 
 def test_the_loop_segments_the_ball_on_a_trained_splat(cpu_splat):
