@@ -18,6 +18,7 @@ several objects writes one output per object (``--object all``, the default) or 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -25,7 +26,7 @@ from typing import Annotated
 import numpy as np
 import torch
 
-from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.errors import SA3DError, write_failure
 from sa3d_ns.core.geometry import (
     backproject,
     box_corners,
@@ -364,6 +365,21 @@ def output_paths(
     return paths
 
 
+@contextmanager
+def whole_or_nothing(outs: dict[int, Path]):
+    """Outputs written whole or not at all: a write that fails (a full disk, a file-size limit)
+    removes what this export wrote into ``outs`` (files, or the files in folders it was given
+    empty) and says which file and how much space is free."""
+    try:
+        yield
+    except OSError as err:
+        for p in outs.values():
+            for f in [q for q in p.rglob("*") if q.is_file()] if p.is_dir() else [p]:
+                f.unlink(missing_ok=True)
+        where = Path(err.filename) if err.filename else next(iter(outs.values()))
+        raise SA3DError(write_failure(where, err)) from None
+
+
 def run_method(load_config: Path) -> str:
     """ "splatfacto" for an sa3d run of a splatfacto run, else "nerfacto" (read from config.yml)."""
     import yaml
@@ -417,7 +433,9 @@ def run_export(args) -> str:
         )
     if isinstance(args, Gaussians):
         outs = output_paths(args.output, export_dir / "gaussians", names, chosen, is_dir=True)
-        counts = export_gaussians(load_run(args.load_config), outs)
+        pipeline = load_run(args.load_config)
+        with whole_or_nothing(outs):
+            counts = export_gaussians(pipeline, outs)
         return "\n".join(
             f"Wrote {counts[k][0]} Gaussians of {names[k]} to {outs[k] / 'object.ply'} and the other {counts[k][1]} "
             f"to {outs[k] / 'scene_without_object.ply'}"
@@ -425,7 +443,9 @@ def run_export(args) -> str:
         )
     if isinstance(args, Masks):
         outs = output_paths(args.output, export_dir / "masks", names, chosen, is_dir=True)
-        written = export_masks(load_run(args.load_config), outs)
+        pipeline = load_run(args.load_config)
+        with whole_or_nothing(outs):
+            written = export_masks(pipeline, outs)
         return f"Wrote {len(written)} masks to " + ", ".join(str(p) for p in outs.values())
     if isinstance(args, PointCloud):
         if args.num_points < 1:
@@ -434,7 +454,9 @@ def run_export(args) -> str:
             raise SA3DError(f"--output {args.output}: point clouds are written as .ply.")
         box = check_box(args)
         outs = output_paths(args.output, export_dir / "object_points.ply", names, chosen, is_dir=False)
-        counts = export_pointclouds(load_run(args.load_config), outs, args.num_points, box=box)
+        pipeline = load_run(args.load_config)
+        with whole_or_nothing(outs):
+            counts = export_pointclouds(pipeline, outs, args.num_points, box=box)
         return "\n".join(f"Wrote {counts[k]} points of {names[k]} to {outs[k]}" for k in chosen)
     if args.resolution < 8:
         raise SA3DError(f"--resolution must be >= 8, got {args.resolution}.")
@@ -447,7 +469,8 @@ def run_export(args) -> str:
     pipeline = load_run(args.load_config)
     lines = []
     for k in chosen:
-        nv, nf = export_mesh(pipeline, k, outs[k], args.resolution, args.remove_floaters, args.level, box)
+        with whole_or_nothing(outs):
+            nv, nf = export_mesh(pipeline, k, outs[k], args.resolution, args.remove_floaters, args.level, box)
         lines.append(f"Wrote a mesh of {names[k]} with {nv} vertices and {nf} faces to {outs[k]}")
     return "\n".join(lines)
 

@@ -23,15 +23,20 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.errors import SA3DError, write_failure
 
 
 def write_json(path: Path, data) -> None:
     """``data`` as JSON at ``path``, whole or not at all (a temporary file moved into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    text = json.dumps(data, indent=1)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise SA3DError(write_failure(path, err, len(text.encode()))) from None
 
 
 @dataclass(frozen=True)

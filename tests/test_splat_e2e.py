@@ -232,3 +232,24 @@ def test_viewer_panel_on_a_splat_run(segmented, tmp_path):
         assert reopened.model.object_names == ["crate", "ball"]
         saved, now = reopened.model.state_dict(), pipeline.model.state_dict()
         assert all(torch.equal(saved[k], now[k]) for k in now if k.startswith(("mask_fields.", "object_bounds")))
+
+
+def test_a_write_that_fails_is_a_clear_error_and_leaves_nothing_half_written(segmented, tmp_path):
+    """A full disk, as a file-size limit (ulimit -f: Python then gets EFBIG): the checkpoint of
+    `ns-train sa3d` and `sa3d-export gaussians`' files do not fit. Each command says which file,
+    exits 2, and leaves no truncated file and no run folder a later command would take."""
+    root, work, config, _, splat_config = segmented
+    limited = ["bash", "-c", 'ulimit -f 200 && exec "$@"', "limited"]  # (200 KB: the checkpoint is about 1 MB)
+    prompt = point_prompt(root / "scene", tmp_path / "ball.json")
+    r = run([*limited, *on_cpu("ns-train", "sa3d", "--pipeline.source-config", splat_config, "--pipeline.prompt", prompt,
+                               "--pipeline.segmenter", "oracle", "--machine.device-type", "cpu", "--vis", "tensorboard",
+                               "--output-dir", tmp_path / "out")], cwd=tmp_path)  # fmt: skip
+    output = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2 and "sa3d error: Could not write" in output and ".ckpt" in output, output[-2000:]
+    assert "Traceback" not in output
+    assert not list((tmp_path / "out").glob("scene/sa3d/*")), "a half-written run folder was left"
+
+    r = run([*limited, *on_cpu("sa3d-export", "gaussians", "--load-config", config, "--object", "ball",
+                               "--output", tmp_path / "g")], cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2 and "scene_without_object.ply (File too large)" in " ".join(r.stderr.split()), r.stderr
+    assert not [p for p in (tmp_path / "g").rglob("*") if p.is_file()], "a half-written export was left"

@@ -15,7 +15,7 @@ import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.errors import SA3DError, write_failure
 from sa3d_ns.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -117,6 +117,32 @@ class SA3DTrainer(Trainer):
             if main:
                 signal.signal(signal.SIGTERM, previous)
 
+    def save_checkpoint(self, step: int) -> None:
+        """nerfstudio's checkpoint, written whole or not at all: to a temporary file moved into
+        place (a process killed while writing leaves no truncated step-*.ckpt that a later command
+        would take for the run's), and a write that fails (a full disk, a file-size limit) is a
+        clear error naming the folder and the size needed, with nothing half-written left."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        tmp = path.with_name(path.name + ".partial")
+        state = {
+            "step": step,
+            "pipeline": self.pipeline.state_dict(),
+            "optimizers": {k: v.state_dict() for (k, v) in self.optimizers.optimizers.items()},
+            "schedulers": {k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()},
+            "scalers": self.grad_scaler.state_dict(),
+        }
+        try:
+            torch.save(state, tmp)
+            tmp.replace(path)
+        except (OSError, RuntimeError) as err:
+            tmp.unlink(missing_ok=True)
+            raise SA3DError(write_failure(path, err, state_bytes(state))) from None
+        if self.config.save_only_latest_checkpoint:
+            for f in self.checkpoint_dir.glob("*.ckpt"):
+                if f != path:
+                    f.unlink()
+
     def train_iteration(self, step: int):
         # The lifting is an exact per-view update done by the pipeline: no backward pass here.
         _, loss_dict, metrics_dict = self.pipeline.get_train_loss_dict(step=step)
@@ -156,3 +182,14 @@ class SA3DTrainer(Trainer):
         else:
             CONSOLE.print("Nothing was cached; run the same command again to start over.")
         sys.exit(code)
+
+
+def state_bytes(state) -> int:
+    """The bytes of the tensors in a (nested) checkpoint dict."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0

@@ -61,9 +61,14 @@ def write_splat_ply(path: Path, fields: dict[str, np.ndarray], comment: str = "G
         rows[k] = v
     header = ["ply", "format binary_little_endian 1.0", f"comment {comment}", "comment Vertical Axis: z"]
     header += [f"element vertex {n}", *(f"property float {k}" for k in fields), "end_header"]
-    with open(path, "xb") as f:
-        f.write(("\n".join(header) + "\n").encode())
-        f.write(rows.tobytes())
+    try:
+        with open(path, "xb") as f:
+            f.write(("\n".join(header) + "\n").encode())
+            f.write(rows.tobytes())
+    except OSError as err:
+        if err.filename is None:  # (a failed write names no file: name it)
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     return n
 
 
