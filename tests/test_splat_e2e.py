@@ -5,6 +5,7 @@ held-out views, ``sa3d-export gaussians`` / ``masks`` / ``pointcloud``, and the 
 answers (a mesh, a conflicting --pipeline.nerfacto-config)."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -89,15 +90,23 @@ def test_ns_train_sa3d_segments_a_splatfacto_run(segmented):
 @pytest.mark.extended  # (CI runs it after the README's suite)
 def test_add_an_object_to_a_splat_run(segmented):
     """--pipeline.add-to on a splat run: the kept objects' masks come back unchanged, the new one
-    is segmented."""
+    is segmented, reading the views' Gaussian lists the first run cached on disk."""
     root, work, config, _, splat_config = segmented
     prompt = point_prompt(root / "scene", work / "can.json", 3)
+    # the first run's lists of each view's Gaussians are on disk; one entry is damaged (truncated)
+    (cache,) = (work / "out" / "scene" / "sa3d_cache").iterdir()
+    entries = sorted(cache.glob("view*.pt"))
+    assert len(entries) == 22
+    entries[3].write_bytes(entries[3].read_bytes()[:100])
     r = run(on_cpu("ns-train", "sa3d", "--pipeline.source-config", splat_config, "--pipeline.prompt", prompt,
                    "--pipeline.add-to", config, "--pipeline.segmenter", "oracle", "--machine.device-type", "cpu",
-                   "--vis", "tensorboard", "--output-dir", work / "added"), cwd=work)  # fmt: skip
+                   "--vis", "tensorboard", "--output-dir", work / "added", "--pipeline.cache-dir",
+                   work / "out" / "scene" / "sa3d_cache"), cwd=work)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     added = next((work / "added").glob("scene/sa3d/*/config.yml"))
     summary = json.loads((added.parent / "sa3d" / "summary.json").read_text())
+    # every view's lists read back from the disk but the damaged one, which was listed again
+    assert summary["cache"]["views_from_disk"] == 21 and summary["cache"]["views_built"] == 1, summary["cache"]
     assert [o["name"] for o in summary["objects"]] == ["ball", "crate", "object"]
     assert summary["objects"][0]["from_run"] == str(config.parent)
     import torch
@@ -235,21 +244,32 @@ def test_viewer_panel_on_a_splat_run(segmented, tmp_path):
 
 
 def test_a_write_that_fails_is_a_clear_error_and_leaves_nothing_half_written(segmented, tmp_path):
-    """A full disk, as a file-size limit (ulimit -f: Python then gets EFBIG): the checkpoint of
-    `ns-train sa3d` and `sa3d-export gaussians`' files do not fit. Each command says which file,
-    exits 2, and leaves no truncated file and no run folder a later command would take."""
+    """A full disk, as a file-size limit (ulimit -f: Python then gets EFBIG): a view's cache entry
+    and the checkpoint of `ns-train sa3d`, and `sa3d-export gaussians`' files do not fit. Each
+    command says which file, exits 2, and leaves no truncated file and no run folder a later
+    command would take."""
     root, work, config, _, splat_config = segmented
-    limited = ["bash", "-c", 'ulimit -f 200 && exec "$@"', "limited"]  # (200 KB: the checkpoint is about 1 MB)
+    limited = [
+        "bash",
+        "-c",
+        'ulimit -f 200 && exec "$@"',
+        "limited",
+    ]  # (200 KB: an entry is 0.3 MB, the checkpoint 1 MB)
     prompt = point_prompt(root / "scene", tmp_path / "ball.json")
-    r = run([*limited, *on_cpu("ns-train", "sa3d", "--pipeline.source-config", splat_config, "--pipeline.prompt", prompt,
-                               "--pipeline.segmenter", "oracle", "--machine.device-type", "cpu", "--vis", "tensorboard",
-                               "--output-dir", tmp_path / "out")], cwd=tmp_path)  # fmt: skip
-    output = " ".join((r.stdout + r.stderr).split())
-    assert r.returncode == 2 and "sa3d error: Could not write" in output and ".ckpt" in output, output[-2000:]
-    assert "Traceback" not in output
-    assert not list((tmp_path / "out").glob("scene/sa3d/*")), "a half-written run folder was left"
+    sa3d = on_cpu("ns-train", "sa3d", "--pipeline.source-config", splat_config, "--pipeline.prompt", prompt,
+                  "--pipeline.segmenter", "oracle", "--machine.device-type", "cpu", "--vis", "tensorboard",
+                  "--output-dir", tmp_path / "out")  # fmt: skip
+    # (rich wraps long paths anywhere: the messages are compared without any whitespace)
+    for extra, what in (([], r"sa3derror:Couldnotwritethecacheentry\S*/view00000\.pt\("),
+                        (["--pipeline.cache", "False"], r"sa3derror:Couldnotwrite\S*/step-\d+\.ckpt\(")):  # fmt: skip
+        r = run([*limited, *sa3d, *extra], cwd=tmp_path)
+        output = r.stdout + r.stderr
+        assert r.returncode == 2 and re.search(what, "".join(output.split())), output[-2000:]
+        assert "Traceback" not in output
+        assert not list((tmp_path / "out").glob("scene/sa3d/*")), "a half-written run folder was left"
+        assert not list((tmp_path / "out").rglob("*.tmp")) and not list((tmp_path / "out").rglob("*.partial"))
 
     r = run([*limited, *on_cpu("sa3d-export", "gaussians", "--load-config", config, "--object", "ball",
                                "--output", tmp_path / "g")], cwd=tmp_path)  # fmt: skip
-    assert r.returncode == 2 and "scene_without_object.ply (File too large)" in " ".join(r.stderr.split()), r.stderr
+    assert r.returncode == 2 and "scene_without_object.ply(Filetoolarge)" in "".join(r.stderr.split()), r.stderr
     assert not [p for p in (tmp_path / "g").rglob("*") if p.is_file()], "a half-written export was left"

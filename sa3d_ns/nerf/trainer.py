@@ -177,7 +177,8 @@ class SA3DTrainer(Trainer):
         if cache is not None:
             n = len(list(cache.dir.glob("view*.pt")))
             CONSOLE.print(
-                f"Kept: {n} views' NeRF samples in the cache {cache.dir}; the same command reuses them: run it again to finish."
+                f"Kept: {n} views' data (NeRF samples or Gaussian lists) in the cache {cache.dir}; the same command reuses "
+                "them: run it again to finish."
             )
         else:
             CONSOLE.print("Nothing was cached; run the same command again to start over.")

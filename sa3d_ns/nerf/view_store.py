@@ -34,6 +34,14 @@ if TYPE_CHECKING:
 CACHE_VERSION = 1  # (a new version: caches of earlier code are never read)
 
 
+def camera_digest(cams) -> str:
+    """A digest of a nerfstudio ``Cameras``' poses, intrinsics and sizes."""
+    h = hashlib.sha256()
+    for t in (cams.camera_to_worlds, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class ViewStore:
     """The training views' data of ``pipeline`` (see the module's docstring)."""
 
@@ -64,14 +72,10 @@ class ViewStore:
 
     def key(self) -> dict:
         cfg, m = self.pipeline.config, self.pipeline.model.config
-        cams = self.pipeline.train_dataset.cameras
-        h = hashlib.sha256()
-        for t in (cams.camera_to_worlds, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height):
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return {
             "version": CACHE_VERSION,
             "checkpoint": file_identity(cfg.nerfacto_checkpoint),
-            "cameras": h.hexdigest(),
+            "cameras": camera_digest(self.pipeline.train_dataset.cameras),
             "render_downscale": self.pipeline.downscale,
             "cache_samples": cfg.cache_samples,
             "sample_scale": cfg.sample_scale,

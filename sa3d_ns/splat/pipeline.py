@@ -4,8 +4,9 @@ on a nerfacto run (``nerf.pipeline.SA3DPipeline``), over frozen Gaussians.
 What differs is the radiance field (:class:`SplatfactoScene`: each view's pixels' heaviest
 Gaussians and blending weights from gsplat's kernel, ``splat.scene.GaussianScene``), the 3D mask
 (one value per Gaussian per object, ``core.splats.gaussian_lifter``) and the model
-(``splat.model.SA3DSplatModel``). Views' data are kept in memory within --pipeline.view-memory-mb
-(default: a quarter of the memory free at start-up); the rest is listed again when asked for.
+(``splat.model.SA3DSplatModel``). Views' data are kept on disk (the scene's cache folder, as a
+NeRF's samples are) and in memory within --pipeline.view-memory-mb (default: a quarter of the
+memory free at start-up).
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ from typing import cast
 
 import torch
 
+from sa3d_ns.core.cache import ViewCache, file_identity
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.lifting import MaskLifter
 from sa3d_ns.core.records import ViewData
 from sa3d_ns.core.splats import gaussian_lifter
 from sa3d_ns.nerf.cameras import training_camera
 from sa3d_ns.nerf.pipeline import NerfactoScene, SA3DPipeline, SA3DPipelineConfig, free_memory
+from sa3d_ns.nerf.view_store import camera_digest
 from sa3d_ns.splat.model import SA3DSplatModel, SA3DSplatModelConfig
 from sa3d_ns.splat.reference import RasterViews
 from sa3d_ns.splat.scene import GaussianScene, View
 
 DEFAULT_SAMPLES = 16  # Gaussians kept per pixel when --pipeline.cache-samples is 0
+SPLAT_CACHE_VERSION = 1  # (a new version: lists of earlier code are never read)
 
 
 @dataclass
@@ -68,11 +72,32 @@ class SplatfactoScene(NerfactoScene):
             cfg = p.config
             views = [camera_view(training_camera(p, i, scale=1.0 / p.downscale)) for i in range(len(p.train_dataset))]
             budget = cfg.view_memory_mb * 2**20 if cfg.view_memory_mb is not None else free_memory(p.device) // 4
+            samples = cfg.cache_samples or DEFAULT_SAMPLES
             self._gaussians = GaussianScene(
-                model.gaussians(), views, p.image_names, model.mask_fields, samples=cfg.cache_samples or DEFAULT_SAMPLES,
-                memory_bytes=budget, background=splat_background(model),
+                model.gaussians(), views, p.image_names, model.mask_fields, samples=samples, memory_bytes=budget,
+                background=splat_background(model), store=self.store(samples),
             )  # fmt: skip
         return self._gaussians
+
+    def store(self, samples: int) -> ViewCache | None:
+        """The disk cache of the views' lists (--pipeline.cache; beside a NeRF's, in the scene's
+        cache folder), named by everything that produced them."""
+        p, cfg = self.pipeline, self.pipeline.config
+        root = p.views.root()
+        if not cfg.cache or root is None:
+            return None
+        key = {
+            "version": SPLAT_CACHE_VERSION,
+            "kind": "gaussian lists",
+            "checkpoint": file_identity(cfg.nerfacto_checkpoint),
+            "cameras": camera_digest(p.train_dataset.cameras),
+            "render_downscale": p.downscale,
+            "samples": samples,
+            "match_training_views": cfg.match_training_views,
+            "background": splat_background(self.model).tolist(),
+            "rasterize_mode": self.model.config.rasterize_mode,
+        }
+        return ViewCache(root, key, background=torch.device(p.device).type == "cuda")
 
     def view_data(self, view: int) -> ViewData:
         if self.reference is not None:
@@ -133,18 +158,22 @@ class SA3DSplatPipeline(SA3DPipeline):
         return self.scene.view_data(view)
 
     @property
-    def view_cache(self):
-        return None  # (views' lists live in memory only)
+    def view_cache(self) -> ViewCache | None:
+        built = self.scene._gaussians
+        return built.store if built is not None else None
 
     @property
     def cache_stats(self) -> dict:
         return self.scene.reference.stats if self.scene.reference is not None else self.scene.gaussians().stats
 
     def cache_summary(self) -> dict:
-        return {"kind": "memory" if self.config.cache else "none", **self.cache_stats}
+        store = self.view_cache
+        kind = "none" if not self.config.cache else "disk and memory" if store is not None else "memory"
+        return {"kind": kind, **({"dir": str(store.dir)} if store is not None else {}), **self.cache_stats}
 
     def flush_caches(self) -> None:
-        pass
+        if self.view_cache is not None:
+            self.view_cache.flush()
 
     def camera_data(self, camera) -> ViewData:
         """What segmentation needs from any camera (the viewer's): its pixels' Gaussians, depth

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sa3d_ns.core.cache import ViewCache
 from sa3d_ns.core.records import ViewData
 from sa3d_ns.core.splats import heaviest
 from sa3d_ns.splat.lists import view_pairs
@@ -58,8 +59,9 @@ class View:
 class GaussianScene:
     """Frozen Gaussians seen by ``views`` (named ``names``); object k's mask is ``tables[k]`` (one
     value per Gaussian). ``samples`` Gaussians are kept per pixel (the heaviest). Views' data are
-    kept in memory once computed, up to ``memory_bytes`` (None: all); the rest is computed again
-    when asked for. ``background`` (3) is the colour behind the splat in the images segmented."""
+    kept in memory once computed, up to ``memory_bytes`` (None: all), and with a ``store`` on disk
+    (every later run of the same splat and views reads them back); the rest is computed again when
+    asked for. ``background`` (3) is the colour behind the splat in the images segmented."""
 
     def __init__(
         self,
@@ -70,13 +72,14 @@ class GaussianScene:
         samples: int = 16,
         memory_bytes: int | None = None,
         background: torch.Tensor | None = None,
+        store: ViewCache | None = None,
     ):
         self.gaussians, self.views, self.names, self.tables, self.samples = gaussians, views, names, tables, samples
-        self.memory_bytes, self.background = memory_bytes, background
+        self.memory_bytes, self.background, self.store = memory_bytes, background, store
         self.bounds: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
         self._data: dict[int, ViewData] = {}
         self._kept_bytes = 0
-        self.stats = {"views_built": 0, "views_reused": 0, "views_in_memory": 0, "bytes": 0}
+        self.stats = {"views_built": 0, "views_reused": 0, "views_from_disk": 0, "views_in_memory": 0, "bytes": 0}
         self._tree = None
 
     # ------------------------------------------------------------------ views
@@ -110,13 +113,48 @@ class GaussianScene:
         if view in self._data:
             self.stats["views_reused"] += 1
             return self._data[view]
-        data = self.data_of(self.views[view])
-        self.stats["views_built"] += 1
+        data = self.stored(view)
+        if data is None:
+            data = self.data_of(self.views[view])
+            self.stats["views_built"] += 1
+            if self.store is not None:  # (positions are the samples' means: not stored)
+                self.store.save(
+                    f"view{view:05d}",
+                    {k: v for k, v in data.items() if isinstance(v, torch.Tensor) and k != "positions"},
+                )
+        else:
+            self.stats["views_from_disk"] += 1
         size = sum(t.numel() * t.element_size() for t in data.values() if isinstance(t, torch.Tensor))
         if self.memory_bytes is None or self._kept_bytes + size <= self.memory_bytes:
             self._data[view] = data
             self._kept_bytes += size
             self.stats["views_in_memory"], self.stats["bytes"] = len(self._data), self._kept_bytes
+        return data
+
+    def stored(self, view: int) -> ViewData | None:
+        """View ``view``'s data from the store, when an entry is there and fits the view (a
+        truncated or foreign entry is dropped and rebuilt)."""
+        if self.store is None:
+            return None
+        name = f"view{view:05d}"
+        entry = self.store.load(name)
+        if entry is None:
+            return None
+        v, n = self.views[view], len(self.gaussians)
+        pixels = v.width * v.height
+        shapes = {"samples": (pixels, self.samples), "weights": (pixels, self.samples), "depth": (v.height, v.width),
+                  "size": (2,), "rgb": (v.height, v.width, 3)}  # fmt: skip
+        samples = entry.get("samples")
+        if (
+            any(k not in entry or tuple(entry[k].shape) != shape for k, shape in shapes.items())
+            or samples is None
+            or (len(samples) and (int(samples.min()) < 0 or int(samples.max()) >= n))
+        ):
+            self.store.path(name).unlink(missing_ok=True)
+            return None
+        device = self.gaussians.means.device
+        data: ViewData = {k: t.to(device) if k != "size" else t for k, t in entry.items()}  # type: ignore[assignment]
+        data["positions"] = self.gaussians.means[samples.to(device).long()]
         return data
 
     @torch.no_grad()
