@@ -1177,21 +1177,20 @@ def test_two_runs_at_once_sharing_one_cache(scene, objects):
         result = json.loads((run_dir / "sa3d" / "eval_test" / "eval.json").read_text())
         results[result["objects"][0]["object_id"]] = result["miou"]
     expected = {1, 2} if objects == "two objects" else {1}
-    assert set(results) == expected and min(results.values()) > 0.6, results
+    assert set(results) == expected and results[1] > 0.8, results
     entries = list(cache.rglob("*.pt"))
     assert entries and not list(cache.rglob("*.tmp"))
     for path in entries:
         torch.load(path, map_location="cpu", weights_only=True)
+    # the second prompt again, alone, from the cache: the same result as in the run beside another
+    # (the crate's own figure depends on this 300-step CPU NeRF: 0.42 to 0.55 measured on such NeRFs)
     r = sa3d(
-        scene,
-        "--pipeline.prompt",
-        scene["prompt"],
-        "--pipeline.segmenter",
-        "oracle",
-        "--pipeline.cache-dir",
-        cache,
-        out=out,
+        scene, "--pipeline.prompt", second, "--pipeline.segmenter", "oracle", "--pipeline.cache-dir", cache, out=out
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (third,) = set(sa3d_runs(scene, out)) - set(runs)
     assert json.loads((third / "sa3d" / "summary.json").read_text())["cache"]["views_built"] == 0
+    r = sa3d_eval(third, cwd=root)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    alone = json.loads((third / "sa3d" / "eval_test" / "eval.json").read_text())
+    assert abs(alone["miou"] - results[alone["objects"][0]["object_id"]]) < 0.02, (alone["miou"], results)
