@@ -28,6 +28,12 @@ def on_cpu(*cmd) -> list:
     return [sys.executable, SPLAT_CPU, "run", *cmd]
 
 
+def export_ball(kind: str, config: Path, output: Path):
+    """``sa3d-export KIND`` of the ball of the run ``config`` to ``output`` (run in its folder)."""
+    return run(on_cpu("sa3d-export", kind, "--load-config", config, "--object", "ball", "--output", output),
+               cwd=output.parent)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def segmented(cpu_splat, tmp_path_factory):
     """An sa3d run of the CPU splatfacto: the ball and the crate, one click each in view 0, the oracle
@@ -124,10 +130,7 @@ def test_add_an_object_to_a_splat_run(segmented):
 
 def test_export_gaussians_writes_the_ball_in_splatfactos_layout(segmented):
     root, work, config, _, _ = segmented
-    r = run(
-        on_cpu("sa3d-export", "gaussians", "--load-config", config, "--object", "ball", "--output", work / "gaussians"),
-        cwd=work,
-    )
+    r = export_ball("gaussians", config, work / "gaussians")
     assert r.returncode == 0, r.stderr[-3000:]
     obj, rest = read_ply(work / "gaussians" / "object.ply"), read_ply(work / "gaussians" / "scene_without_object.ply")
     # ns-export gaussian-splat's columns, in its order (SH degree 1: 3 x 3 higher coefficients)
@@ -145,28 +148,19 @@ def test_export_gaussians_writes_the_ball_in_splatfactos_layout(segmented):
     rest_means = np.stack([rest["x"], rest["y"], rest["z"]], 1)
     assert (np.linalg.norm(rest_means - centre, axis=1) < radius * 0.6).sum() < 0.1 * len(means)
     # never over an existing export
-    r = run(
-        on_cpu("sa3d-export", "gaussians", "--load-config", config, "--object", "ball", "--output", work / "gaussians"),
-        cwd=work,
-    )
+    r = export_ball("gaussians", config, work / "gaussians")
     assert r.returncode == 2 and "exists" in r.stderr
 
 
 def test_masks_and_pointcloud_export_and_what_a_splat_run_refuses(segmented):
     root, work, config, _, splat_config = segmented
-    r = run(
-        on_cpu("sa3d-export", "masks", "--load-config", config, "--object", "ball", "--output", work / "masks"),
-        cwd=work,
-    )
+    r = export_ball("masks", config, work / "masks")
     assert r.returncode == 0, r.stderr[-3000:]
     written = sorted((work / "masks").iterdir())
     assert len(written) == 22
     truth = np.asarray(Image.open(root / "scene" / "instances" / written[0].name)) == 1
     assert iou(np.asarray(Image.open(written[0])) > 127, truth) > 0.8
-    r = run(
-        on_cpu("sa3d-export", "pointcloud", "--load-config", config, "--object", "ball", "--output", work / "ball.ply"),
-        cwd=work,
-    )
+    r = export_ball("pointcloud", config, work / "ball.ply")
     assert r.returncode == 0, r.stderr[-3000:]
     # the ball's surface points (the dataset's frame): inside its true box grown by 5 %
     cloud = read_ply(work / "ball.ply")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.errors import SA3DError, free_space
 
 
 def top_samples(weights: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,10 +56,7 @@ class CacheWriteError(SA3DError):
     nothing of it is left on the disk."""
 
     def __init__(self, path: Path, size: int, err: Exception):
-        try:
-            free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MB is free there"
-        except OSError:
-            free = "the free space there is unknown"
+        free = free_space(path.parent)
         reason = " ".join(str(err).split())[:200]
         super().__init__(
             f"Could not write the cache entry {path} ({size / 2**20:.1f} MB; {type(err).__name__}: {reason}); {free}. "
@@ -196,9 +192,16 @@ def view_bytes(height: int, width: int, samples: int, rgb: bool) -> int:
     return height * width * (samples * (3 * 4 + 2) + 4 + (3 if rgb else 0))
 
 
-def tensor_bytes(data: Mapping[str, object]) -> int:
-    """Bytes of the tensors among ``data``'s values."""
-    return sum(v.numel() * v.element_size() for v in data.values() if isinstance(v, torch.Tensor))
+def tensor_bytes(data: object) -> int:
+    """Bytes of the tensors in ``data``: a tensor, or a mapping, list or tuple of them (nested, as
+    a checkpoint's state); anything else counts 0."""
+    if isinstance(data, torch.Tensor):
+        return data.numel() * data.element_size()
+    if isinstance(data, Mapping):
+        return sum(tensor_bytes(v) for v in data.values())
+    if isinstance(data, (list, tuple)):
+        return sum(tensor_bytes(v) for v in data)
+    return 0
 
 
 def file_identity(path: Path | None) -> dict | None:

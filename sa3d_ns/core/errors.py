@@ -12,13 +12,18 @@ class SA3DError(Exception):
     """
 
 
+def free_space(folder: Path) -> str:
+    """How much disk space is free in ``folder``, as a message says it."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MB is free there"
+    except OSError:
+        return "the free space there is unknown"
+
+
 def write_failure(path: Path, err: BaseException, need: int | None = None) -> str:
     """What to tell the user when ``path`` (about ``need`` bytes) could not be written."""
     reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0][:200]
-    try:
-        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MB is free there"
-    except OSError:
-        free = "the free space there is unknown"
+    free = free_space(path.parent)
     return (
         f"Could not write {path} ({reason}): "
         + (f"it needs about {need / 2**20:.0f} MB and " if need is not None else "")

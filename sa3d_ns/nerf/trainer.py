@@ -15,6 +15,7 @@ import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from sa3d_ns.core.cache import tensor_bytes
 from sa3d_ns.core.errors import SA3DError, write_failure
 from sa3d_ns.run_folder import RunFolder
 
@@ -137,7 +138,7 @@ class SA3DTrainer(Trainer):
             tmp.replace(path)
         except (OSError, RuntimeError) as err:
             tmp.unlink(missing_ok=True)
-            raise SA3DError(write_failure(path, err, state_bytes(state))) from None
+            raise SA3DError(write_failure(path, err, tensor_bytes(state))) from None
         if self.config.save_only_latest_checkpoint:
             for f in self.checkpoint_dir.glob("*.ckpt"):
                 if f != path:
@@ -183,14 +184,3 @@ class SA3DTrainer(Trainer):
         else:
             CONSOLE.print("Nothing was cached; run the same command again to start over.")
         sys.exit(code)
-
-
-def state_bytes(state) -> int:
-    """The bytes of the tensors in a (nested) checkpoint dict."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, dict):
-        return sum(state_bytes(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(state_bytes(v) for v in state)
-    return 0

@@ -40,7 +40,7 @@ class RasterViews:
     def view_data(self, view: int) -> ViewData:
         gs = self.gaussians()
         v, g = gs.views[view], gs.gaussians
-        rgb, alpha = gs.render(v)
+        image, alpha = gs.image(v)  # (its alpha: each ray's weight)
         import gsplat
 
         viewmat = viewmat_of(v.c2w)
@@ -50,8 +50,6 @@ class RasterViews:
             rasterize_mode="antialiased" if g.antialiased else "classic",
         )  # fmt: skip
         depth = ed[0, ..., 0]  # (expected depth: gsplat divides by the alpha)
-        if gs.background is not None:
-            rgb = rgb[..., :3] + (1 - alpha[..., None]) * gs.background.to(rgb)
         self.current, self.alpha = v, alpha.reshape(-1, 1).float()
         self.stats["views_built"] += 1
         pixels = torch.arange(v.width * v.height, device=alpha.device)
@@ -61,7 +59,7 @@ class RasterViews:
             "weights": self.alpha,
             "depth": depth.float(),
             "size": torch.tensor([v.height, v.width]),
-            "rgb": (rgb[..., :3].clamp(0, 1) * 255).round().to(torch.uint8),
+            "rgb": image,
         }
 
     def field(self, table: torch.nn.Parameter):

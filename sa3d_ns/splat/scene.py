@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sa3d_ns.core.cache import ViewCache
+from sa3d_ns.core.cache import ViewCache, tensor_bytes
 from sa3d_ns.core.records import ViewData
 from sa3d_ns.core.splats import heaviest
 from sa3d_ns.splat.lists import view_pairs
@@ -124,7 +124,7 @@ class GaussianScene:
                 )
         else:
             self.stats["views_from_disk"] += 1
-        size = sum(t.numel() * t.element_size() for t in data.values() if isinstance(t, torch.Tensor))
+        size = tensor_bytes(data)
         if self.memory_bytes is None or self._kept_bytes + size <= self.memory_bytes:
             self._data[view] = data
             self._kept_bytes += size
@@ -172,17 +172,22 @@ class GaussianScene:
             0, pixels, weights
         )
         depth = torch.zeros_like(total).index_add_(0, pixels, weights * z[ids]) / total.clamp_min(1e-8)
-        rgb, alpha = self.render(v)
-        if self.background is not None:
-            rgb = rgb[..., :3] + (1 - alpha[..., None]) * self.background.to(rgb)
         return {
             "samples": samples.int(),
             "positions": g.means[samples],
             "weights": w.float(),
             "depth": depth.view(v.height, v.width).float(),
             "size": torch.tensor([v.height, v.width]),
-            "rgb": (rgb[..., :3].clamp(0, 1) * 255).round().to(torch.uint8),
+            "rgb": self.image(v)[0],
         }
+
+    def image(self, v: View) -> tuple[torch.Tensor, torch.Tensor]:
+        """The splat's image seen by ``v`` (its own colours on ``background``, H x W x 3 uint8) and
+        its alpha (H x W)."""
+        rgb, alpha = self.render(v)
+        if self.background is not None:
+            rgb = rgb[..., :3] + (1 - alpha[..., None]) * self.background.to(rgb)
+        return (rgb[..., :3].clamp(0, 1) * 255).round().to(torch.uint8), alpha
 
     def segment_input(self, view: int, data: ViewData) -> np.ndarray:
         rgb = data.get("rgb")
