@@ -289,12 +289,15 @@ def export_figures(pipeline, data: Path, obj_id: int, every: int) -> dict:
     return {"export_points": len(points), "export_outside": outside_box(points, box["bounds_min"], box["bounds_max"])}
 
 
+def path_tag(source: str, segmenter: str, path: str, tag: str | None = None) -> str:
+    """The name of one benchmark row's files in the workdir (its cache is ``cache_<this>``)."""
+    return f"{source}_{segmenter}_{path}" + (f"_{tag}" if tag else "")
+
+
 def spawn_path(spec: dict, workdir: Path) -> dict:
     import shutil
 
-    tag = f"{spec.get('source', 'nerfacto')}_{spec['segmenter']}_{spec['path']}" + (
-        f"_{spec['tag']}" if spec.get("tag") else ""
-    )
+    tag = path_tag(spec.get("source", "nerfacto"), spec["segmenter"], spec["path"], spec.get("tag"))
     spec["cache_dir"] = str(workdir / f"cache_{tag}")
     shutil.rmtree(spec["cache_dir"], ignore_errors=True)  # the first object pays for building the caches
     spec_file = workdir / f"spec_{tag}.json"
@@ -423,7 +426,7 @@ def report(results: list[dict], device: str, header: str) -> str:
         o1 = r["objects"][0]
         o2 = r["objects"][1] if len(r["objects"]) > 1 else None
         table.add_row(
-            r.get("source", "nerfacto"), r["segmenter"], r["path"], str(o1["views"]), f"{o1['render_s']:.1f}", f"{o1['segment_s']:.1f}",
+            r["source"], r["segmenter"], r["path"], str(o1["views"]), f"{o1['render_s']:.1f}", f"{o1['segment_s']:.1f}",
             f"{o1['lift_s']:.2f}", f"{o1['seconds']:.1f}", f"{o2['seconds']:.1f}" if o2 else "-", f"{r['peak_mb']:.0f}",
             f"{o1['miou']:.4f}", f"{o2['miou']:.4f}" if o2 else "-", f"{o1['macc']:.4f}",
         )  # fmt: skip
@@ -436,7 +439,7 @@ def report(results: list[dict], device: str, header: str) -> str:
         for o in r["objects"]:
             if "specks" in o:
                 cut.add_row(
-                    r.get("source", "nerfacto"), r["segmenter"], r["path"], o.get("name", "?"), f"{o['miou']:.4f}", f"{100 * o['specks']:.3f}",
+                    r["source"], r["segmenter"], r["path"], o.get("name", "?"), f"{o['miou']:.4f}", f"{100 * o['specks']:.3f}",
                     f"{100 * o.get('ghost', float('nan')):.1f}", f"{o.get('removal_psnr', float('nan')):.2f}",
                     f"{o.get('nerf_psnr', float('nan')):.2f}", f"{100 * o.get('unseen', float('nan')):.1f}",
                     f"{100 * o['outside_changed']:.3f}",
@@ -444,9 +447,9 @@ def report(results: list[dict], device: str, header: str) -> str:
                 )  # fmt: skip
     Console(width=160).print(cut)
     parts = []
-    sources = list(dict.fromkeys(r.get("source", "nerfacto") for r in results))
+    sources = list(dict.fromkeys(r["source"] for r in results))
     for source, seg in ((src, seg) for src in sources for seg in dict.fromkeys(r["segmenter"] for r in results)):
-        mine = [r for r in results if r.get("source", "nerfacto") == source and r["segmenter"] == seg]
+        mine = [r for r in results if r["source"] == source and r["segmenter"] == seg]
         ref = next((r for r in mine if r["path"] == "reference"), None)
         dft = next((r for r in mine if r["path"] == "default"), None)
         if ref is None or dft is None:
@@ -469,7 +472,7 @@ def report(results: list[dict], device: str, header: str) -> str:
     if len(sources) > 1:  # the same scene, objects and segmenter on each source: held-out mIoU of the default path
         both = []
         for seg in dict.fromkeys(r["segmenter"] for r in results):
-            row = {r.get("source", "nerfacto"): r for r in results if r["segmenter"] == seg and r["path"] == "default"}
+            row = {r["source"]: r for r in results if r["segmenter"] == seg and r["path"] == "default"}
             if len(row) == len(sources):
                 both.append(f"{seg} " + ", ".join(
                     f"{src} {np.mean([o['miou'] for o in row[src]['objects']]):.4f}" for src in sources))  # fmt: skip

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sa3d_ns.bench import bin_path
+from sa3d_ns.bench import bin_path, path_tag
 from sa3d_ns.run_folder import RunFolder
 from sa3d_ns.tools.train_nerfacto import CPU_NERFACTO_FLAGS
 
@@ -319,7 +319,7 @@ def cli_stages(check: Check, nerfacto: Path | None, bench_dir: Path, workdir: Pa
             "objects": [{**json.loads(p.read_text()), "name": n} for p, n in zip(prompts, setting.objects, strict=True)]
         }
         # the benchmark's oracle cache, as a second run in the scene finds it (views not rendered again)
-        shared = bench_dir / "cache_oracle_default"
+        shared = bench_dir / f"cache_{path_tag('nerfacto', 'oracle', 'default')}"
         cache = ["--pipeline.cache-dir", str(shared)] if shared.is_dir() else []
         prompt = workdir / "prompt_two_objects.json"
         prompt.write_text(json.dumps(both))
