@@ -575,9 +575,13 @@ def main(argv: list[str] | None = None) -> int:
     for flag, given in (("--nerfacto-config", args.nerfacto_config), ("--splatfacto-config", args.splatfacto_config)):
         if given is None:
             continue
+        from sa3d_ns.core.errors import SA3DError
         from sa3d_ns.nerf.source_run import load_source_run
 
-        src = load_source_run(given.resolve(), flag)
+        try:
+            src = load_source_run(given.resolve(), flag)
+        except SA3DError as err:  # (a bad run: its message, no traceback)
+            raise SystemExit(f"benchmark: {err}") from None
         dm = cast("VanillaDataManagerConfig", src.config.pipeline.datamanager)
         data = Path(dm.data or dm.dataparser.data).resolve()
         if scene is not None and data != scene:

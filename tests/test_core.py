@@ -342,6 +342,13 @@ def test_outside_box_counts_points_beyond_the_grown_box():
     assert math.isnan(outside_box(np.zeros((0, 3)), lo, hi))
 
 
+def test_benchmark_refuses_a_source_run_that_is_not_one(tmp_path):
+    from sa3d_ns.bench import main
+
+    with pytest.raises(SystemExit, match="benchmark: --splatfacto-config .*nope.yml: file not found"):
+        main(["--workdir", str(tmp_path / "b"), "--device", "cpu", "--splatfacto-config", str(tmp_path / "nope.yml")])
+
+
 def test_benchmark_refuses_a_negative_export_check(tmp_path):
     from sa3d_ns.bench import main
 
