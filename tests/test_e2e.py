@@ -20,6 +20,7 @@ from helpers import BIN, TINY_NERFACTO, point_prompt, relocated_copy, run, tree_
 from PIL import Image
 
 pytestmark = pytest.mark.slow
+FAULT_HOOKS = Path(__file__).parent / "fault_hooks"  # (see its sitecustomize.py)
 
 
 @pytest.fixture(scope="module")
@@ -1063,9 +1064,10 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_anything_is_written(scen
 
 
 def start_sa3d(
-    scene, out: str, cache: Path, *extra, limit_bytes: int | None = None, prompt: Path | None = None
+    scene, out: str, cache: Path, *extra, limit_bytes: int | None = None, prompt: Path | None = None, env=None
 ) -> subprocess.Popen:
-    """ns-train sa3d (oracle, the e2e prompt or ``prompt``) as a process whose output can be read as it runs."""
+    """ns-train sa3d (oracle, the e2e prompt or ``prompt``) as a process whose output can be read as
+    it runs (``env``: more environment variables)."""
     import resource
 
     cmd = [str(BIN / "ns-train"), "sa3d", "--pipeline.nerfacto-config", str(scene["nerfacto"]), "--machine.device-type", "cpu",
@@ -1080,7 +1082,7 @@ def start_sa3d(
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     return subprocess.Popen(
-        cmd, cwd=scene["root"], env={**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"},
+        cmd, cwd=scene["root"], env={**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", "PYTHONUNBUFFERED": "1", **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=in_child,
     )  # fmt: skip
 
@@ -1128,6 +1130,177 @@ def test_a_run_stopped_mid_loop_leaves_no_half_run_and_a_rerun_reuses_its_cache(
     (run_dir,) = sa3d_runs(scene, out)
     summary = json.loads((run_dir / "sa3d" / "summary.json").read_text())
     assert summary["complete"] and summary["cache"]["views_reused"] >= len(cached)
+
+
+def read_until(proc: subprocess.Popen, marker: str, label: str = "") -> str:
+    """The process's output up to (and with) the first line holding ``marker``."""
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            return "".join(lines)
+    raise AssertionError(f"{label}: {marker!r} never printed (exit {proc.wait()}):\n" + "".join(lines)[-3000:])
+
+
+# where a stopped run is stopped: (the process stalled there by tests/fault_hooks, or the line it
+# printed), how, the exit status; SIGKILL leaves the run folder (nothing can clean up)
+KILL_POINTS = [
+    ("inputs", "load:.ckpt", signal.SIGINT, 130),  # (checking the nerfacto checkpoint: no run folder yet)
+    ("setup", "load:.ckpt#2", signal.SIGTERM, 143),  # (loading the nerfacto checkpoint into the model)
+    ("setup", "load:.ckpt#2", signal.SIGKILL, -9),
+    ("cache entry", "save:.tmp", signal.SIGKILL, -9),  # (half of the first view's entry written)
+    ("mid-loop", "sa3d: view ", signal.SIGKILL, -9),  # (the first view's line: 3/22)
+    ("checkpoint", "save:.ckpt.partial", signal.SIGINT, 130),  # (half of the checkpoint written)
+    ("checkpoint", "save:.ckpt.partial", signal.SIGKILL, -9),
+]
+
+
+@pytest.mark.extended
+def test_a_run_killed_anywhere_is_never_taken_for_a_finished_one_and_a_rerun_works(scene):
+    """ns-train sa3d stopped at each point of KILL_POINTS, one after another on one cache folder:
+    Ctrl-C / SIGTERM remove the run folder and say so (no traceback); after SIGKILL the folder left
+    is refused by every command (sa3d-eval, ns-render, and for the most finished-looking one, killed
+    while its checkpoint was written, sa3d-export and --pipeline.add-to), never with a traceback; no
+    file in the models folder that nerfstudio would try to load; the same command run again
+    finishes and reuses every whole cache entry (a half-written one is never read)."""
+    root = scene["root"]
+    out, cache = "killed", root / "cache_killed"
+    left = {}
+    for point, where, sig, code in KILL_POINTS:
+        before = set(sa3d_runs(scene, out))
+        stalled = where.startswith(("load:", "save:"))
+        proc = start_sa3d(
+            scene, out, cache, env={"PYTHONPATH": str(FAULT_HOOKS), "SA3D_TEST_STALL": where} if stalled else None
+        )
+        label = f"{point} / {sig.name}"
+        text = read_until(proc, "sa3d-test: stalled at" if stalled else where, label)
+        proc.send_signal(sig)
+        text += proc.communicate(timeout=300)[0]
+        assert proc.returncode == code, (label, text[-3000:])
+        assert "Traceback" not in text, (label, text[-3000:])
+        new = set(sa3d_runs(scene, out)) - before
+        if sig == signal.SIGKILL:
+            (left[point],) = new
+        else:
+            what = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+            said = "nothing was written" if point == "inputs" else "Removed the unfinished run folder"
+            assert f"stopped by {what}" in text and said in text, (label, text[-3000:])
+            assert not new, label
+        for run_dir in sa3d_runs(scene, out):  # nothing nerfstudio would load in a models folder
+            models = run_dir / "nerfstudio_models"
+            assert not models.exists() or not list(models.iterdir()), (label, list(models.iterdir()))
+    assert (left["checkpoint"] / f".step-{21:09d}.ckpt.partial").is_file()  # (the half checkpoint, hidden)
+    assert json.loads((left["checkpoint"] / "sa3d" / "summary.json").read_text())["complete"]
+    half = list(cache.rglob("*.tmp"))
+    assert len(half) == 1  # (the entry whose write was killed)
+
+    for point, run_dir in left.items():
+        r = sa3d_eval(run_dir, cwd=root)
+        flat = " ".join((r.stdout + r.stderr).split())
+        assert r.returncode == 2 and "is not a finished sa3d run" in flat and "Traceback" not in flat, (
+            point,
+            flat[-2000:],
+        )
+        r = run(["ns-render", "dataset", "--load-config", run_dir / "config.yml", "--output-path", root / "kill_renders",
+                 "--rendered-output-names", "mask", "--split", "test"], root)  # fmt: skip
+        text = " ".join((r.stdout + r.stderr).split())
+        assert r.returncode != 0 and "Traceback" not in text and "No checkpoint directory found" in text, (
+            point,
+            text[-2000:],
+        )
+        assert not (root / "kill_renders").exists()
+    last = left["checkpoint"]
+    r = run(["sa3d-export", "masks", "--load-config", last / "config.yml"], root)
+    flat = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2 and "it has no checkpoint" in flat and "Run ns-train sa3d again" in flat, flat[-2000:]
+    r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", "oracle", "--pipeline.add-to",
+             last / "config.yml", out="killed_add")  # fmt: skip
+    flat = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2 and "that run did not finish" in flat and "Traceback" not in flat, flat[-2000:]
+
+    # the same command again: it finishes, and reuses every whole entry of the cache
+    whole = list(cache.rglob("view*.pt"))
+    assert len(whole) == 22  # (the checkpoint's runs went through every view)
+    before = set(sa3d_runs(scene, out))
+    r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", "oracle", "--pipeline.cache-dir",
+             cache, out=out)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (done,) = set(sa3d_runs(scene, out)) - before
+    summary = json.loads((done / "sa3d" / "summary.json").read_text())
+    assert (
+        summary["complete"] and summary["cache"]["views_reused"] == len(whole) == 22 - summary["cache"]["views_built"]
+    )
+    assert len(list((done / "nerfstudio_models").glob("step-*.ckpt"))) == 1
+
+
+class RunsCode:
+    """Unpickled (if it ever were), creates the file ``path``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_damaged_or_foreign_cache_entries_are_said_and_built_again(scene):
+    """A copy of a finished run's cache with four entries spoiled (cut in half, a tensor of the
+    wrong shape, NaN weights, a crafted pickle that would create a file if it ran) beside a folder
+    of the same views written by an older cache format under another torch: the run says each (the
+    entry's path and what is wrong with it; the old folder and how to free it), builds those four
+    views again, never runs the pickle, and segments as the intact cache does."""
+    root = scene["root"]
+    first = finished_run(scene)
+    (intact,) = [
+        d for d in (root / "outputs" / "scene" / "sa3d_cache").iterdir() if len(list(d.glob("view*.pt"))) == 22
+    ]
+    cache = root / "cache_spoiled"
+    folder = cache / intact.name
+    shutil.copytree(intact, folder)
+    entry = folder / "view00001.pt"
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    entry = folder / "view00002.pt"
+    data = torch.load(entry, weights_only=True)
+    torch.save({**data, "positions": data["positions"][:, :3]}, entry)
+    entry = folder / "view00003.pt"
+    data = torch.load(entry, weights_only=True)
+    data["weights"][0, 0] = float("nan")
+    torch.save(data, entry)
+    marker = root / "the_pickle_ran"
+    torch.save({"positions": RunsCode(marker)}, folder / "view00004.pt")
+    old = cache / "0123456789abcdef"
+    old.mkdir()
+    key = json.loads((folder / "key.json").read_text())
+    (old / "key.json").write_text(json.dumps({**key, "version": 0, "torch": "1.13"}))
+    shutil.copy(folder / "view00005.pt", old / "view00005.pt")
+    r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", "oracle", "--pipeline.cache-dir",
+             cache, out="spoiled")  # fmt: skip
+    text = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in text, text[-3000:]
+    flat = "".join(text.split())
+    for n, why in [(1, "cannotberead"), (2, "'positions'is"), (3, "notfinite"), (4, "cannotberead")]:
+        assert f"view{n:05d}.pt" in flat and why in flat.split(f"view{n:05d}.pt", 1)[1][:300], (n, text[-3000:])
+    assert not marker.exists(), "the crafted pickle ran"
+    (run_dir,) = sa3d_runs(scene, "spoiled")
+    summary = json.loads((run_dir / "sa3d" / "summary.json").read_text())
+    assert summary["cache"]["views_built"] == 4 and summary["cache"]["views_reused"] == 18, summary["cache"]
+    assert summary["cache"]["entries_dropped"] == 4
+    for n in (1, 2, 3, 4):  # built again, whole
+        torch.load(folder / f"view{n:05d}.pt", weights_only=True)
+    ious = [
+        [v.get("iou") for v in o["views"]] for o in json.loads((first / "sa3d" / "summary.json").read_text())["objects"]
+    ]
+    assert ious == [[v.get("iou") for v in o["views"]] for o in summary["objects"]]
+    # the older folder: not read, and said where a run makes a new folder (another sa3d version)
+    shutil.rmtree(folder)
+    r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", "oracle", "--pipeline.cache-dir",
+             cache, out="spoiled")  # fmt: skip
+    flat = "".join((r.stdout + r.stderr).split())
+    assert (
+        r.returncode == 0 and str(old).replace(" ", "") in flat and "cacheformat0" in flat and "torch1.13" in flat
+    ), flat[-3000:]
+    assert (old / "view00005.pt").is_file()  # (never deleted by a run: the user's to delete)
 
 
 def test_a_full_disk_while_caching_is_a_clear_error(scene):

@@ -1,6 +1,8 @@
 """The default (fast) path against the faithful one: explicit hash-grid votes equal autograd votes,
 pruned samples, the on-disk view cache and SAM's embedding cache."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -95,9 +97,38 @@ def test_view_cache_roundtrip_key_and_damage(tmp_path):
     assert again.dir == cache.dir and again.load("view00000")["size"].tolist() == [4, 5]
     other = ViewCache(tmp_path, {"checkpoint": "b", "samples": 8})
     assert other.dir != cache.dir and other.load("view00000") is None  # a new key never reads old data
+    said = []
+    cache = ViewCache(tmp_path, {"checkpoint": "a", "samples": 8}, say=said.append)
     cache.path("view00000").write_bytes(b"garbage")
     assert cache.load("view00000") is None and not cache.path("view00000").exists()
     assert not list(cache.dir.glob("*.tmp")) and (cache.dir / "key.json").is_file()
+    assert len(said) == 1 and str(cache.path("view00000")) in said[0] and "cannot be read" in said[0]
+    assert cache.dropped == 1 and cache.key["torch"] == ".".join(torch.__version__.split(".")[:2])
+
+
+def test_a_cache_of_another_format_or_torch_is_never_read_and_is_said(tmp_path):
+    """The same views cached by another version of the cache's format or another torch: a folder
+    of its own (never read), named when a new folder is made for this run, with its size."""
+    old = ViewCache(tmp_path, {"version": 1, "checkpoint": "a"})
+    old.save("view00000", {"size": torch.tensor([4, 5])})
+    meta = json.loads((old.dir / "key.json").read_text())
+    older = tmp_path / "0123456789abcdef"
+    older.mkdir()
+    (older / "key.json").write_text(json.dumps({**meta, "torch": "1.13"}))  # (as another torch wrote it)
+    (tmp_path / "not_a_cache").mkdir()  # (other folders are left alone)
+    said = []
+    new = ViewCache(tmp_path, {"version": 2, "checkpoint": "a"}, say=said.append)
+    assert new.dir not in (old.dir, older) and new.load("view00000") is None
+    assert len(said) == 2, said
+    text = " ".join(said)
+    assert str(old.dir) in text and "cache format 1 (this run writes 2)" in text and "Delete" in text
+    assert str(older) in text and "torch 1.13" in text
+    said.clear()
+    ViewCache(tmp_path, {"version": 2, "checkpoint": "a"}, say=said.append)  # (said once: when the folder is made)
+    ViewCache(
+        tmp_path, {"version": 2, "checkpoint": "b"}, say=said.append
+    )  # (another checkpoint's: not the same views)
+    assert said == []
 
 
 def test_file_identity_changes_with_the_file(tmp_path):

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,6 +51,42 @@ def cache_dir(root: Path, key: dict) -> Path:
     return Path(root) / hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def torch_line() -> str:
+    """This torch's major.minor version: a cache's key names it, so that entries written by
+    another torch are never read (torch.save's format and a render's exact values may differ)."""
+    return ".".join(torch.__version__.split(".")[:2])
+
+
+# what in a cache's key names the code that wrote it, not the data
+WRITER_FIELDS = {"version": "cache format", "torch": "torch"}
+
+
+def superseded(root: Path, key: dict) -> list[tuple[Path, str]]:
+    """Folders under ``root`` holding the same data as ``key``'s but written by another cache
+    format or another torch (their key.json differs from ``key`` only in WRITER_FIELDS), each with
+    what differs, e.g. "cache format 1 (this run writes 2)"."""
+    mine = json.loads(json.dumps(key, default=str))
+    rest = {k: v for k, v in mine.items() if k not in WRITER_FIELDS}
+    found = []
+    for meta in sorted(Path(root).glob("*/key.json")):
+        if meta.parent == cache_dir(root, key):
+            continue
+        try:
+            other = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(other, dict) or {k: v for k, v in other.items() if k not in WRITER_FIELDS} != rest:
+            continue
+        differs = [
+            f"{name} {other.get(k)} (this run {'writes' if k == 'version' else 'has'} {mine.get(k)})"
+            for k, name in WRITER_FIELDS.items()
+            if other.get(k) != mine.get(k)
+        ]
+        if differs:
+            found.append((meta.parent, ", ".join(differs)))
+    return found
+
+
 class CacheWriteError(SA3DError):
     """A cache entry could not be written (a full disk, a quota, a file-size limit, no permission):
     nothing of it is left on the disk."""
@@ -74,18 +110,31 @@ class ViewCache:
     machine) otherwise stalls the loop. A load of a name still being written waits for it;
     :meth:`flush` waits for all (and raises a write's error).
 
+    An entry that cannot be read (cut short, not a tensor file, a pickle that would run code: the
+    safe loader refuses it) or that the caller finds unfit (:meth:`drop`) is deleted, counted in
+    ``dropped`` and said; the caller builds it again. The key names this torch (``torch_line``):
+    a folder of the same data by another cache format or torch is never read, and is said when this
+    key's folder is made.
+
     Args:
         root: the cache folder of a scene (e.g. ``outputs/<scene>/sa3d_cache``).
         key: JSON-serialisable description of what produced the data.
         background: write in a background thread (default: in the caller's).
+        say: where to say what was found wrong (e.g. the console's log); default: nowhere.
     """
 
     MAX_PENDING = 4
 
-    def __init__(self, root: Path, key: dict, background: bool = False) -> None:
-        self.key = key
-        self.dir = cache_dir(root, key)
+    def __init__(
+        self, root: Path, key: dict, background: bool = False, say: Callable[[str], None] | None = None
+    ) -> None:
+        self.key = {**key, "torch": torch_line()}
+        self.dir = cache_dir(root, self.key)
+        self.say = say or (lambda text: None)
+        self.dropped = 0
+        made = not self.dir.is_dir()
         self.dir.mkdir(parents=True, exist_ok=True)
+        key = self.key
         meta = self.dir / "key.json"
         if not meta.is_file():  # (atomically: another run may open the same cache at the same time)
             fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="key", suffix=".tmp")
@@ -99,6 +148,12 @@ class ViewCache:
         self.hits = 0
         self.misses = 0
         self.background = background
+        for folder, differs in superseded(Path(root), self.key) if made else []:
+            size = sum(p.stat().st_size for p in folder.glob("*.pt")) / 2**20
+            self.say(
+                f"the cache folder {folder} holds the same views written by another version ({differs}): it is not "
+                f"read; this run writes its own in {self.dir}. Delete {folder} to free {size:.0f} MB."
+            )
         self._writer: ThreadPoolExecutor | None = None
         self._pending: dict[str, Future] = {}
 
@@ -115,12 +170,23 @@ class ViewCache:
             return None
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a damaged entry is rebuilt, never trusted
-            path.unlink(missing_ok=True)
+        except Exception as err:  # noqa: BLE001 - a damaged entry is rebuilt, never trusted
+            self.drop(name, f"it cannot be read: {type(err).__name__}, {' '.join(str(err).split())[:120]}")
+            self.misses += 1
+            return None
+        if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+            self.drop(name, "it is not a mapping of tensors")
             self.misses += 1
             return None
         self.hits += 1
         return data
+
+    def drop(self, name: str, why: str) -> None:
+        """Delete entry ``name`` (unfit: ``why``) and say so; the caller builds it again."""
+        path = self.path(name)
+        path.unlink(missing_ok=True)
+        self.dropped += 1
+        self.say(f"the cache entry {path} is dropped ({why}): its view is built again.")
 
     def save(self, name: str, data: dict[str, torch.Tensor]) -> None:
         """Write atomically (a reader never sees half a file), in the background by default."""

@@ -134,3 +134,26 @@ def load_checkpoint(path: Path, what: str = "checkpoint", **kwargs) -> dict:
     if not isinstance(state, dict) or "pipeline" not in state:
         raise SA3DError(f"{path} is not a nerfstudio checkpoint (no 'pipeline' entry).")
     return state
+
+
+def write_checkpoint(state: dict, path: Path) -> None:
+    """``state`` saved as the checkpoint ``path`` (``<run>/nerfstudio_models/step-N.ckpt``), whole
+    or not at all: written first to a hidden file in the run folder (``<run>/.step-N.ckpt.partial``,
+    outside the models folder, whose every name nerfstudio parses as a step and loads) and then
+    moved into place; the models folder is made only then. A process killed while writing leaves
+    at most that hidden file (never read; replaced by the next write); a write that fails (a full
+    disk, a file-size limit) is an SA3DError naming the file and the size needed, and nothing of
+    it is left."""
+    from sa3d_ns.core.cache import tensor_bytes
+    from sa3d_ns.core.errors import write_failure
+
+    tmp = path.parent.parent / f".{path.name}.partial"
+    try:
+        torch.save(state, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.replace(path)
+    except BaseException as err:  # (Ctrl-C included: nothing of this write is left)
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)):  # (torch.save on a full disk: RuntimeError "unexpected pos")
+            raise SA3DError(write_failure(path, err, tensor_bytes(state))) from None
+        raise

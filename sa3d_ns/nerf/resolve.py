@@ -213,9 +213,10 @@ def resolve_add_to(pipe, src: SourceRun) -> list[str]:
             f"{flag}: not the config.yml of an sa3d run ({type(err).__name__}: {str(err)[:200]})."
         ) from None
     run = RunFolder.of(path)
-    if not run.is_complete():
+    if not run.is_complete() or not run.checkpoints():
         raise SA3DError(
-            f"{flag}: that run did not finish (no complete {run.summary_path}); add objects to a finished run."
+            f"{flag}: that run did not finish (no complete {run.summary_path} or no checkpoint in {run.models}: it "
+            "was stopped before its end); add objects to a finished run, or run ns-train sa3d again to finish it."
         )
     if old_ckpt is None or Path(old_ckpt).resolve() != Path(nerfacto_checkpoint).resolve():
         raise SA3DError(

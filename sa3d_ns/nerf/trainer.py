@@ -7,6 +7,7 @@ import shutil
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,8 +16,7 @@ import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from sa3d_ns.core.cache import tensor_bytes
-from sa3d_ns.core.errors import SA3DError, write_failure
+from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def report_and_exit(err: SA3DError) -> None:
     sys.exit(2)
 
 
-class Stopped(Exception):
+class Stopped(BaseException):
     """The run was told to stop by a signal (SIGTERM; Ctrl-C is Python's KeyboardInterrupt)."""
 
     def __init__(self, what: str, code: int):
@@ -40,6 +40,25 @@ class Stopped(Exception):
 
 def raise_stopped(signum, frame) -> None:
     raise Stopped("SIGTERM", 128 + signal.SIGTERM)
+
+
+@contextmanager
+def sigterm_stops():
+    """Within: SIGTERM raises :class:`Stopped`, so that it stops the run as Ctrl-C does (by
+    default SIGTERM ends the process where it is, and nerfstudio's own handling of Ctrl-C prints a
+    traceback and exits 0). Only the main thread may set a handler; elsewhere nothing changes."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_stopped) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def stopped_before_writing(what: str, code: int) -> None:
+    CONSOLE.print(f"[bold yellow]sa3d: stopped by {what}[/bold yellow] while checking the inputs; nothing was written.")
+    sys.exit(code)
 
 
 @dataclass
@@ -52,10 +71,15 @@ class SA3DTrainerConfig(TrainerConfig):
         if getattr(self.pipeline, "nerfacto_checkpoint", None) is None:
             from sa3d_ns.nerf.resolve import resolve_config
 
-            try:
-                resolve_config(self)
-            except SA3DError as err:
-                report_and_exit(err)
+            with sigterm_stops():
+                try:
+                    resolve_config(self)
+                except SA3DError as err:
+                    report_and_exit(err)
+                except KeyboardInterrupt:
+                    stopped_before_writing("Ctrl-C", 128 + signal.SIGINT)
+                except Stopped as stop:
+                    stopped_before_writing(stop.what, stop.code)
         super().set_timestamp()
         self.claim_run_folder()
 
@@ -87,20 +111,23 @@ class SA3DTrainer(Trainer):
     pipeline: SA3DPipeline
 
     def setup(self, test_mode="val") -> None:
-        try:
-            super().setup(test_mode)
-        except SA3DError as err:
-            self._abort(err)
-        except KeyboardInterrupt:
-            self._stopped("Ctrl-C", 128 + signal.SIGINT)
+        with sigterm_stops():
+            try:
+                super().setup(test_mode)
+            except SA3DError as err:
+                self._abort(err)
+            except KeyboardInterrupt:
+                self._stopped("Ctrl-C", 128 + signal.SIGINT)
+            except Stopped as stop:
+                self._stopped(stop.what, stop.code)
         self.pipeline.run = RunFolder(Path(self.base_dir))
         self.config.max_num_iterations = self.pipeline.num_steps()
 
     def train(self) -> None:
-        # SIGTERM stops the run as Ctrl-C does (nerfstudio's own handling of Ctrl-C prints a
-        # traceback and exits 0); only the main thread may set a handler
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, raise_stopped) if main else None
+        with sigterm_stops():
+            self._train()
+
+    def _train(self) -> None:
         try:
             if self.config.max_num_iterations == 0 and getattr(self, "viewer_state", None) is not None:
                 # no prompt file: the run waits in the viewer, where objects are prompted (SA3D panel)
@@ -114,18 +141,15 @@ class SA3DTrainer(Trainer):
             self._stopped("Ctrl-C", 128 + signal.SIGINT)
         except Stopped as stop:
             self._stopped(stop.what, stop.code)
-        finally:
-            if main:
-                signal.signal(signal.SIGTERM, previous)
 
     def save_checkpoint(self, step: int) -> None:
-        """nerfstudio's checkpoint, written whole or not at all: to a temporary file moved into
-        place (a process killed while writing leaves no truncated step-*.ckpt that a later command
-        would take for the run's), and a write that fails (a full disk, a file-size limit) is a
-        clear error naming the folder and the size needed, with nothing half-written left."""
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        """nerfstudio's checkpoint, written whole or not at all (``checkpoints.write_checkpoint``: a
+        process killed while writing leaves no step-*.ckpt, nor any other file in the models
+        folder, that a later command would take for the run's), and a write that fails (a full
+        disk, a file-size limit) is a clear error naming the folder and the size needed."""
+        from sa3d_ns.nerf.checkpoints import write_checkpoint
+
         path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
-        tmp = path.with_name(path.name + ".partial")
         state = {
             "step": step,
             "pipeline": self.pipeline.state_dict(),
@@ -133,12 +157,7 @@ class SA3DTrainer(Trainer):
             "schedulers": {k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),
         }
-        try:
-            torch.save(state, tmp)
-            tmp.replace(path)
-        except (OSError, RuntimeError) as err:
-            tmp.unlink(missing_ok=True)
-            raise SA3DError(write_failure(path, err, tensor_bytes(state))) from None
+        write_checkpoint(state, path)
         if self.config.save_only_latest_checkpoint:
             for f in self.checkpoint_dir.glob("*.ckpt"):
                 if f != path:
@@ -167,9 +186,9 @@ class SA3DTrainer(Trainer):
         done = len(pipeline.records) if pipeline is not None else 0
         total = pipeline.num_steps() if pipeline is not None else 0
         self.shutdown()
-        if (
-            getattr(self, "training_state", None) == "completed"
-        ):  # (the viewer, kept open after the run: Ctrl-C quits it)
+        # the viewer, kept open after the run: Ctrl-C quits it (nerfstudio says "completed" before it
+        # writes the last checkpoint: a stop while it is written is a stop of the run)
+        if getattr(self, "training_state", None) == "completed" and any(self.checkpoint_dir.glob("*.ckpt")):
             CONSOLE.print(f"sa3d: viewer closed ({what}); the run is saved in {self.base_dir}.")
             sys.exit(0)
         CONSOLE.print(f"[bold yellow]sa3d: stopped by {what}[/bold yellow] after {done} of {total} views.")

@@ -42,6 +42,13 @@ def camera_digest(cams) -> str:
     return h.hexdigest()
 
 
+def say_cache(text: str) -> None:
+    """What a cache found wrong (``ViewCache``'s ``say``), in the run's log."""
+    from rich.markup import escape
+
+    CONSOLE.log(f"[yellow]sa3d: {escape(text)}[/yellow]")
+
+
 class ViewStore:
     """The training views' data of ``pipeline`` (see the module's docstring)."""
 
@@ -98,10 +105,12 @@ class ViewStore:
         key = self.key()  # (hashes every camera: once)
         self.check_space(root, key)
         background = torch.device(self.pipeline.device).type == "cuda"  # (writes in a thread where they stall a GPU)
-        self.cache = ViewCache(root, key, background=background)
+        self.cache = ViewCache(root, key, background=background, say=say_cache)
         seg = self.pipeline.get_segmenter()
         if seg.identity is not None:
-            seg.embedding_cache = ViewCache(root, {**key, "segmenter": seg.identity}, background=background)
+            seg.embedding_cache = ViewCache(
+                root, {**key, "segmenter": seg.identity}, background=background, say=say_cache
+            )
 
     def segment_size(self) -> tuple[int, int]:
         """(height, width) of the largest training view at the segmentation resolution."""
@@ -162,10 +171,7 @@ class ViewStore:
                 data = cast(ViewData, loaded)
             else:
                 assert self.cache is not None
-                CONSOLE.log(
-                    f"[yellow]sa3d: the cache entry {self.cache.path(name)} does not fit this run ({problem}): "
-                    "rendering the view again.[/yellow]"
-                )
+                self.cache.drop(name, f"it does not fit this run: {problem}")
         if data is None:
             data, kept = self.from_render(self.pipeline.render_view(view, rgb=self.needs_rgb()))
             h, w = (int(x) for x in data["size"])
@@ -242,4 +248,5 @@ class ViewStore:
         if self.cache is not None:
             out["dir"] = str(self.cache.dir)
             out["disk_bytes"] = self.cache.disk_bytes()
+            out["entries_dropped"] = self.cache.dropped
         return out

@@ -27,9 +27,10 @@ import torch
 from nerfstudio.viewer.viewer_elements import ViewerControl, ViewerElement
 
 from sa3d_ns.core.drawing import enlarge, tint
-from sa3d_ns.core.errors import SA3DError
+from sa3d_ns.core.errors import SA3DError, write_failure
 from sa3d_ns.core.prompts import Prompt
 from sa3d_ns.core.regions import plausible_choice
+from sa3d_ns.nerf.checkpoints import write_checkpoint
 from sa3d_ns.run_folder import RunFolder
 
 MAX_SIDE = 512  # the longest side a viewer camera is rendered at for segmentation
@@ -448,14 +449,20 @@ def save_objects(pipeline, run_dir: Path, viewer_prompts: dict | None = None) ->
     steps = [int(p.stem.split("-")[1]) for p in models.glob("step-*.ckpt") if p.stem.split("-")[1].isdigit()]
     step = max(steps, default=0) + 1
     ckpt = models / f"step-{step:09d}.ckpt"
-    tmp = ckpt.with_suffix(".ckpt.tmp")
-    torch.save({"step": step, "pipeline": pipeline.state_dict(), "optimizers": {}, "scalers": {}}, tmp)
     text = config_path.read_text()
     config = yaml.load(text, Loader=yaml.Loader)
     config.pipeline.model.objects = list(pipeline.model.object_names)
     cfg_tmp = config_path.with_suffix(".yml.tmp")
-    cfg_tmp.write_text(yaml.dump(config))
-    tmp.replace(ckpt)
+    try:
+        cfg_tmp.write_text(yaml.dump(config))
+    except OSError as err:
+        cfg_tmp.unlink(missing_ok=True)
+        raise SA3DError(write_failure(config_path, err)) from None
+    try:
+        write_checkpoint({"step": step, "pipeline": pipeline.state_dict(), "optimizers": {}, "scalers": {}}, ckpt)
+    except SA3DError:
+        cfg_tmp.unlink(missing_ok=True)
+        raise
     cfg_tmp.replace(config_path)
     if viewer_prompts is not None:
         run.write_viewer_prompts(viewer_prompts)

@@ -126,7 +126,11 @@ class SamSegmenter(Segmenter):
         name = f"{self.name}{view_id:05d}" if cache is not None else ""
         if cache is not None:
             data = cache.load(name)
-            if data is not None and tuple(data["original_size"].tolist()) == tuple(image.shape[:2]):
+            if (
+                data is not None
+                and "original_size" in data
+                and tuple(data["original_size"].tolist()) == image.shape[:2]
+            ):
                 self._import(data)
                 return
         with torch.no_grad(), self._encoder_precision():

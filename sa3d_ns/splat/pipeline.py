@@ -23,7 +23,7 @@ from sa3d_ns.core.records import ViewData
 from sa3d_ns.core.splats import gaussian_lifter
 from sa3d_ns.nerf.cameras import training_camera
 from sa3d_ns.nerf.pipeline import NerfactoScene, SA3DPipeline, SA3DPipelineConfig, free_memory
-from sa3d_ns.nerf.view_store import camera_digest
+from sa3d_ns.nerf.view_store import camera_digest, say_cache
 from sa3d_ns.splat.model import SA3DSplatModel, SA3DSplatModelConfig
 from sa3d_ns.splat.reference import RasterViews
 from sa3d_ns.splat.scene import GaussianScene, View
@@ -97,7 +97,7 @@ class SplatfactoScene(NerfactoScene):
             "background": splat_background(self.model).tolist(),
             "rasterize_mode": self.model.config.rasterize_mode,
         }
-        return ViewCache(root, key, background=torch.device(p.device).type == "cuda")
+        return ViewCache(root, key, background=torch.device(p.device).type == "cuda", say=say_cache)
 
     def view_data(self, view: int) -> ViewData:
         if self.reference is not None:
@@ -169,7 +169,8 @@ class SA3DSplatPipeline(SA3DPipeline):
     def cache_summary(self) -> dict:
         store = self.view_cache
         kind = "none" if not self.config.cache else "disk and memory" if store is not None else "memory"
-        return {"kind": kind, **({"dir": str(store.dir)} if store is not None else {}), **self.cache_stats}
+        disk = {"dir": str(store.dir), "entries_dropped": store.dropped} if store is not None else {}
+        return {"kind": kind, **disk, **self.cache_stats}
 
     def flush_caches(self) -> None:
         if self.view_cache is not None:

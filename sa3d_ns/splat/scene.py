@@ -150,7 +150,7 @@ class GaussianScene:
             or samples is None
             or (len(samples) and (int(samples.min()) < 0 or int(samples.max()) >= n))
         ):
-            self.store.path(name).unlink(missing_ok=True)
+            self.store.drop(name, "its Gaussian lists do not fit this view")
             return None
         device = self.gaussians.means.device
         data: ViewData = {k: t.to(device) if k != "size" else t for k, t in entry.items()}  # type: ignore[assignment]

@@ -1,0 +1,59 @@
+"""Makes a process stall at a chosen file operation, so that a test can stop it (Ctrl-C, SIGTERM,
+SIGKILL) exactly there. Entered by every Python process started with this folder on PYTHONPATH,
+and only when ``SA3D_TEST_STALL`` is set:
+
+    SA3D_TEST_STALL=load:.ckpt          before torch.load of a file whose name ends with ".ckpt"
+    SA3D_TEST_STALL=load:.ckpt#2        the same, at the second such load
+    SA3D_TEST_STALL=save:.ckpt.partial  in torch.save of such a file, after half of its bytes are written
+
+The process prints ``sa3d-test: stalled at <op> <path>`` (unbuffered) and sleeps up to 10 minutes;
+nothing else is changed (the file is written by torch.save itself, to memory first)."""
+
+import os
+
+STALL = os.environ.get("SA3D_TEST_STALL", "")
+
+if STALL:
+    import io
+    import sys
+    import time
+
+    import torch
+
+    op, _, suffix = STALL.partition(":")
+    suffix, _, nth = suffix.partition("#")
+    seen = {"n": 0}
+
+    def chosen(path) -> bool:
+        if not str(path).endswith(suffix):
+            return False
+        seen["n"] += 1
+        return seen["n"] == int(nth or 1)
+
+    real_load, real_save = torch.load, torch.save
+
+    def stall(what, path):
+        print(f"sa3d-test: stalled at {what} {path}", flush=True)
+        sys.stdout.flush()
+        time.sleep(600)
+
+    def load(f, *args, **kwargs):
+        if op == "load" and chosen(f):
+            stall("load", f)
+        return real_load(f, *args, **kwargs)
+
+    def save(obj, f, *args, **kwargs):
+        if op == "save" and chosen(f):
+            buf = io.BytesIO()
+            real_save(obj, buf, *args, **kwargs)
+            data = buf.getvalue()
+            with open(f, "wb") as out:
+                out.write(data[: len(data) // 2])
+                out.flush()
+                os.fsync(out.fileno())
+                stall("save", f)
+                out.write(data[len(data) // 2 :])
+            return None
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.load, torch.save = load, save
