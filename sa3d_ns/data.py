@@ -60,3 +60,93 @@ def whole_mask_path(data: Path, obj: int, image_name: str) -> Path | None:
     (``removed/<obj>/whole/<stem>.png``, as ``sa3d-make-scene`` writes it), or None."""
     path = transforms_path(data).parent / "removed" / str(obj) / "whole" / f"{Path(image_name).stem}.png"
     return path if path.is_file() else None
+
+
+def check_frames(
+    data: Path,
+    image_filenames: Sequence[str | Path],
+    sizes: Sequence[tuple[int, int]],
+    poses: Sequence | None = None,
+    masks: Sequence[Path] | None = None,
+) -> None:
+    """The training frames of a data folder are what its transforms.json says, or a clear error
+    naming the frame: every image exists and can be read, its size (W, H) is the camera's in
+    ``sizes`` (one pixel of rounding allowed: nerfstudio's downscaled copies), every camera pose
+    in ``poses`` (3 x 4 or 4 x 4 arrays) is finite, every instance mask in ``masks`` has its image's
+    size. Reads only the files' headers."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    where = f"the data folder {Path(data)}"
+    fix = "Fix the data folder (or give the one the source run was trained on: --data)."
+    if poses is not None:
+        bad = [
+            Path(n).name
+            for n, pose in zip(image_filenames, poses, strict=True)
+            if not np.isfinite(np.asarray(pose)).all()
+        ]
+        if bad:
+            raise SA3DError(
+                f"The camera poses of {len(bad)} training frame(s) in {where} hold NaN or infinity ({', '.join(bad[:5])}"
+                f"{', ...' if len(bad) > 5 else ''}): check their transform_matrix in transforms.json. {fix}"
+            )
+
+    def size_of(path: Path, what: str) -> tuple[int, int]:
+        try:
+            with Image.open(path) as img:
+                return img.size
+        except FileNotFoundError:
+            raise SA3DError(f"The {what} {path} of {where} does not exist. {fix}") from None
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            raise SA3DError(f"The {what} {path} of {where} cannot be read as an image ({err}). {fix}") from None
+
+    for i, (name, (w, h)) in enumerate(zip(image_filenames, sizes, strict=True)):
+        iw, ih = size_of(Path(name), "image")
+        if abs(iw - w) > 1 or abs(ih - h) > 1:
+            raise SA3DError(
+                f"The image {name} is {iw}x{ih} pixels, but transforms.json gives its camera {w}x{h} (w, h or the "
+                f"intrinsics of {where} do not match its images). {fix}"
+            )
+        if masks is not None:
+            mw, mh = size_of(Path(masks[i]), "instance mask")
+            if (mw, mh) != (iw, ih):
+                raise SA3DError(
+                    f"The instance mask {masks[i]} is {mw}x{mh} pixels, but its image {Path(name).name} is {iw}x{ih}: an "
+                    f"instance mask must have its image's size. {fix}"
+                )
+
+
+def check_poses(data: Path) -> None:
+    """Every frame's transform_matrix in the data folder's transforms.json (when it has one) is a
+    4 x 4 (or 3 x 4) array of finite numbers, or a clear error naming the frames (before
+    nerfstudio's dataparser, which would otherwise spread one NaN over every camera when it
+    centres and orients the poses)."""
+    import numpy as np
+
+    tpath = transforms_path(data)
+    if not tpath.is_file():
+        return
+    try:
+        meta = json.loads(tpath.read_text())
+    except (OSError, ValueError) as err:
+        raise SA3DError(
+            f"{tpath} cannot be read as JSON ({err}). Fix it, or give another data folder (--data)."
+        ) from None
+    frames = meta.get("frames") if isinstance(meta, dict) else None
+    if not isinstance(frames, list) or not frames:
+        raise SA3DError(f"{tpath} lists no frames. Give the data folder the source run was trained on (--data).")
+    bad = []
+    for i, frame in enumerate(frames):
+        name = str(frame.get("file_path", f"frame {i}")) if isinstance(frame, dict) else f"frame {i}"
+        try:
+            pose = np.asarray(frame["transform_matrix"], dtype=np.float64)  # type: ignore[index]
+            ok = pose.shape in ((4, 4), (3, 4)) and bool(np.isfinite(pose).all())
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            bad.append(name)
+    if bad:
+        raise SA3DError(
+            f"{tpath}: the transform_matrix of {len(bad)} frame(s) is not a 4 x 4 array of finite numbers "
+            f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}). Fix those frames or give another data folder (--data)."
+        )

@@ -5,6 +5,7 @@ sa3d-make-scene -> sa3d-train-nerfacto (ns-train nerfacto) -> ns-train sa3d (ora
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 import torch
 from helpers import BIN, TINY_NERFACTO, point_prompt, relocated_copy, run, tree_digest
 from PIL import Image
+
+from sa3d_ns.nerf.resolve import PATH_FLAGS
 
 pytestmark = pytest.mark.slow
 FAULT_HOOKS = Path(__file__).parent / "fault_hooks"  # (see its sitecustomize.py)
@@ -136,8 +139,21 @@ def write(path: Path, text: str) -> Path:
         ("missing_sam_weights", "--pipeline.segmenter weightfree"),
         ("no_instance_masks", "instance_mask_path"),
         ("missing_text_model", "Grounding DINO tiny (text prompts) checkpoint not found"),
-        ("text_threshold", "--pipeline.text-box-threshold must be in [0, 1], got 1.5"),
-        ("noise_rate", "--pipeline.noise-rate must be in [0, 1], got 1.5"),
+        ("text_threshold", "--pipeline.text-box-threshold must be a number between 0 and 1, got 1.5"),
+        ("noise_rate", "--pipeline.noise-rate must be a number between 0 and 1, got 1.5"),
+        ("nan_setting", "--pipeline.iou-threshold must be a number between 0 and 1, got nan"),
+        ("huge_setting", "--pipeline.num-prompts must be a whole number between 1 and 1000, got 1000000"),
+        ("cache_dir_is_a_file", "that is a file, not a folder"),
+        ("cache_dir_in_the_source_run", "sa3d never writes into it"),
+        ("name_too_long", "File name too long. Give a path this machine can open"),
+        ("data_image_size_lies", "is 64x64 pixels, but transforms.json gives its camera 80x80"),
+        ("data_image_missing", "frame_00003.png of the data folder"),
+        ("data_image_unreadable", "cannot be read as an image"),
+        ("data_mask_of_another_size", "is 32x32 pixels, but its image frame_00003.png is 64x64"),
+        (
+            "data_pose_nan",
+            "the transform_matrix of 1 frame(s) is not a 4 x 4 array of finite numbers (images/frame_00003.png)",
+        ),
     ],
 )
 def test_bad_input(scene, tmp_path, case, match):
@@ -180,6 +196,33 @@ def test_bad_input(scene, tmp_path, case, match):
     elif case == "noise_rate":
         extra[3] = "oracle-noisy"
         extra += ["--pipeline.noise-rate", "1.5"]
+    elif case == "nan_setting":
+        extra += ["--pipeline.iou-threshold", "nan"]
+    elif case == "huge_setting":
+        extra += ["--pipeline.num-prompts", "1" + "0" * 400]
+    elif case == "cache_dir_is_a_file":
+        extra += ["--pipeline.cache-dir", scene["prompt"]]
+    elif case == "cache_dir_in_the_source_run":
+        extra += ["--pipeline.cache-dir", scene["nerfacto"].parent / "sa3d_cache"]
+    elif case == "name_too_long":
+        extra[1] = tmp_path / ("x" * 300)
+    elif case.startswith("data_"):  # a copy of the data folder that lies about its frames
+        data = tmp_path / "data"
+        shutil.copytree(root / "scene", data)
+        meta = json.loads((data / "transforms.json").read_text())
+        if case == "data_image_size_lies":
+            meta["w"] = meta["h"] = 80
+        elif case == "data_image_missing":
+            (data / "images" / "frame_00003.png").unlink()
+        elif case == "data_image_unreadable":
+            (data / "images" / "frame_00003.png").write_bytes(b"\x89PNG not really")
+        elif case == "data_mask_of_another_size":
+            mask = Image.open(data / "instances" / "frame_00003.png")
+            mask.resize((32, 32), Image.Resampling.NEAREST).save(data / "instances" / "frame_00003.png")
+        elif case == "data_pose_nan":
+            meta["frames"][3]["transform_matrix"][0][0] = float("nan")  # (json writes NaN, and reads it back)
+        (data / "transforms.json").write_text(json.dumps(meta))
+        extra += ["--data", data]
     elif case == "no_instance_masks":
         data = tmp_path / "data"
         shutil.copytree(root / "scene", data)
@@ -198,6 +241,54 @@ def test_bad_input(scene, tmp_path, case, match):
     assert "Traceback" not in output
     assert set(sa3d_runs(scene, "bad")) == before  # no half-written run is left behind
     assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
+
+
+HOSTILE_PATHS = ["", ".", "..", "/", "/dev/null", "/dev/zero", "/proc/self/mem", "/etc/passwd", "~", "x" * 300,
+                 "a/" + "b" * 256, "nul\x00byte", "../../../../../../x", "é/ß/中.json", " ", "-", "--help"]  # fmt: skip
+
+
+@pytest.mark.parametrize("attr, flag", PATH_FLAGS, ids=[f for _, f in PATH_FLAGS])
+def test_any_path_given_to_a_path_flag_is_used_or_refused_clearly(scene, tmp_path, attr, flag):
+    """Every path flag of ns-train sa3d, given hostile paths (too long, a NUL byte, devices,
+    unicode, traversal, the scene's own files and folders where another kind is expected) and
+    hypothesis' text: the input checks (run in-process, as ns-train runs them before it writes
+    anything) either accept it or raise the SA3DError the CLI prints ("sa3d error:", exit 2) naming
+    the flag or the path; never another exception; the nerfacto run is untouched."""
+    import copy
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sa3d_ns.config import sa3d_method
+    from sa3d_ns.core.errors import SA3DError
+    from sa3d_ns.nerf.resolve import resolve_config
+
+    root = scene["root"]
+    own = [root / "scene", root / "scene" / "transforms.json", root / "scene" / "images" / "frame_00000.png",
+           scene["nerfacto"], scene["nerfacto"].parent, next(scene["nerfacto"].parent.rglob("*.ckpt")), scene["prompt"],
+           finished_run(scene) / "config.yml", tmp_path / "new" / "folder"]  # fmt: skip
+
+    def check(path):
+        config = copy.deepcopy(sa3d_method.config)
+        pipe = config.pipeline
+        pipe.nerfacto_config, pipe.prompt, pipe.segmenter = scene["nerfacto"], scene["prompt"], "oracle"
+        config.output_dir = tmp_path / "out"
+        owner = config
+        *parents, name = attr.split(".")
+        for part in parents:
+            owner = getattr(owner, part)
+        setattr(owner, name, Path(path))
+        try:
+            resolve_config(config)
+        except SA3DError as err:
+            text = str(err)
+            assert flag in text or str(path)[:100] in text or flag == "--data", (path, text)
+
+    for path in [*HOSTILE_PATHS, *own]:
+        check(path)
+    settings(max_examples=12, deadline=None, database=None)(given(st.text(max_size=40))(check))()
+    assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
+    assert not (tmp_path / "new").exists() and not (tmp_path / "out").exists()
 
 
 def test_noisy_oracle_runs_and_records_its_mistakes(scene):
@@ -778,24 +869,18 @@ def wait_for(condition, timeout: float, what: str, panel=None) -> None:
         time.sleep(0.5)
 
 
-def test_viewer_panel_in_headless_chromium(scene, tmp_path):
-    """The real nerfstudio viewer with a finished run, opened in headless Chromium (Debian's
-    chromium, driven by Playwright): delete the run's object with the panel, click on the ball in
-    the render, press Segment; the new object appears in the panel and the mask output changes.
-    A screenshot is kept as a test artifact."""
-    import os
+def open_viewer(run_dir: Path):
+    """The real nerfstudio viewer (viser, on a free localhost port) on the run ``run_dir``, as
+    ns-viewer opens it: (viewer, pipeline, port, chromium's path)."""
     import socket
     import threading
 
-    import viser.transforms as vtf
     from nerfstudio.configs.base_config import ViewerConfig
     from nerfstudio.utils.eval_utils import eval_setup
-    from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO, Viewer
-    from playwright.sync_api import sync_playwright
+    from nerfstudio.viewer.viewer import Viewer
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium is needed: scripts/test.sh installs it (apt-get install chromium)"
-    run_dir = relocated_copy(finished_run(scene, "weightfree"), tmp_path)
     _, pipeline, _, step = eval_setup(run_dir / "config.yml", test_mode="test")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -811,6 +896,35 @@ def test_viewer_panel_in_headless_chromium(scene, tmp_path):
     viewer.init_scene(train_dataset=ds, train_state="completed", eval_dataset=pipeline.datamanager.eval_dataset)
     viewer.control_panel._max_res.value = 64  # the viewer's own renders stay cheap on a CPU
     viewer.update_scene(step=step)
+    return viewer, pipeline, port, chromium
+
+
+def look_through(client, cam) -> None:
+    """The browser's camera on the (nerfstudio) camera ``cam``."""
+    import viser.transforms as vtf
+    from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
+
+    c2w = cam.camera_to_worlds[0].numpy()
+    client.camera.position = c2w[:, 3] * VISER_NERFSTUDIO_SCALE_RATIO
+    client.camera.wxyz = (vtf.SO3.from_matrix(c2w[:, :3]) @ vtf.SO3.from_x_radians(np.pi)).wxyz
+    client.camera.fov = 2 * np.arctan(float(cam.height[0, 0]) / 2 / float(cam.fy[0, 0]))
+
+
+BROWSER_ARGS = ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+
+
+def test_viewer_panel_in_headless_chromium(scene, tmp_path):
+    """The real nerfstudio viewer with a finished run, opened in headless Chromium (Debian's
+    chromium, driven by Playwright): delete the run's object with the panel, click on the ball in
+    the render, press Segment; the new object appears in the panel and the mask output changes.
+    A screenshot is kept as a test artifact."""
+    import os
+
+    from playwright.sync_api import sync_playwright
+
+    run_dir = relocated_copy(finished_run(scene, "weightfree"), tmp_path)
+    viewer, pipeline, port, chromium = open_viewer(run_dir)
+    ds = pipeline.datamanager.train_dataset
     logic = pipeline.sa3d_panel.logic
     cam = ds.cameras[0:1]
     before = pipeline.model.get_outputs_for_camera(cam)["mask"].sum().item()
@@ -818,21 +932,14 @@ def test_viewer_panel_in_headless_chromium(scene, tmp_path):
     artifacts.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=chromium,
-                args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"],
-            )
+            browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
             page = browser.new_page(viewport={"width": 720, "height": 480})  # (software WebGL: small is cheap)
             page.goto(f"http://127.0.0.1:{port}/")
             page.get_by_text("SA3D: segment objects").wait_for(timeout=120_000)
             wait_for(lambda: len(viewer.viser_server.get_clients()) == 1, 60, "the browser to connect")
             client = next(iter(viewer.viser_server.get_clients().values()))
-            # the browser's camera on training view 0
-            c2w = cam.camera_to_worlds[0].numpy()
-            client.camera.position = c2w[:, 3] * VISER_NERFSTUDIO_SCALE_RATIO
-            client.camera.wxyz = (vtf.SO3.from_matrix(c2w[:, :3]) @ vtf.SO3.from_x_radians(np.pi)).wxyz
-            h, w, fy = int(cam.height[0, 0]), int(cam.width[0, 0]), float(cam.fy[0, 0])
-            client.camera.fov = 2 * np.arctan(h / 2 / fy)
+            look_through(client, cam)  # (training view 0)
+            h, w = int(cam.height[0, 0]), int(cam.width[0, 0])
 
             # (a user looking through a training camera hides the training cameras: their frustums
             # show the training image itself right in front of the render)
@@ -920,6 +1027,169 @@ def test_viewer_panel_in_headless_chromium(scene, tmp_path):
     # 300-step CPU nerfacto, which is not bit-reproducible run to run: precision measured 0.69 to
     # above 0.8; another object would give about 0)
     assert (after & (inst == 1)).sum() > 0.5 * after.sum()
+
+
+# what the storm does, and how often (weights)
+STORM_ACTIONS = {"click": 6, "segment": 3, "stop": 2, "delete": 1, "rename": 2, "save": 2, "display": 2, "undo": 1,
+                 "clear": 1, "find": 1, "rerun": 1, "name": 1, "choice": 1, "threshold": 1}  # fmt: skip
+STORM_NAMES = ["ball", "../../x", "", "bällchen", "a" * 60, "object", "all", "x/y", " spaced "]
+
+
+@pytest.mark.extended
+def test_viewer_panel_under_a_storm_of_actions_from_two_tabs(scene, tmp_path, monkeypatch):
+    """The real viewer on a finished run, two browser tabs (headless Chromium, Playwright), and
+    a seeded storm of panel actions from either tab, as fast as the browser takes them: clicks in
+    the render (positive / negative / off), Segment, Stop, Delete, Rename (names a user may type:
+    empty, a path, unicode, too long), Save, Display, Undo, Clear, Find (no text model here: a
+    refusal), Re-run, the object name, the mask choice, the threshold; during runs too. Then: no
+    exception reached viser (its callback wrapper is watched) or any thread; every message shown
+    was the panel's own (no bare exception text); a Save during a run was refused with a message;
+    the panel's object list is the model's; the run folder holds only whole checkpoints, each
+    loadable; the server still renders (the canvas follows a camera move). Prints the actions per
+    second handled."""
+    import random
+    import threading
+    import time
+
+    import viser.infra._infra as infra
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("SA3D_OFFLINE", "1")  # (Find must refuse, not download Grounding DINO)
+    monkeypatch.setenv("SA3D_CACHE", str(tmp_path / "weights"))
+    raised: list[str] = []
+    wrapper = infra.error_print_wrapper
+
+    def watched(inner):
+        def wrapped():
+            try:
+                inner()
+            except Exception as err:  # noqa: BLE001 - what viser would print and swallow
+                raised.append(f"viser callback: {type(err).__name__}: {err}")
+                raise
+
+        return wrapper(wrapped)
+
+    monkeypatch.setattr(infra, "error_print_wrapper", watched)
+    hook = threading.excepthook
+    monkeypatch.setattr(
+        threading,
+        "excepthook",
+        lambda a: raised.append(f"thread {a.thread}: {a.exc_type.__name__}: {a.exc_value}") or hook(a),
+    )
+
+    run_dir = relocated_copy(finished_run(scene, "weightfree"), tmp_path)
+    viewer, pipeline, port, chromium = open_viewer(run_dir)
+    panel, logic = pipeline.sa3d_panel, pipeline.sa3d_panel.logic
+    messages: list[tuple[bool, str]] = []  # (busy when said, message)
+    notify = panel._notify
+    monkeypatch.setattr(panel, "_notify", lambda text: messages.append((logic.busy, text)) or notify(text))
+    logic.notify = panel._notify
+    cam = pipeline.datamanager.train_dataset.cameras[0:1]
+    rng = random.Random(7)
+    kinds = [k for k, n in STORM_ACTIONS.items() for _ in range(n)]
+    done: list[str] = []
+    saves_while_busy = 0
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
+            pages = [browser.new_page(viewport={"width": 640, "height": 420}) for _ in range(2)]
+            for page in pages:
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.get_by_text("SA3D: segment objects").wait_for(timeout=120_000)
+            wait_for(lambda: len(viewer.viser_server.get_clients()) == 2, 60, "both tabs to connect")
+            for client in viewer.viser_server.get_clients().values():
+                look_through(client, cam)
+            page.wait_for_timeout(3000)
+            h = panel.handles
+
+            def press(page, name):
+                page.get_by_role("button", name=name, exact=True).first.click(timeout=20_000)
+
+            started = time.time()
+            for i in range(60):
+                page, kind = rng.choice(pages), rng.choice(kinds)
+                try:
+                    if kind == "click":
+                        press(page, rng.choice(["positive", "positive", "negative", "off"]))
+                        canvas = page.locator('canvas[data-engine^="three.js"]').first
+                        bb = canvas.bounding_box()
+                        assert bb is not None
+                        canvas.click(
+                            position={
+                                "x": rng.uniform(0.3, 0.7) * bb["width"],
+                                "y": rng.uniform(0.2, 0.8) * bb["height"],
+                            }
+                        )
+                    elif kind in ("segment", "stop", "delete", "undo", "rerun"):
+                        press(
+                            page,
+                            {
+                                "segment": "Segment",
+                                "stop": "Stop",
+                                "delete": "Delete",
+                                "undo": "Undo",
+                                "rerun": "Re-run",
+                            }[kind],
+                        )
+                    elif kind == "clear":
+                        press(page, "Clear prompt")
+                    elif kind == "save":
+                        saves_while_busy += logic.busy
+                        press(page, "Save objects to the run")
+                    elif kind == "rename":  # (typed into the panel's text box, as a browser edit sets it)
+                        h["rename_to"].value = rng.choice(STORM_NAMES)
+                        press(page, "Rename")
+                    elif kind == "find":
+                        h["text"].value = rng.choice(["the red ball", "", "ü" * 300])
+                        press(page, "Find the text (Grounding DINO)")
+                    elif kind == "name":
+                        h["name"].value = rng.choice(STORM_NAMES)
+                    elif kind == "display":
+                        h["display"].value = rng.choice(h["display"].options)
+                    elif kind == "choice":
+                        h["choice"].value = rng.choice(h["choice"].options)
+                    elif kind == "threshold":
+                        h["threshold"].value = rng.choice([0.0, 0.3, 0.99])
+                except PlaywrightTimeout as err:
+                    raised.append(f"action {i} {kind}: the browser could not do it ({str(err).splitlines()[0]})")
+                done.append(kind)
+                page.wait_for_timeout(rng.choice([0, 50, 200]))
+            elapsed = time.time() - started
+            print(f"viewer storm: {len(done)} actions in {elapsed:.1f} s ({len(done) / elapsed:.2f} actions/s), "
+                  f"{sum(k == 'segment' for k in done)} Segment, {saves_while_busy} Save during a run; messages: "
+                  f"{len(messages)}; raised: {len(raised)}")  # fmt: skip
+            logic.stop()
+            wait_for(lambda: not logic.busy, 300, "the last run to stop")
+
+            # the server still renders: a camera move changes what both tabs show
+            canvas = pages[0].locator('canvas[data-engine^="three.js"]').first
+            before = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), np.float32)
+            look_through(
+                next(iter(viewer.viser_server.get_clients().values())), pipeline.datamanager.train_dataset.cameras[5:6]
+            )
+            deadline, moved = time.time() + 120, 0.0
+            while moved < 0.02 and time.time() < deadline:
+                time.sleep(1)
+                after = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), np.float32)
+                moved = float(np.abs(after - before).mean() / 255)
+            browser.close()
+    finally:
+        viewer.viser_server.stop()
+    assert not raised, raised[:10]
+    bare = [m for _, m in messages if re.match(r"^[A-Z][A-Za-z]*(Error|Exception): ", m)]
+    assert not bare, bare[:10]  # (what _guard shows for an exception that is not the user's)
+    busy_saves = [m for busy, m in messages if busy and m.startswith("Saved the objects")]
+    assert not busy_saves, busy_saves  # (a save during a run is refused)
+    if saves_while_busy:
+        assert any("Segmentation is running" in m for _, m in messages), messages
+    names = tuple(pipeline.model.object_names) or ("(none)",)
+    assert tuple(panel.handles["object"].options) == names
+    assert moved >= 0.02, "the render did not follow the camera after the storm"
+    for ckpt in (run_dir / "nerfstudio_models").iterdir():  # whole checkpoints only, each loadable
+        assert ckpt.suffix == ".ckpt", ckpt
+        torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert not list(run_dir.glob(".*.partial")) and not list(run_dir.rglob("*.tmp"))
 
 
 RESAVE_UNDER_NUMPY = """

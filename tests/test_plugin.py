@@ -1,5 +1,6 @@
 """The method is registered with nerfstudio and its command line answers --help."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -52,14 +53,19 @@ def test_lpips_stub_reports_nan_instead_of_downloading():
 @pytest.mark.parametrize(
     "setting, value, match",
     [
-        ("num_passes", 0, "--pipeline.num-passes must be >= 1"),
-        ("render_downscale", 0.5, "--pipeline.render-downscale must be >= 1"),
-        ("sample_scale", 0.0, "--pipeline.sample-scale must be > 0"),
-        ("footprint_memory_mb", -1, "--pipeline.footprint-memory-mb must be >= 0"),
-        ("view_memory_mb", -1, "--pipeline.view-memory-mb must be >= 0"),
-        ("cache_samples", -2, "--pipeline.cache-samples must be >= 0"),
+        ("num_passes", 0, "--pipeline.num-passes must be a whole number between 1 and 100, got 0"),
+        ("render_downscale", 0.5, "--pipeline.render-downscale must be a number between 1 and 1024 (leave it out"),
+        ("sample_scale", 0.0, "--pipeline.sample-scale must be a number between 0.01 and 16, got 0"),
+        ("footprint_memory_mb", -1, "--pipeline.footprint-memory-mb must be a whole number between 0 and"),
+        ("view_memory_mb", -1, "--pipeline.view-memory-mb must be a whole number between 0 and"),
+        ("cache_samples", -2, "--pipeline.cache-samples must be a whole number between 0 and 4096 (0 keeps all"),
+        ("iou_threshold", float("nan"), "--pipeline.iou-threshold must be a number between 0 and 1, got nan"),
+        ("vote_prior", float("inf"), "--pipeline.vote-prior must be a number between 0 and 1e+09"),
+        ("num_prompts", 10**400, "--pipeline.num-prompts must be a whole number between 1 and 1000, got 1000000"),
+        ("model.mask_log2_hashmap_size", 40, "--pipeline.model.mask-log2-hashmap-size must be a whole number between 8 and 26"),
+        ("model.mask_max_res", 64, "--pipeline.model.mask-max-res (64) must be at least --pipeline.model.mask-min-res"),
     ],
-)
+)  # fmt: skip
 def test_out_of_range_settings_are_named(setting, value, match):
     import copy
 
@@ -69,8 +75,9 @@ def test_out_of_range_settings_are_named(setting, value, match):
 
     pipe = copy.deepcopy(sa3d_method.config.pipeline)
     check_settings(pipe)  # the defaults pass
-    setattr(pipe, setting, value)
-    with pytest.raises(SA3DError, match=match):
+    owner, _, name = setting.rpartition(".")
+    setattr(pipe.model if owner else pipe, name, value)
+    with pytest.raises(SA3DError, match=re.escape(match)):
         check_settings(pipe)
 
 

@@ -239,3 +239,29 @@ def test_noisy_oracle_is_wrong_in_its_share_of_views_and_the_same_each_time():
         NoisyOracleSegmenter(lambda view, size: inst, rate=1.5)
     with pytest.raises(SA3DError, match="noise-kinds"):
         NoisyOracleSegmenter(lambda view, size: inst, kinds=("typo",))
+
+
+def test_instance_masks_of_16_bits_keep_their_ids_and_pass_the_frame_checks(tmp_path):
+    """A 16-bit instance-mask PNG (ids above 255, as tools that number many objects write) reads
+    back with its ids, resized or not, and a data folder with such masks passes check_frames; one
+    whose mask has another size than its image does not."""
+    from PIL import Image
+
+    from sa3d_ns.data import check_frames
+    from sa3d_ns.segmenters.oracle import read_instance_mask
+
+    ids = np.zeros((20, 30), np.uint16)
+    ids[2:8, 3:9], ids[10:18, 12:25] = 300, 65535
+    cv2.imwrite(str(tmp_path / "m.png"), ids)  # (cv2 writes uint16 as a 16-bit PNG)
+    assert Image.open(tmp_path / "m.png").mode.startswith("I")
+    assert np.array_equal(read_instance_mask(tmp_path / "m.png"), ids.astype(np.int64))
+    assert set(np.unique(read_instance_mask(tmp_path / "m.png", (60, 40))).tolist()) == {0, 300, 65535}
+    cv2.imwrite(str(tmp_path / "i.png"), np.zeros((20, 30, 3), np.uint8))
+    check_frames(tmp_path, [tmp_path / "i.png"], [(30, 20)], masks=[tmp_path / "m.png"])
+    with pytest.raises(SA3DError, match="is 30x20 pixels, but transforms.json gives its camera 31x22"):
+        check_frames(tmp_path, [tmp_path / "i.png"], [(31, 22)])
+    cv2.imwrite(str(tmp_path / "m.png"), ids[:10])
+    with pytest.raises(SA3DError, match="is 30x10 pixels, but its image i.png is 30x20"):
+        check_frames(tmp_path, [tmp_path / "i.png"], [(30, 20)], masks=[tmp_path / "m.png"])
+    with pytest.raises(SA3DError, match="hold NaN or infinity"):
+        check_frames(tmp_path, [tmp_path / "i.png"], [(30, 20)], poses=[np.full((3, 4), np.inf)])

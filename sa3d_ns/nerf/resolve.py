@@ -4,6 +4,8 @@ input up front."""
 from __future__ import annotations
 
 import copy
+import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -12,6 +14,7 @@ import yaml
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.objects import check_unique
 from sa3d_ns.core.prompts import check_inside, load_prompts, resolve_view
+from sa3d_ns.data import check_frames, check_poses
 from sa3d_ns.nerf.checkpoints import latest_checkpoint
 from sa3d_ns.nerf.source_run import SourceRun, copy_nerfacto_settings, copy_splatfacto_settings, load_source_run
 from sa3d_ns.run_folder import RunFolder
@@ -24,35 +27,132 @@ if TYPE_CHECKING:
 MASK_SETTINGS = ("mask_num_levels", "mask_min_res", "mask_max_res", "mask_log2_hashmap_size", "mask_implementation")
 
 
+# Every numeric setting of ns-train sa3d: (where, name, kind, low, high, what it means at the bounds).
+# where: "" for --pipeline.<name>, "model" for --pipeline.model.<name>; kind "int" or "float"; the
+# range is inclusive; None values (the settings whose default is computed) are left alone.
+NUMERIC_SETTINGS = [
+    ("", "num_passes", "int", 1, 100, ""),
+    ("", "render_downscale", "float", 1, 1024, "leave it out for the default"),
+    ("", "segment_max_size", "int", 0, 65536, "0 = the training resolution"),
+    ("", "sample_scale", "float", 0.01, 16, ""),
+    ("", "cache_samples", "int", 0, 4096, "0 keeps all samples"),
+    ("", "footprint_memory_mb", "int", 0, 2**30, "0 keeps no footprints; leave it out for the default"),
+    ("", "view_memory_mb", "int", 0, 2**30, "0 keeps no views on the device; leave it out for the default"),
+    ("", "num_prompts", "int", 1, 1000, ""),
+    ("", "prompt_distance_weight", "float", 0, 1e6, ""),
+    ("", "iou_threshold", "float", 0, 1, ""),
+    ("", "neg_weight", "float", 0, 1e6, ""),
+    ("", "neg_weight_first", "float", 0, 1e6, ""),
+    ("", "vote_prior", "float", 0, 1e9, "0 = plain average"),
+    ("", "sgd_lr", "float", 1e-9, 1e6, ""),
+    ("", "noise_rate", "float", 0, 1, ""),
+    ("", "noise_seed", "int", 0, 2**32 - 1, ""),
+    ("", "text_box_threshold", "float", 0, 1, ""),
+    ("", "text_threshold", "float", 0, 1, ""),
+    ("model", "mask_num_levels", "int", 1, 64, ""),
+    ("model", "mask_min_res", "int", 1, 2**20, ""),
+    ("model", "mask_max_res", "int", 1, 2**24, ""),
+    ("model", "mask_log2_hashmap_size", "int", 8, 26, ""),
+    ("model", "mask_threshold", "float", -1e6, 1e6, ""),
+    ("model", "overlay_alpha", "float", 0, 1, ""),
+    ("model", "removal_margin", "float", 0, 1000, "0 turns it off"),
+]
+
+
 def check_settings(pipe) -> None:
-    """The numeric settings of an SA3DPipelineConfig, each a clear error when out of range."""
-    if pipe.num_passes < 1:
-        raise SA3DError(f"--pipeline.num-passes must be >= 1, got {pipe.num_passes}.")
-    if pipe.render_downscale is not None and pipe.render_downscale < 1:
-        raise SA3DError(f"--pipeline.render-downscale must be >= 1, got {pipe.render_downscale}.")
-    if pipe.sample_scale <= 0:
-        raise SA3DError(f"--pipeline.sample-scale must be > 0, got {pipe.sample_scale}.")
-    if pipe.footprint_memory_mb is not None and pipe.footprint_memory_mb < 0:
+    """The numeric settings of an SA3DPipelineConfig (NUMERIC_SETTINGS), each a clear error when it
+    is not a finite number of its kind in its range (NaN, infinity, a huge or negative value)."""
+    for where, name, kind, low, high, note in NUMERIC_SETTINGS:
+        owner = pipe.model if where == "model" else pipe
+        if not hasattr(owner, name) or getattr(owner, name) is None:
+            continue
+        value = getattr(owner, name)
+        flag = f"--pipeline.{where + '.' if where else ''}{name.replace('_', '-')}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            ok = False
+        elif isinstance(value, float):
+            ok = math.isfinite(value) and (kind == "float" or value.is_integer()) and low <= value <= high
+        else:
+            ok = low <= value <= high  # (a Python int of any size: never converted to a float)
+        if not ok:
+            shown = f"{value:.3g}" if isinstance(value, float) else str(value)[:40]
+            span = f"{low} and {high}" if kind == "int" else f"{low:g} and {high:g}"
+            raise SA3DError(
+                f"{flag} must be {'a whole number' if kind == 'int' else 'a number'} between {span}"
+                + (f" ({note})" if note else "")
+                + f", got {shown}."
+            )
+    model = pipe.model
+    if getattr(model, "mask_max_res", None) is not None and model.mask_max_res < model.mask_min_res:
         raise SA3DError(
-            f"--pipeline.footprint-memory-mb must be >= 0 (0 keeps no footprints; leave it out for the default), got {pipe.footprint_memory_mb}."
+            f"--pipeline.model.mask-max-res ({model.mask_max_res}) must be at least --pipeline.model.mask-min-res "
+            f"({model.mask_min_res})."
         )
-    if pipe.view_memory_mb is not None and pipe.view_memory_mb < 0:
+
+
+# the path flags of ns-train sa3d (attribute of the trainer config, flag)
+PATH_FLAGS = [
+    ("pipeline.source_config", "--pipeline.source-config"),
+    ("pipeline.nerfacto_config", "--pipeline.nerfacto-config"),
+    ("pipeline.prompt", "--pipeline.prompt"),
+    ("pipeline.add_to", "--pipeline.add-to"),
+    ("pipeline.cache_dir", "--pipeline.cache-dir"),
+    ("pipeline.sam_checkpoint", "--pipeline.sam-checkpoint"),
+    ("pipeline.sam2_checkpoint", "--pipeline.sam2-checkpoint"),
+    ("pipeline.sam_hq_checkpoint", "--pipeline.sam-hq-checkpoint"),
+    ("pipeline.text_checkpoint", "--pipeline.text-checkpoint"),
+    ("pipeline.datamanager.data", "--data"),
+    ("output_dir", "--output-dir"),
+]
+
+
+def check_paths(config) -> None:
+    """Each path flag given is one the system can look up: a name it refuses (too long, a NUL
+    byte, a folder it may not enter, a loop of links) is a clear error naming the flag; a path
+    that does not exist is left to the flag's own check (which says what to give)."""
+    for attr, flag in PATH_FLAGS:
+        value = config
+        for part in attr.split("."):
+            value = getattr(value, part, None)
+        if value is None:
+            continue
+        try:
+            os.stat(value)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (OSError, ValueError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise SA3DError(f"{flag} {str(value)[:200]}: {reason}. Give a path this machine can open.") from None
+
+
+def check_cache_dir(pipe, src: SourceRun) -> None:
+    """--pipeline.cache-dir names a folder that can be made and written, outside the source run."""
+    if pipe.cache_dir is None:
+        return
+    path = Path(pipe.cache_dir).expanduser().absolute()
+    flag = f"--pipeline.cache-dir {pipe.cache_dir}"
+    if path.exists() and not path.is_dir():
+        raise SA3DError(f"{flag}: that is a file, not a folder. Give a folder for the cache (it is made if missing).")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise SA3DError(
-            f"--pipeline.view-memory-mb must be >= 0 (0 keeps no views on the device; leave it out for the default), got {pipe.view_memory_mb}."
+            f"{flag}: cannot create or write it ({existing} is not a folder this user may write). Give another folder."
         )
-    if pipe.segment_max_size < 0:
+    run = src.config_path.parent.resolve()
+    if path.resolve() == run or run in path.resolve().parents:
         raise SA3DError(
-            f"--pipeline.segment-max-size must be >= 0 (0 = the training resolution), got {pipe.segment_max_size}."
+            f"{flag}: that is inside the source run {run}; sa3d never writes into it. Give a folder outside it "
+            "(or leave the flag out: the cache then goes beside the sa3d runs)."
         )
-    if pipe.cache_samples < 0:
-        raise SA3DError(f"--pipeline.cache-samples must be >= 0 (0 keeps all samples), got {pipe.cache_samples}.")
 
 
 def resolve_config(config) -> None:
     """``config`` is an SA3DTrainerConfig; it is changed in place."""
     pipe = config.pipeline
     check_settings(pipe)
+    check_paths(config)
     src = load_source_run(*source_flag(pipe))
+    check_cache_dir(pipe, src)
     if src.kind == "splatfacto":
         config.pipeline = pipe = splat_pipeline(pipe)
     pipe.source_config = src.config_path
@@ -85,8 +185,18 @@ def resolve_config(config) -> None:
             "or prompt in the viewer (--vis viewer, the default: the run then waits there for a prompt)."
         )
     prompts = load_prompts(pipe.prompt) if pipe.prompt is not None else []
-    outputs = dm.dataparser.setup().get_dataparser_outputs(split="train")
+    outputs = parse_data(dm)
     names = [str(p) for p in outputs.image_filenames]
+    cams = outputs.cameras
+    sizes = [
+        (int(w), int(h)) for w, h in zip(cams.width.flatten().tolist(), cams.height.flatten().tolist(), strict=True)
+    ]
+    masks = None
+    if pipe.segmenter in ("oracle", "oracle-noisy"):
+        from sa3d_ns.data import instance_mask_paths
+
+        masks = instance_mask_paths(dm.data, names)
+    check_frames(dm.data, names, sizes, poses=cams.camera_to_worlds.numpy(), masks=masks)
     for prompt in prompts:
         view = resolve_view(prompt.view, names)
         check_inside(prompt, int(outputs.cameras.width[view]), int(outputs.cameras.height[view]))
@@ -95,9 +205,6 @@ def resolve_config(config) -> None:
     config.max_num_iterations = len(names) * pipe.num_passes * len(prompts)
 
     if pipe.segmenter in ("oracle", "oracle-noisy"):
-        from sa3d_ns.data import instance_mask_paths
-
-        instance_mask_paths(dm.data, names)
         if pipe.segmenter == "oracle-noisy":
             from sa3d_ns.segmenters.noisy import check_noise
 
@@ -109,10 +216,22 @@ def resolve_config(config) -> None:
     if any(p.text for p in prompts):
         from sa3d_ns.segmenters.text import resolve_text_checkpoint
 
-        for name in ("text_box_threshold", "text_threshold"):
-            if not 0 <= getattr(pipe, name) <= 1:
-                raise SA3DError(f"--pipeline.{name.replace('_', '-')} must be in [0, 1], got {getattr(pipe, name)}.")
         resolve_text_checkpoint(pipe.text_model, pipe.text_checkpoint)
+
+
+def parse_data(dm):
+    """nerfstudio's dataparser outputs of the training split of ``dm``'s data folder; a folder it
+    cannot parse (or whose poses are not finite) is a clear error naming the folder."""
+    check_poses(dm.data)
+    try:
+        return dm.dataparser.setup().get_dataparser_outputs(split="train")
+    except SA3DError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the dataparser's own errors are asserts, KeyErrors, ...
+        raise SA3DError(
+            f"nerfstudio's dataparser could not read the data folder {dm.data} ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:300]}). Give the data folder the source run was trained on (--data)."
+        ) from None
 
 
 def source_flag(pipe) -> tuple[Path | None, str]:

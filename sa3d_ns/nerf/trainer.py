@@ -76,6 +76,12 @@ class SA3DTrainerConfig(TrainerConfig):
                     resolve_config(self)
                 except SA3DError as err:
                     report_and_exit(err)
+                except OSError as err:  # (a file the checks above did not foresee: still said, never a traceback)
+                    report_and_exit(
+                        SA3DError(
+                            f"Could not read {err.filename or 'a file'} while checking the inputs: {err.strerror or err}."
+                        )
+                    )
                 except KeyboardInterrupt:
                     stopped_before_writing("Ctrl-C", 128 + signal.SIGINT)
                 except Stopped as stop:
