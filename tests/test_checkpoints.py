@@ -105,16 +105,32 @@ def test_other_refused_content_is_a_clear_error_and_can_be_allowed_by_name(tmp_p
 
 
 class Payload:
+    """Unpickled (if it ever were), creates the file ``path``."""
+
+    def __init__(self, path):
+        self.path = path
+
     def __reduce__(self):
-        return (os.system, ("echo should-not-run",))
+        return (os.system, (f"touch {self.path}",))
 
 
 def test_the_safe_loader_stays_on(tmp_path):
-    """The allow-list never turns into weights_only=False: a pickle that would run code is refused."""
+    """The allow-list never turns into weights_only=False: a pickle that would run code (create a
+    file) is refused, and the file is never created; also when its name is allowed by hand."""
+    marker = tmp_path / "the_pickle_ran"
     ckpt = tmp_path / "evil.ckpt"
-    torch.save({"pipeline": {}, "x": Payload(), "lr": np.float64(0.1)}, ckpt)
+    torch.save({"pipeline": {}, "x": Payload(marker), "lr": np.float64(0.1)}, ckpt)
     with pytest.raises(SA3DError, match="could run code"):
         load_checkpoint(ckpt)
+    os.environ[SAFE_GLOBALS_ENV] = "posix.system"
+    try:
+        with pytest.raises(SA3DError):
+            load_checkpoint(ckpt)
+    finally:
+        del os.environ[SAFE_GLOBALS_ENV]
+    assert not marker.exists()
+    torch.load(ckpt, weights_only=False)  # (the payload is real: unpickled unsafely, it runs)
+    assert marker.exists()
 
 
 def test_not_a_checkpoint(tmp_path):

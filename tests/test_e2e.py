@@ -1107,7 +1107,7 @@ def test_viewer_panel_under_a_storm_of_actions_from_two_tabs(scene, tmp_path, mo
                 page.get_by_role("button", name=name, exact=True).first.click(timeout=20_000)
 
             started = time.time()
-            for i in range(60):
+            for i in range(100):
                 page, kind = rng.choice(pages), rng.choice(kinds)
                 try:
                     if kind == "click":
@@ -1159,6 +1159,8 @@ def test_viewer_panel_under_a_storm_of_actions_from_two_tabs(scene, tmp_path, mo
             print(f"viewer storm: {len(done)} actions in {elapsed:.1f} s ({len(done) / elapsed:.2f} actions/s), "
                   f"{sum(k == 'segment' for k in done)} Segment, {saves_while_busy} Save during a run; messages: "
                   f"{len(messages)}; raised: {len(raised)}")  # fmt: skip
+            for text in sorted({m[:110] for _, m in messages}):
+                print("  panel said:", text)
             logic.stop()
             wait_for(lambda: not logic.busy, 300, "the last run to stop")
 
@@ -1502,6 +1504,38 @@ def test_a_run_killed_anywhere_is_never_taken_for_a_finished_one_and_a_rerun_wor
         summary["complete"] and summary["cache"]["views_reused"] == len(whole) == 22 - summary["cache"]["views_built"]
     )
     assert len(list((done / "nerfstudio_models").glob("step-*.ckpt"))) == 1
+
+
+@pytest.mark.extended
+def test_a_finished_run_outlives_changes_to_its_nerfacto_run(scene, tmp_path):
+    """The nerfacto run changes under a finished sa3d run. Moved away: the sa3d run still renders
+    (ns-render; it holds the frozen NeRF in its checkpoint). Trained further (a later checkpoint
+    in its folder): --pipeline.add-to refuses the run of the older checkpoint with a message naming
+    both; the nerfacto run is left as it was (the test's later checkpoint removed)."""
+    run_dir = finished_run(scene)
+    parked = scene["nerfacto"].parent.with_name("parked_away")
+    scene["nerfacto"].parent.rename(parked)
+    try:
+        r = run(["ns-render", "dataset", "--load-config", run_dir / "config.yml", "--output-path", tmp_path / "renders",
+                 "--rendered-output-names", "mask", "--split", "test", "--image-format", "png"], scene["root"])  # fmt: skip
+    finally:
+        parked.rename(scene["nerfacto"].parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list((tmp_path / "renders" / "test" / "mask").glob("*.png"))) == 2
+    models = scene["nerfacto"].parent / "nerfstudio_models"
+    (old,) = list(models.glob("*.ckpt"))
+    later = models / "step-000009999.ckpt"
+    shutil.copy(old, later)  # (as if trained further: the latest checkpoint is now another file)
+    try:
+        r = sa3d(scene, "--pipeline.prompt", scene["prompt"], "--pipeline.segmenter", "oracle", "--pipeline.add-to",
+                 run_dir / "config.yml", out="outlives")  # fmt: skip
+    finally:
+        later.unlink()
+    flat = "".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2 and "Traceback" not in flat, flat[-3000:]
+    assert "thatrunsegmentedanotherNeRF" in flat and old.name in flat and later.name in flat, flat[-3000:]
+    assert not sa3d_runs(scene, "outlives")
+    assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
 
 
 class RunsCode:
