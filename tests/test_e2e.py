@@ -291,6 +291,55 @@ def test_any_path_given_to_a_path_flag_is_used_or_refused_clearly(scene, tmp_pat
     assert not (tmp_path / "new").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.extended
+@pytest.mark.parametrize("case", ["seen_in_one_view", "fills_the_whole_image", "sky_click"])
+def test_an_object_the_data_makes_hard_is_segmented_or_refused_never_a_traceback(scene, tmp_path, case):
+    """Data whose object is not what the loop expects, through ns-train sa3d: an object seen in
+    only the prompt view (instance masks say so; oracle), an object that fills every image (oracle),
+    a click where the NeRF has no density (the sky; weightfree, which still answers with a region).
+    Each either finishes (summary complete; an object that rests on few views carries a warning in
+    the log and summary.json) or is refused with the sa3d error and exit 2; never a traceback."""
+    root = scene["root"]
+    data = tmp_path / "data"
+    shutil.copytree(root / "scene", data)
+    prompt, segmenter = scene["prompt"], "oracle"
+    for path in sorted((data / "instances").glob("*.png")):
+        ids = np.asarray(Image.open(path)).copy()
+        if case == "seen_in_one_view" and path.name != "frame_00000.png":
+            ids[ids == 1] = 0
+        elif case == "fills_the_whole_image":
+            ids[:] = 1
+        Image.fromarray(ids).save(path)
+    if case == "sky_click":
+        ids = np.asarray(Image.open(data / "instances" / "frame_00000.png"))
+        img = np.asarray(Image.open(data / "images" / "frame_00000.png").convert("RGB")).astype(int)
+        ys, xs = np.nonzero((ids == 0) & (np.arange(ids.shape[0])[:, None] < 6))  # (the top rows: the sky)
+        assert len(xs), "no sky in the top rows of view 0"
+        prompt = write(
+            tmp_path / "sky.json", json.dumps({"view": "frame_00000.png", "points": [[float(xs[0]), float(ys[0])]]})
+        )
+        segmenter = "weightfree"
+        assert img.shape[:2] == ids.shape
+    r = sa3d(scene, "--pipeline.prompt", prompt, "--pipeline.segmenter", segmenter, "--data", data, out=f"hard_{case}")
+    text = r.stdout + r.stderr
+    flat = " ".join(text.split())
+    assert "Traceback" not in text and r.returncode in (0, 2), text[-3000:]
+    print(f"{case}: exit {r.returncode}")
+    if r.returncode == 2:
+        assert "sa3d error" in flat and not sa3d_runs(scene, f"hard_{case}"), flat[-2000:]
+        return
+    (run_dir,) = sa3d_runs(scene, f"hard_{case}")
+    summary = json.loads((run_dir / "sa3d" / "summary.json").read_text())
+    (obj,) = summary["objects"]
+    print(f"{case}: counts {obj['counts']}, warnings {obj['warnings']}, first mask {obj['first_mask_warnings']}")
+    assert summary["complete"]
+    if case == "seen_in_one_view":
+        assert obj["counts"]["accepted"] < 2 and obj["warnings"] and "later views agreed" in obj["warnings"][0]
+        assert "later views agreed with its 3D mask" in flat
+    if case == "fills_the_whole_image":
+        assert obj["counts"]["accepted"] >= 10 and not obj["warnings"]
+
+
 def test_noisy_oracle_runs_and_records_its_mistakes(scene):
     """--pipeline.segmenter oracle-noisy: the run goes through with half of its later views given
     a wrong 2D mask (seed 1 leaves the prompt view right: 11 of 22 views wrong), each recorded in

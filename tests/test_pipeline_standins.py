@@ -201,8 +201,8 @@ def test_a_cache_entry_that_does_not_fit_the_run_is_rendered_again(tmp_path, mon
     capsys.readouterr()
     again = segment_the_ball(config)
     log = "".join(capsys.readouterr().out.split())  # (rich wraps long paths anywhere)
-    assert "view00002.ptdoesnotfitthisrun('positions'is(100," in log
-    assert "view00004.ptdoesnotfitthisrun('weights'isnotfinite" in log
+    assert "view00002.ptisdropped(itdoesnotfitthisrun:'positions'is(100," in log
+    assert "view00004.ptisdropped(itdoesnotfitthisrun:'weights'isnotfinite" in log
     assert again.cache_stats["views_built"] == 2 and again.cache_stats["views_reused"] >= N_VIEWS - 2
     assert [r["status"] for r in again.records] == [r["status"] for r in first.records]
     assert torch.load(entries[2], weights_only=True)["positions"].shape == good["positions"].shape  # rewritten whole

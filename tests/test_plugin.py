@@ -63,7 +63,7 @@ def test_lpips_stub_reports_nan_instead_of_downloading():
         ("vote_prior", float("inf"), "--pipeline.vote-prior must be a number between 0 and 1e+09"),
         ("num_prompts", 10**400, "--pipeline.num-prompts must be a whole number between 1 and 1000, got 1000000"),
         ("model.mask_log2_hashmap_size", 40, "--pipeline.model.mask-log2-hashmap-size must be a whole number between 8 and 26"),
-        ("model.mask_max_res", 64, "--pipeline.model.mask-max-res (64) must be at least --pipeline.model.mask-min-res"),
+        ("model.mask_max_res", 64, "--pipeline.model.mask-max-res must be at least --pipeline.model.mask-min-res; got 64 and 128"),
     ],
 )  # fmt: skip
 def test_out_of_range_settings_are_named(setting, value, match):
@@ -122,3 +122,45 @@ def test_a_runs_data_is_found_from_where_it_was_trained(tmp_path, monkeypatch):
         find_data(Path("data/other"), src)
     absolute = SimpleNamespace(config=SimpleNamespace(output_dir=tmp_path / "abs"), config_path=config_path)
     assert training_folder(absolute) is None
+
+
+def test_any_value_of_any_numeric_setting_is_taken_sane_or_refused_by_name():
+    """hypothesis: every numeric setting of ns-train sa3d (NUMERIC_SETTINGS) given any int (of
+    any size) or float (NaN, infinity, subnormal, negative): check_settings either refuses it with
+    an SA3DError naming the flag and the value, or takes a finite value of the setting's kind
+    that no setting documents as invalid (non-negative but for the mask threshold, below 2**32)."""
+    import copy
+    import math
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sa3d_ns.config import sa3d_method
+    from sa3d_ns.core.errors import SA3DError
+    from sa3d_ns.nerf.resolve import NUMERIC_SETTINGS, check_settings
+
+    base = sa3d_method.config.pipeline
+    values = st.one_of(
+        st.integers(),
+        st.integers(min_value=-(10**400), max_value=10**400),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([0, 1, -1, 0.5, 2**31, 2**32, 1e-320]),
+    )
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(setting=st.sampled_from(NUMERIC_SETTINGS), value=values)
+    def check(setting, value):
+        where, name, kind, *_ = setting
+        pipe = copy.deepcopy(base)
+        setattr(pipe.model if where else pipe, name, value)
+        flag = f"--pipeline.{where + '.' if where else ''}{name.replace('_', '-')}"
+        try:
+            check_settings(pipe)
+        except SA3DError as err:
+            assert flag in str(err) and "got" in str(err), str(err)
+            return
+        assert isinstance(value, int) or math.isfinite(value)
+        assert kind == "float" or float(value).is_integer()
+        assert abs(value) < 2**32 and (value >= 0 or name == "mask_threshold")
+
+    check()

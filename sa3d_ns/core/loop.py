@@ -120,6 +120,22 @@ def lifted(data: ViewData) -> torch.Tensor:
     return data["samples"] if "samples" in data else data["positions"]
 
 
+def few_views_warning(counts: dict, views: int, iou_threshold: float) -> str | None:
+    """What to tell the user when an object's 3D mask rests on few views (fewer than 2, or than a
+    tenth of its later views, agreed with it): a wrong first mask, an object seen in few views, or
+    one the segmenter cannot outline; None when enough views agreed."""
+    later = views - counts.get("prompt", 0)
+    accepted = counts.get("accepted", 0)
+    if later <= 0 or accepted >= max(2, 0.1 * later):
+        return None
+    return (
+        f"only {accepted} of {later} later views agreed with its 3D mask (IoU >= {iou_threshold:g}): it rests on "
+        f"{accepted + counts.get('prompt', 0)} view(s). Look at the prompt view's mask (sa3d/views/): a wrong first "
+        "mask, an object seen in few views or one the segmenter cannot outline. Prompt it again (more points, a box, "
+        "another view) or lower --pipeline.iou-threshold."
+    )
+
+
 def format_duration(seconds: float) -> str:
     """e.g. 42 s, 3 min 05 s, 2 h 10 min."""
     seconds = int(round(seconds))
@@ -364,6 +380,10 @@ class SA3DLoop:
         total = len(self.plan)
         if self.on_summary is not None:
             self.on_summary(len(self.records) == total)
+        if local == len(obj.order) - 1 and len(obj.order) > 1:
+            warning = few_views_warning(self.object_summary(k)["counts"], len(obj.order), self.settings.iou_threshold)
+            if warning:
+                self.log(f"[yellow]sa3d: {rec['object']}: {warning}[/yellow]")
         done = len(self.records)
         if done == 1:
             self._started = time.perf_counter() - t_total
@@ -388,6 +408,9 @@ class SA3DLoop:
             "views_done": len(records),
             "counts": counts,
             "first_mask_warnings": next((r.get("warnings", []) for r in records if r.get("status") == "prompt"), []),
+            "warnings": [w for w in [few_views_warning(counts, len(obj.order), self.settings.iou_threshold)] if w]
+            if len(records) == len(obj.order)
+            else [],
             "stray_px_dropped": sum(r.get("dropped_px", 0) for r in records),
             "views": records,
         }

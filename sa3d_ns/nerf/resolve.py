@@ -85,8 +85,8 @@ def check_settings(pipe) -> None:
     model = pipe.model
     if getattr(model, "mask_max_res", None) is not None and model.mask_max_res < model.mask_min_res:
         raise SA3DError(
-            f"--pipeline.model.mask-max-res ({model.mask_max_res}) must be at least --pipeline.model.mask-min-res "
-            f"({model.mask_min_res})."
+            "--pipeline.model.mask-max-res must be at least --pipeline.model.mask-min-res; got "
+            f"{model.mask_max_res} and {model.mask_min_res}."
         )
 
 

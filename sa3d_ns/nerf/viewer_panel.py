@@ -124,6 +124,10 @@ class PanelLogic:
         self.stop_requested = False
         self.finished = True  # (set before the run's thread ends, so its last update reads "finished")
         self.progress: dict = {"done": 0, "total": 0, "accepted": 0, "rejected": 0, "last": None}
+        # one action at a time: viser runs each browser event in a thread of its own, so two tabs
+        # (or quick presses) could otherwise both pass the busy check and start two runs, or save
+        # while a run starts (the panel's actions hold it; the run itself, in its thread, does not)
+        self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ state
     @property
@@ -312,10 +316,15 @@ class PanelLogic:
         try:
             self.pipeline.run_steps(stop=lambda: self.stop_requested, on_step=on_step)
             stopped = self.progress["done"] < self.progress["total"]
+            name = self.progress["object"]
+            warnings, loop = [], getattr(self.pipeline, "loop", None)
+            if not stopped and loop is not None and name in self.pipeline.model.object_names:
+                warnings = loop.object_summary(self.pipeline.model.object_index(name))["warnings"]
             self.notify(
-                f"{self.progress['object']}: stopped after {self.progress['done']} views."
+                f"{name}: stopped after {self.progress['done']} views."
                 if stopped
-                else f"{self.progress['object']}: done, {self.progress['accepted'] + 1} masks lifted."
+                else f"{name}: done, {self.progress['accepted'] + 1} masks lifted."
+                + "".join(f" Warning: {w}" for w in warnings)
             )
         except Exception as err:  # noqa: BLE001 - shown in the panel; the viewer keeps running
             self.notify(f"Segmentation failed: {type(err).__name__}: {err}")
@@ -559,10 +568,10 @@ class SA3DPanel(ViewerElement):
         h["display"].on_update(lambda _: self._show_output(h["display"].value))
         h["threshold"].on_update(lambda _: self._set_threshold(h["threshold"].value))
         h["rename"].on_click(
-            lambda _: self._guard(lambda: self.logic.rename(h["object"].value, h["rename_to"].value.strip()))
+            lambda _: self._guard(lambda: self.logic.rename(self._chosen_object(), h["rename_to"].value.strip()))
         )
-        h["delete"].on_click(lambda _: self._guard(lambda: self.logic.delete(h["object"].value)))
-        h["rerun"].on_click(lambda _: self._guard(lambda: self.logic.rerun(h["object"].value)))
+        h["delete"].on_click(lambda _: self._guard(lambda: self.logic.delete(self._chosen_object())))
+        h["rerun"].on_click(lambda _: self._guard(lambda: self.logic.rerun(self._chosen_object())))
         h["save"].on_click(lambda _: self._guard(self._save))
 
     def attach(self, viewer, control: SA3DViewerControl) -> None:
@@ -571,13 +580,21 @@ class SA3DPanel(ViewerElement):
 
     # ------------------------------------------------------------------ callbacks
     def _guard(self, action) -> None:
-        """Run a panel action; a user error is shown in the panel, never raised into viser."""
+        """Run a panel action, one at a time (``PanelLogic.lock``); a user error is shown in the
+        panel, never raised into viser."""
         try:
-            action()
+            with self.logic.lock:
+                action()
         except SA3DError as err:
             self._notify(str(err))
         except Exception as err:  # noqa: BLE001 - the viewer must keep running
             self._notify(f"{type(err).__name__}: {err}")
+
+    def _chosen_object(self) -> str:
+        """The object chosen in the panel's Object list (an error while there is none)."""
+        if not self.logic.pipeline.model.object_names:
+            raise SA3DError("There is no object yet: click on one in the view and press Segment.")
+        return self.handles["object"].value
 
     def camera_for(self, client_id=None):
         assert self.server is not None, "the panel is not installed in a viewer"
