@@ -115,14 +115,18 @@ def test_a_cache_of_another_format_or_torch_is_never_read_and_is_said(tmp_path):
     older = tmp_path / "0123456789abcdef"
     older.mkdir()
     (older / "key.json").write_text(json.dumps({**meta, "torch": "1.13"}))  # (as another torch wrote it)
+    before = tmp_path / "fedcba9876543210"
+    before.mkdir()  # (as the code before keys named torch wrote it)
+    (before / "key.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "torch"}))
     (tmp_path / "not_a_cache").mkdir()  # (other folders are left alone)
     said = []
     new = ViewCache(tmp_path, {"version": 2, "checkpoint": "a"}, say=said.append)
     assert new.dir not in (old.dir, older) and new.load("view00000") is None
-    assert len(said) == 2, said
+    assert len(said) == 3, said
     text = " ".join(said)
     assert str(old.dir) in text and "cache format 1 (this run writes 2)" in text and "Delete" in text
     assert str(older) in text and "torch 1.13" in text
+    assert "torch not recorded" in text  # (the old folder's key names no torch: written before the key did)
     said.clear()
     ViewCache(tmp_path, {"version": 2, "checkpoint": "a"}, say=said.append)  # (said once: when the folder is made)
     ViewCache(

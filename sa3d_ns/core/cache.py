@@ -78,7 +78,8 @@ def superseded(root: Path, key: dict) -> list[tuple[Path, str]]:
         if not isinstance(other, dict) or {k: v for k, v in other.items() if k not in WRITER_FIELDS} != rest:
             continue
         differs = [
-            f"{name} {other.get(k)} (this run {'writes' if k == 'version' else 'has'} {mine.get(k)})"
+            f"{name} {'not recorded' if other.get(k) is None else other.get(k)} "
+            f"(this run {'writes' if k == 'version' else 'has'} {mine.get(k)})"
             for k, name in WRITER_FIELDS.items()
             if other.get(k) != mine.get(k)
         ]
