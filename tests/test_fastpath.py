@@ -106,6 +106,23 @@ def test_view_cache_roundtrip_key_and_damage(tmp_path):
     assert cache.dropped == 1 and cache.key["torch"] == ".".join(torch.__version__.split(".")[:2])
 
 
+def test_half_entries_of_killed_runs_are_removed_when_stale(tmp_path):
+    """A cache folder's temporary files older than an hour (a run killed while writing an entry)
+    are removed, and said, when the cache is opened; fresh ones (a run writing now) are kept."""
+    import os
+    import time
+
+    cache = ViewCache(tmp_path, {"checkpoint": "a"})
+    old, fresh = cache.dir / "view00003abc.tmp", cache.dir / "view00004def.tmp"
+    old.write_bytes(b"x" * 1000)
+    fresh.write_bytes(b"y")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    said = []
+    ViewCache(tmp_path, {"checkpoint": "a"}, say=said.append)
+    assert not old.exists() and fresh.exists()
+    assert len(said) == 1 and "removed 1 half-written entries" in said[0]
+
+
 def test_a_cache_of_another_format_or_torch_is_never_read_and_is_said(tmp_path):
     """The same views cached by another version of the cache's format or another torch: a folder
     of its own (never read), named when a new folder is made for this run, with its size."""

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -56,6 +57,10 @@ def torch_line() -> str:
     another torch are never read (torch.save's format and a render's exact values may differ)."""
     return ".".join(torch.__version__.split(".")[:2])
 
+
+# a temporary file older than this in a cache folder is the half entry of a run killed while it
+# wrote (an entry takes well under a minute to write; a run writing now has fresh ones)
+STALE_TMP_S = 3600
 
 # what in a cache's key names the code that wrote it, not the data
 WRITER_FIELDS = {"version": "cache format", "torch": "torch"}
@@ -149,6 +154,14 @@ class ViewCache:
         self.hits = 0
         self.misses = 0
         self.background = background
+        stale = [p for p in self.dir.glob("*.tmp") if time.time() - p.stat().st_mtime > STALE_TMP_S]
+        if stale:  # (half entries of runs killed while writing; a run writing now has fresh ones)
+            size = sum(p.stat().st_size for p in stale) / 2**20
+            for p in stale:
+                p.unlink(missing_ok=True)
+            self.say(
+                f"removed {len(stale)} half-written entries ({size:.1f} MB) of runs stopped while writing to {self.dir}."
+            )
         for folder, differs in superseded(Path(root), self.key) if made else []:
             size = sum(p.stat().st_size for p in folder.glob("*.pt")) / 2**20
             self.say(
