@@ -62,6 +62,12 @@ def whole_mask_path(data: Path, obj: int, image_name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def camera_sizes(cameras) -> list[tuple[int, int]]:
+    """(width, height) of each camera of a nerfstudio ``Cameras``."""
+    widths, heights = cameras.width.flatten().tolist(), cameras.height.flatten().tolist()
+    return [(int(w), int(h)) for w, h in zip(widths, heights, strict=True)]
+
+
 def check_frames(
     data: Path,
     image_filenames: Sequence[str | Path],

@@ -71,7 +71,7 @@ def dataset_views(dm) -> dict[str, tuple[str, int, str]]:
 
 def instance_ground_truth(dm, data: Path, split: str, obj: int) -> list[GroundTruth]:
     """The dataset's own instance masks (``instance_mask_path`` in transforms.json), object ``obj``."""
-    from sa3d_ns.data import instance_mask_paths, removal_truth_paths, whole_mask_path
+    from sa3d_ns.data import camera_sizes, check_frames, instance_mask_paths, removal_truth_paths, whole_mask_path
     from sa3d_ns.segmenters.oracle import read_instance_mask
 
     keys = {"test": ["eval"], "train": ["train"], "all": ["train", "eval"]}[split]
@@ -81,7 +81,9 @@ def instance_ground_truth(dm, data: Path, split: str, obj: int) -> list[GroundTr
         if ds is None or len(ds) == 0:
             raise SA3DError(f"The run's dataset has no {split} views to evaluate.")
         names = [str(p) for p in ds.image_filenames]
-        for i, path in enumerate(instance_mask_paths(data, names)):
+        masks = instance_mask_paths(data, names)
+        check_frames(data, names, camera_sizes(ds.cameras), masks=masks)
+        for i, path in enumerate(masks):
             name = Path(names[i]).name
             removed, seen = removal_truth_paths(data, obj, name)
             mask = read_instance_mask(path) == obj

@@ -148,6 +148,7 @@ def write(path: Path, text: str) -> Path:
         ("name_too_long", "File name too long. Give a path this machine can open"),
         ("data_image_size_lies", "is 64x64 pixels, but transforms.json gives its camera 80x80"),
         ("data_image_missing", "frame_00003.png of the data folder"),
+        ("data_held_out_image_missing", "frame_00011.png of the data folder"),
         ("data_image_unreadable", "cannot be read as an image"),
         ("data_mask_of_another_size", "is 32x32 pixels, but its image frame_00003.png is 64x64"),
         (
@@ -214,6 +215,8 @@ def test_bad_input(scene, tmp_path, case, match):
             meta["w"] = meta["h"] = 80
         elif case == "data_image_missing":
             (data / "images" / "frame_00003.png").unlink()
+        elif case == "data_held_out_image_missing":  # (nerfstudio loads the held-out views too)
+            (data / "images" / "frame_00011.png").unlink()
         elif case == "data_image_unreadable":
             (data / "images" / "frame_00003.png").write_bytes(b"\x89PNG not really")
         elif case == "data_mask_of_another_size":
@@ -513,6 +516,19 @@ def test_eval_error_paths(scene, tmp_path, monkeypatch, capsys):
         captured = capsys.readouterr()
         out = " ".join((captured.out + captured.err).split())
         assert exit_info.value.code == 2 and match in out, (match, out[-2000:])
+    # a held-out view's instance mask that is not an image (restored afterwards: the scene is shared)
+    mask = scene["root"] / "scene" / "instances" / "frame_00011.png"
+    kept = mask.read_bytes()
+    mask.write_bytes(b"\x89PNG not really")
+    try:
+        argv = ["sa3d-eval", "--load-config", str(run_dir / "config.yml"), "--output", str(tmp_path / "out")]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exit_info:
+            entrypoint()
+    finally:
+        mask.write_bytes(kept)
+    out = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 2 and "frame_00011.png" in out and "cannot be read as an image" in out, out[-2000:]
     assert not (tmp_path / "out").exists()  # nothing written on error
 
 

@@ -14,7 +14,7 @@ import yaml
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.objects import check_unique
 from sa3d_ns.core.prompts import check_inside, load_prompts, resolve_view
-from sa3d_ns.data import check_frames, check_poses
+from sa3d_ns.data import camera_sizes, check_frames, check_poses
 from sa3d_ns.nerf.checkpoints import latest_checkpoint
 from sa3d_ns.nerf.source_run import SourceRun, copy_nerfacto_settings, copy_splatfacto_settings, load_source_run
 from sa3d_ns.run_folder import RunFolder
@@ -188,15 +188,15 @@ def resolve_config(config) -> None:
     outputs = parse_data(dm)
     names = [str(p) for p in outputs.image_filenames]
     cams = outputs.cameras
-    sizes = [
-        (int(w), int(h)) for w, h in zip(cams.width.flatten().tolist(), cams.height.flatten().tolist(), strict=True)
-    ]
+    sizes = camera_sizes(cams)
     masks = None
     if pipe.segmenter in ("oracle", "oracle-noisy"):
         from sa3d_ns.data import instance_mask_paths
 
         masks = instance_mask_paths(dm.data, names)
     check_frames(dm.data, names, sizes, poses=cams.camera_to_worlds.numpy(), masks=masks)
+    held_out = parse_data(dm, "val")  # (nerfstudio loads the held-out images too)
+    check_frames(dm.data, held_out.image_filenames, camera_sizes(held_out.cameras))
     for prompt in prompts:
         view = resolve_view(prompt.view, names)
         check_inside(prompt, int(outputs.cameras.width[view]), int(outputs.cameras.height[view]))
@@ -219,12 +219,12 @@ def resolve_config(config) -> None:
         resolve_text_checkpoint(pipe.text_model, pipe.text_checkpoint)
 
 
-def parse_data(dm):
-    """nerfstudio's dataparser outputs of the training split of ``dm``'s data folder; a folder it
-    cannot parse (or whose poses are not finite) is a clear error naming the folder."""
+def parse_data(dm, split: str = "train"):
+    """nerfstudio's dataparser outputs of ``split`` of ``dm``'s data folder; a folder it cannot
+    parse (or whose poses are not finite) is a clear error naming the folder."""
     check_poses(dm.data)
     try:
-        return dm.dataparser.setup().get_dataparser_outputs(split="train")
+        return dm.dataparser.setup().get_dataparser_outputs(split=split)
     except SA3DError:
         raise
     except Exception as err:  # noqa: BLE001 - the dataparser's own errors are asserts, KeyErrors, ...

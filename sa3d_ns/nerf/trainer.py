@@ -122,6 +122,8 @@ class SA3DTrainer(Trainer):
                 super().setup(test_mode)
             except SA3DError as err:
                 self._abort(err)
+            except OSError as err:  # (a file of the data folder nerfstudio could not load: said, never a traceback)
+                self._abort(SA3DError(f"Could not read {err.filename or 'a file'}: {err.strerror or err}."))
             except KeyboardInterrupt:
                 self._stopped("Ctrl-C", 128 + signal.SIGINT)
             except Stopped as stop:
