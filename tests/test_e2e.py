@@ -527,7 +527,8 @@ def test_eval_error_paths(scene, tmp_path, monkeypatch, capsys):
             entrypoint()
     finally:
         mask.write_bytes(kept)
-    out = " ".join(capsys.readouterr().out.split())
+    captured = capsys.readouterr()
+    out = " ".join((captured.out + captured.err).split())
     assert exit_info.value.code == 2 and "frame_00011.png" in out and "cannot be read as an image" in out, out[-2000:]
     assert not (tmp_path / "out").exists()  # nothing written on error
 
