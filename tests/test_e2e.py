@@ -1489,6 +1489,7 @@ KILL_POINTS = [
     ("setup", "load:.ckpt#2", signal.SIGKILL, -9),
     ("cache entry", "save:.tmp", signal.SIGKILL, -9),  # (half of the first view's entry written)
     ("mid-loop", "sa3d: view ", signal.SIGKILL, -9),  # (the first view's line: 3/22)
+    ("summary", "write:summary.json.tmp#3", signal.SIGKILL, -9),  # (half of the third view's summary.json)
     ("checkpoint", "save:.ckpt.partial", signal.SIGINT, 130),  # (half of the checkpoint written)
     ("checkpoint", "save:.ckpt.partial", signal.SIGKILL, -9),
 ]
@@ -1507,7 +1508,7 @@ def test_a_run_killed_anywhere_is_never_taken_for_a_finished_one_and_a_rerun_wor
     left = {}
     for point, where, sig, code in KILL_POINTS:
         before = set(sa3d_runs(scene, out))
-        stalled = where.startswith(("load:", "save:"))
+        stalled = where.startswith(("load:", "save:", "write:"))
         proc = start_sa3d(
             scene, out, cache, env={"PYTHONPATH": str(FAULT_HOOKS), "SA3D_TEST_STALL": where} if stalled else None
         )
@@ -1529,6 +1530,8 @@ def test_a_run_killed_anywhere_is_never_taken_for_a_finished_one_and_a_rerun_wor
             models = run_dir / "nerfstudio_models"
             assert not models.exists() or not list(models.iterdir()), (label, list(models.iterdir()))
     assert (left["checkpoint"] / f".step-{21:09d}.ckpt.partial").is_file()  # (the half checkpoint, hidden)
+    summary = left["summary"] / "sa3d" / "summary.json"  # (the second view's, whole; the third's half in .tmp)
+    assert not json.loads(summary.read_text())["complete"] and summary.with_name("summary.json.tmp").is_file()
     assert json.loads((left["checkpoint"] / "sa3d" / "summary.json").read_text())["complete"]
     half = list(cache.rglob("*.tmp"))
     assert len(half) == 1  # (the entry whose write was killed)
@@ -1622,9 +1625,8 @@ def test_damaged_or_foreign_cache_entries_are_said_and_built_again(scene):
     views again, never runs the pickle, and segments as the intact cache does."""
     root = scene["root"]
     first = finished_run(scene)
-    (intact,) = [
-        d for d in (root / "outputs" / "scene" / "sa3d_cache").iterdir() if len(list(d.glob("view*.pt"))) == 22
-    ]
+    intact = Path(json.loads((first / "sa3d" / "summary.json").read_text())["cache"]["dir"])  # (that run's own)
+    assert len(list(intact.glob("view*.pt"))) == 22
     cache = root / "cache_spoiled"
     folder = cache / intact.name
     shutil.copytree(intact, folder)

@@ -5,9 +5,10 @@ and only when ``SA3D_TEST_STALL`` is set:
     SA3D_TEST_STALL=load:.ckpt          before torch.load of a file whose name ends with ".ckpt"
     SA3D_TEST_STALL=load:.ckpt#2        the same, at the second such load
     SA3D_TEST_STALL=save:.ckpt.partial  in torch.save of such a file, after half of its bytes are written
+    SA3D_TEST_STALL=write:summary.json.tmp#3  in the third Path.write_text of such a file, after half of its text
 
 The process prints ``sa3d-test: stalled at <op> <path>`` (unbuffered) and sleeps up to 10 minutes;
-nothing else is changed (the file is written by torch.save itself, to memory first)."""
+nothing else is changed (torch.save writes to memory first, then the file is written in two halves)."""
 
 import os
 
@@ -57,3 +58,20 @@ if STALL:
         return real_save(obj, f, *args, **kwargs)
 
     torch.load, torch.save = load, save
+
+    import pathlib
+
+    real_write_text = pathlib.Path.write_text
+
+    def write_text(self, data, *args, **kwargs):
+        if op == "write" and chosen(self):
+            with open(self, "w") as out:
+                out.write(data[: len(data) // 2])
+                out.flush()
+                os.fsync(out.fileno())
+                stall("write", self)
+                out.write(data[len(data) // 2 :])
+            return len(data)
+        return real_write_text(self, data, *args, **kwargs)
+
+    pathlib.Path.write_text = write_text
