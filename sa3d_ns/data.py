@@ -75,7 +75,7 @@ def check_frames(
     poses: Sequence | None = None,
     masks: Sequence[Path] | None = None,
 ) -> None:
-    """The training frames of a data folder are what its transforms.json says, or a clear error
+    """The frames of a data folder (a split's images) are what its transforms.json says, or a clear error
     naming the frame: every image exists and can be read, its size (W, H) is the camera's in
     ``sizes`` (one pixel of rounding allowed: nerfstudio's downscaled copies), every camera pose
     in ``poses`` (3 x 4 or 4 x 4 arrays) is finite, every instance mask in ``masks`` has its image's
