@@ -38,6 +38,15 @@ if STALL:
         sys.stdout.flush()
         time.sleep(600)
 
+    def write_in_halves(path, data, mode: str, what: str) -> None:
+        """``data`` written to ``path``: half of it, flushed to the disk, the stall, the rest."""
+        with open(path, mode) as out:
+            out.write(data[: len(data) // 2])
+            out.flush()
+            os.fsync(out.fileno())
+            stall(what, path)
+            out.write(data[len(data) // 2 :])
+
     def load(f, *args, **kwargs):
         if op == "load" and chosen(f):
             stall("load", f)
@@ -47,13 +56,7 @@ if STALL:
         if op == "save" and chosen(f):
             buf = io.BytesIO()
             real_save(obj, buf, *args, **kwargs)
-            data = buf.getvalue()
-            with open(f, "wb") as out:
-                out.write(data[: len(data) // 2])
-                out.flush()
-                os.fsync(out.fileno())
-                stall("save", f)
-                out.write(data[len(data) // 2 :])
+            write_in_halves(f, buf.getvalue(), "wb", "save")
             return None
         return real_save(obj, f, *args, **kwargs)
 
@@ -65,12 +68,7 @@ if STALL:
 
     def write_text(self, data, *args, **kwargs):
         if op == "write" and chosen(self):
-            with open(self, "w") as out:
-                out.write(data[: len(data) // 2])
-                out.flush()
-                os.fsync(out.fileno())
-                stall("write", self)
-                out.write(data[len(data) // 2 :])
+            write_in_halves(self, data, "w", "write")
             return len(data)
         return real_write_text(self, data, *args, **kwargs)
 
