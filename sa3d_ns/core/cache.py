@@ -154,13 +154,20 @@ class ViewCache:
         self.hits = 0
         self.misses = 0
         self.background = background
-        stale = [p for p in self.dir.glob("*.tmp") if time.time() - p.stat().st_mtime > STALE_TMP_S]
-        if stale:  # (half entries of runs killed while writing; a run writing now has fresh ones)
-            size = sum(p.stat().st_size for p in stale) / 2**20
+        stale = {}  # (half entries of runs killed while writing; a run writing now has fresh ones)
+        for p in self.dir.glob("*.tmp"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # (moved into place or removed by another run meanwhile)
+                continue
+            if time.time() - st.st_mtime > STALE_TMP_S:
+                stale[p] = st.st_size
+        if stale:
             for p in stale:
                 p.unlink(missing_ok=True)
             self.say(
-                f"removed {len(stale)} half-written entries ({size:.1f} MB) of runs stopped while writing to {self.dir}."
+                f"removed {len(stale)} half-written entries ({sum(stale.values()) / 2**20:.1f} MB) of runs stopped "
+                f"while writing to {self.dir}."
             )
         for folder, differs in superseded(Path(root), self.key) if made else []:
             size = sum(p.stat().st_size for p in folder.glob("*.pt")) / 2**20
