@@ -237,6 +237,29 @@ def test_viewer_panel_on_a_splat_run(segmented, tmp_path):
         assert all(torch.equal(saved[k], now[k]) for k in now if k.startswith(("mask_fields.", "object_bounds")))
 
 
+@pytest.mark.extended  # (CI runs it after the README's suite)
+def test_viewer_in_headless_chromium_on_a_splat_run(segmented, tmp_path):
+    """ns-viewer's own viewer on the finished splat run (nerfstudio's splatfacto branches of its
+    render loop: background colour, crop box), driven from headless Chromium as on a nerfacto run:
+    delete both objects with the panel, click on the ball through training camera 0, Segment;
+    the canvas shows the new object tinted, alone and removed, and its mask is the ball's."""
+    from splat_cpu import patched
+    from viewer_browser import click_segment_and_look, open_viewer
+
+    root, _, config, _, _ = segmented
+    run_dir = relocated_copy(config.parent, tmp_path)
+    with patched():
+        viewer, pipeline, port, chromium = open_viewer(run_dir)
+        pipeline.config.segmenter = "weightfree"  # (the oracle cannot answer a click in the viewer)
+        ds = pipeline.datamanager.train_dataset
+        inst = np.asarray(Image.open(root / "scene" / "instances" / Path(ds.image_filenames[0]).name))
+        name = click_segment_and_look(viewer, pipeline, port, chromium, inst, "viewer_splat")
+        assert pipeline.model.object_names == [name]
+        mask = pipeline.model.get_outputs_for_camera(ds.cameras[0:1])["mask"][..., 0].numpy() > 0.5
+    print(f"viewer-prompted ball on the splat, training view 0: IoU {iou(mask, inst == 1):.4f}")
+    assert iou(mask, inst == 1) > 0.5
+
+
 def test_a_write_that_fails_is_a_clear_error_and_leaves_nothing_half_written(segmented, tmp_path):
     """A full disk, as a file-size limit (ulimit -f: Python then gets EFBIG): a view's cache entry
     and the checkpoint of `ns-train sa3d`, and `sa3d-export gaussians`' files do not fit. Each
