@@ -171,7 +171,7 @@ def click_segment_and_look(viewer, pipeline, port: int, chromium: str, inst: np.
             plain_ball, plain_far = pixels(plain, ball), pixels(plain, far)
             name = pipeline.model.object_names[0]
             wait_for(lambda: f"{name}: done" in panel.message, 30, "the panel's message", panel)
-            page.get_by_text(f"{name}: done").first.wait_for(timeout=30_000)  # (shown in the page)
+            page.get_by_text(f"{name}: done").first.wait_for(timeout=60_000)  # (shown in the page)
             page.get_by_text(f"{name}: finished, view {views}/{views}").first.wait_for(timeout=30_000)  # its status
             page.screenshot(path=str(artifacts / f"{prefix}_panel.png"), full_page=True)
 
