@@ -66,9 +66,6 @@ def look_through(client, cam) -> None:
     client.camera.fov = 2 * np.arctan(float(cam.height[0, 0]) / 2 / float(cam.fy[0, 0]))
 
 
-BROWSER_ARGS = ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
-
-
 def look_through_until_seen(viewer, client, cam, timeout: float = 60) -> None:
     """``look_through``, again until the viewer's camera for ``client`` is ``cam``'s: a browser
     that has just connected may still send its own first camera after ours."""
