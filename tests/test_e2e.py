@@ -718,7 +718,7 @@ def test_objects_added_to_a_run_are_exclusive_and_exported_each(scene, tmp_path)
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     got = {o["object"]: (o["object_id"], o["miou"]) for o in result["objects"]}
     assert [got[n][0] for n in ("object", "crate", "can")] == [1, 2, 3]
-    # (the crate on this 64-px, 300-step CPU NeRF: 0.36 to 0.5 across trainings, 0.47 with every
+    # (the crate on this 64-px, 300-step CPU NeRF: 0.36 to 0.77 across trainings, 0.47 with every
     # oracle mask lifted on the 0.36 one; its bar only says it was found)
     assert got["object"][1] > ORACLE_BAR and got["crate"][1] > 0.2 and got["can"][1] > 0.6, got
 
@@ -751,7 +751,7 @@ def test_objects_added_to_a_run_are_exclusive_and_exported_each(scene, tmp_path)
     astray = {name: np.median(clouds[name][~i], 0).round(2).tolist() for name, i in ins.items() if not i.all()}
     print(f"mIoU {got}; points inside their own box {shares} of { {n: len(c) for n, c in clouds.items()} }")
     print(f"median of the points outside: {astray}")
-    # (the crate's share follows its mask, as its mIoU does: 0.99 to 1.0 in three trainings here,
+    # (the crate's share follows its mask, as its mIoU does: 0.99 to 1.0 in three trainings here, 0.706 in one (mIoU 0.36),
     # 0.67 once in CI on a training whose crate mIoU went unrecorded): a majority says it is the crate
     for name, bar in (("object", 0.8), ("crate", 0.5), ("can", 0.8)):
         assert len(clouds[name]) > 300 and shares[name] > bar, (name, shares)
