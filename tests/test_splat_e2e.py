@@ -253,9 +253,8 @@ def test_viewer_in_headless_chromium_on_a_splat_run(segmented, tmp_path):
         pipeline.config.segmenter = "weightfree"  # (the oracle cannot answer a click in the viewer)
         ds = pipeline.datamanager.train_dataset
         inst = np.asarray(Image.open(root / "scene" / "instances" / Path(ds.image_filenames[0]).name))
-        name = click_segment_and_look(viewer, pipeline, port, chromium, inst, "viewer_splat")
+        name, mask = click_segment_and_look(viewer, pipeline, port, chromium, inst, "viewer_splat")
         assert pipeline.model.object_names == [name]
-        mask = pipeline.model.get_outputs_for_camera(ds.cameras[0:1])["mask"][..., 0].numpy() > 0.5
     print(f"viewer-prompted ball on the splat, training view 0: IoU {iou(mask, inst == 1):.4f}")
     assert iou(mask, inst == 1) > 0.5
 

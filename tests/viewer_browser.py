@@ -88,13 +88,15 @@ def artifacts_dir() -> Path:
     return artifacts
 
 
-def click_segment_and_look(viewer, pipeline, port: int, chromium: str, inst: np.ndarray, prefix: str) -> str:
+def click_segment_and_look(
+    viewer, pipeline, port: int, chromium: str, inst: np.ndarray, prefix: str
+) -> tuple[str, np.ndarray]:
     """In headless Chromium on ``viewer``: look through training view 0, delete the run's
     objects with the panel, click on instance 1 of ``inst`` (view 0's instance
     image), press Segment, and check the canvas shows the new object as each Display says:
     rgb_overlay (tinted with the object's colour (1, 0.2, 0.2) at half opacity: green drops), the
     object alone on white, the scene without it; the rest of the canvas unchanged. Screenshots go
-    to the test artifacts as ``<prefix>_*.png``. Returns the new object's name."""
+    to the test artifacts as ``<prefix>_*.png``. Returns the new object's name and its mask in view 0."""
     from playwright.sync_api import sync_playwright
 
     ds = pipeline.datamanager.train_dataset
@@ -205,4 +207,4 @@ def click_segment_and_look(viewer, pipeline, port: int, chromium: str, inst: np.
             browser.close()
     finally:
         viewer.viser_server.stop()
-    return name
+    return name, shown
