@@ -79,7 +79,7 @@ def check_frames(
     naming the frame: every image exists and can be read, its size (W, H) is the camera's in
     ``sizes`` (one pixel of rounding allowed: nerfstudio's downscaled copies), every camera pose
     in ``poses`` (3 x 4 or 4 x 4 arrays) is finite, every instance mask in ``masks`` has its image's
-    size. Reads only the files' headers."""
+    size or is a scaled copy of it. Reads only the files' headers."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
@@ -115,10 +115,13 @@ def check_frames(
             )
         if masks is not None:
             mw, mh = size_of(Path(masks[i]), "instance mask")
-            if (mw, mh) != (iw, ih):
+            # (a scaled copy is fine: with nerfstudio's --downscale-factor the images come from
+            # images_<n>/ while instance_mask_path keeps the full-size masks; they are resized
+            # with nearest neighbour when read; one pixel of rounding allowed either way)
+            if abs(mh * iw / mw - ih) > 1 or abs(mw * ih / mh - iw) > 1:
                 raise SA3DError(
                     f"The instance mask {masks[i]} is {mw}x{mh} pixels, but its image {Path(name).name} is {iw}x{ih}: an "
-                    f"instance mask must have its image's size. {fix}"
+                    f"instance mask must have its image's size or be a scaled copy of it (same aspect ratio). {fix}"
                 )
 
 

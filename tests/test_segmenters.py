@@ -244,7 +244,7 @@ def test_noisy_oracle_is_wrong_in_its_share_of_views_and_the_same_each_time():
 def test_instance_masks_of_16_bits_keep_their_ids_and_pass_the_frame_checks(tmp_path):
     """A 16-bit instance-mask PNG (ids above 255, as tools that number many objects write) reads
     back with its ids, resized or not, and a data folder with such masks passes check_frames; one
-    whose mask has another size than its image does not."""
+    whose mask is neither its image's size nor a scaled copy of it does not."""
     from PIL import Image
 
     from sa3d_ns.data import check_frames
@@ -260,6 +260,9 @@ def test_instance_masks_of_16_bits_keep_their_ids_and_pass_the_frame_checks(tmp_
     check_frames(tmp_path, [tmp_path / "i.png"], [(30, 20)], masks=[tmp_path / "m.png"])
     with pytest.raises(SA3DError, match="is 30x20 pixels, but transforms.json gives its camera 31x22"):
         check_frames(tmp_path, [tmp_path / "i.png"], [(31, 22)])
+    # (full-size masks beside nerfstudio's downscaled images_2/: a scaled copy, rounded, passes)
+    cv2.imwrite(str(tmp_path / "m.png"), cv2.resize(ids, (61, 41), interpolation=cv2.INTER_NEAREST))
+    check_frames(tmp_path, [tmp_path / "i.png"], [(30, 20)], masks=[tmp_path / "m.png"])
     cv2.imwrite(str(tmp_path / "m.png"), ids[:10])
     with pytest.raises(SA3DError, match="is 30x10 pixels, but its image i.png is 30x20"):
         check_frames(tmp_path, [tmp_path / "i.png"], [(30, 20)], masks=[tmp_path / "m.png"])
