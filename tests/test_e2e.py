@@ -155,7 +155,7 @@ def write(path: Path, text: str) -> Path:
         ("data_image_missing", "frame_00003.png of the data folder"),
         ("data_held_out_image_missing", "frame_00011.png of the data folder"),
         ("data_image_unreadable", "cannot be read as an image"),
-        ("data_mask_of_another_size", "is 32x32 pixels, but its image frame_00003.png is 64x64"),
+        ("data_mask_of_another_shape", "is 64x32 pixels, but its image frame_00003.png is 64x64"),
         (
             "data_pose_nan",
             "the transform_matrix of 1 frame(s) is not a 4 x 4 array of finite numbers (images/frame_00003.png)",
@@ -224,9 +224,9 @@ def test_bad_input(scene, tmp_path, case, match):
             (data / "images" / "frame_00011.png").unlink()
         elif case == "data_image_unreadable":
             (data / "images" / "frame_00003.png").write_bytes(b"\x89PNG not really")
-        elif case == "data_mask_of_another_size":
+        elif case == "data_mask_of_another_shape":  # (a scaled copy, e.g. full-size masks beside images_2/, is fine)
             mask = Image.open(data / "instances" / "frame_00003.png")
-            mask.resize((32, 32), Image.Resampling.NEAREST).save(data / "instances" / "frame_00003.png")
+            mask.resize((64, 32), Image.Resampling.NEAREST).save(data / "instances" / "frame_00003.png")
         elif case == "data_pose_nan":
             meta["frames"][3]["transform_matrix"][0][0] = float("nan")  # (json writes NaN, and reads it back)
         (data / "transforms.json").write_text(json.dumps(meta))

@@ -206,5 +206,17 @@ def click_segment_and_look(
                   "the scene without the object")  # fmt: skip
             browser.close()
     finally:
+        # (nerfstudio's render threads stopped and waited for before the caller's patches, e.g. the
+        # CPU rasterizer of a splat run, are lifted: one more render after them is an error)
+        # (a closed tab's machine has already left render_statemachines, so the threads themselves)
+        import threading
+
+        from nerfstudio.viewer.render_state_machine import RenderStateMachine
+
+        machines = [t for t in threading.enumerate() if isinstance(t, RenderStateMachine)]
+        for machine in machines:
+            machine.running = False
+        for machine in machines:
+            machine.join(timeout=120)
         viewer.viser_server.stop()
     return name, shown
