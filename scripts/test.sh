@@ -27,8 +27,9 @@ fi
 .venv/bin/ruff check .
 # the static type check nerfstudio's own CI keeps (pyright, basic mode: [tool.pyright] in pyproject.toml)
 .venv/bin/pyright
-# Every test but the extended ones (~20 min on 2 cores) unless a -m selection is given; CI runs
-# those too, with "scripts/test.sh -m extended" (~20 min: it also runs scripts/gpu_check.sh in its CPU setting).
+# Every test but the extended ones (~25 min on 2 cores) unless a -m selection is given; CI runs
+# all in one go, with scripts/test.sh -m "extended or not extended" (~40 min more: the extended
+# ones also run scripts/gpu_check.sh in its CPU setting).
 SELECT=(-m "not extended")
 for arg in "$@"; do [ "$arg" = "-m" ] && SELECT=(); done
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider "${SELECT[@]}" "$@"

@@ -657,6 +657,7 @@ def test_renders_and_exports_of_the_object(scene, tmp_path):
     assert tree_digest(scene["nerfacto"].parent) == scene["digest"]
 
 
+@pytest.mark.extended  # (~2 to 4 min: CI runs it with the README's suite; scripts/demo.sh adds objects too)
 def test_objects_added_to_a_run_are_exclusive_and_exported_each(scene, tmp_path):
     """Two more objects (a prompt file of several) added to a finished one-object run: the first
     object is kept as it was, each object is segmented, rendered, evaluated and exported on its
@@ -1551,7 +1552,8 @@ def test_a_full_disk_while_caching_is_a_clear_error(scene):
     assert not list((scene["root"] / out).glob("*/sa3d/*"))
 
 
-@pytest.mark.parametrize("objects", ["two objects", pytest.param("one object", marks=pytest.mark.extended)])
+@pytest.mark.extended  # (~2 min each: CI runs them with the README's suite)
+@pytest.mark.parametrize("objects", ["two objects", "one object"])
 def test_two_runs_at_once_sharing_one_cache(scene, objects):
     """Two ns-train sa3d started together on the scene, into the same output folder (nerfstudio's
     run folders are named to the second: they would be the same folder) and with one cache folder:
