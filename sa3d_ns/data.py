@@ -118,7 +118,7 @@ def check_frames(
             # (a scaled copy is fine: with nerfstudio's --downscale-factor the images come from
             # images_<n>/ while instance_mask_path keeps the full-size masks; they are resized
             # with nearest neighbour when read; one pixel of rounding allowed either way)
-            if abs(mh * iw / mw - ih) > 1 or abs(mw * ih / mh - iw) > 1:
+            if min(mw, mh) < 1 or abs(mh * iw / mw - ih) > 1 or abs(mw * ih / mh - iw) > 1:
                 raise SA3DError(
                     f"The instance mask {masks[i]} is {mw}x{mh} pixels, but its image {Path(name).name} is {iw}x{ih}: an "
                     f"instance mask must have its image's size or be a scaled copy of it (same aspect ratio). {fix}"
