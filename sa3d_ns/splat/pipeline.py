@@ -179,7 +179,8 @@ class SA3DSplatPipeline(SA3DPipeline):
     def camera_data(self, camera) -> ViewData:
         """What segmentation needs from any camera (the viewer's): its pixels' Gaussians, depth
         and render (not kept)."""
-        return self.scene.gaussians().data_of(camera_view(camera.to(self.device)))
+        scene = self.scene.gaussians()
+        return scene.with_positions(scene.data_of(camera_view(camera.to(self.device))))
 
     def render_view(self, view: int, rgb: bool = True) -> dict:
         raise SA3DError("render_view is the NeRF's; a splat's views are listed by SplatfactoScene.view_data.")

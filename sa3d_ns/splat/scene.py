@@ -18,6 +18,9 @@ from sa3d_ns.core.records import ViewData
 from sa3d_ns.core.splats import heaviest
 from sa3d_ns.splat.lists import view_pairs
 
+Lists = dict[str, torch.Tensor]
+"""A view's data as kept (in memory, on disk): its ViewData without the positions."""
+
 
 def viewmat_of(c2w: torch.Tensor) -> torch.Tensor:
     """World-to-camera 4 x 4 (OpenCV axes, as gsplat takes it) of a nerfstudio camera-to-world
@@ -77,7 +80,7 @@ class GaussianScene:
         self.gaussians, self.views, self.names, self.tables, self.samples = gaussians, views, names, tables, samples
         self.memory_bytes, self.background, self.store = memory_bytes, background, store
         self.bounds: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
-        self._data: dict[int, ViewData] = {}
+        self._data: dict[int, Lists] = {}  # (without positions: see view_data)
         self._kept_bytes = 0
         self.stats = {"views_built": 0, "views_reused": 0, "views_from_disk": 0, "views_in_memory": 0, "bytes": 0}
         self._tree = None
@@ -110,18 +113,17 @@ class GaussianScene:
         return out[0], alpha[0, ..., 0]
 
     def view_data(self, view: int) -> ViewData:
+        """View ``view``'s data; its ``positions`` (the samples' means, 12 of a sample's 20 bytes) are
+        gathered from the Gaussians at each call, never kept in memory or on disk."""
         if view in self._data:
             self.stats["views_reused"] += 1
-            return self._data[view]
+            return self.with_positions(self._data[view])
         data = self.stored(view)
         if data is None:
             data = self.data_of(self.views[view])
             self.stats["views_built"] += 1
-            if self.store is not None:  # (positions are the samples' means: not stored)
-                self.store.save(
-                    f"view{view:05d}",
-                    {k: v for k, v in data.items() if isinstance(v, torch.Tensor) and k != "positions"},
-                )
+            if self.store is not None:
+                self.store.save(f"view{view:05d}", {k: v for k, v in data.items() if isinstance(v, torch.Tensor)})
         else:
             self.stats["views_from_disk"] += 1
         size = tensor_bytes(data)
@@ -129,9 +131,13 @@ class GaussianScene:
             self._data[view] = data
             self._kept_bytes += size
             self.stats["views_in_memory"], self.stats["bytes"] = len(self._data), self._kept_bytes
-        return data
+        return self.with_positions(data)
 
-    def stored(self, view: int) -> ViewData | None:
+    def with_positions(self, data: Lists) -> ViewData:
+        """A view's lists with their samples' positions (the Gaussians' means) added: its ViewData."""
+        return {**data, "positions": self.gaussians.means[data["samples"].long()]}  # type: ignore[typeddict-item]
+
+    def stored(self, view: int) -> Lists | None:
         """View ``view``'s data from the store, when an entry is there and fits the view (a
         truncated or foreign entry is dropped and rebuilt)."""
         if self.store is None:
@@ -153,14 +159,12 @@ class GaussianScene:
             self.store.drop(name, "its Gaussian lists do not fit this view")
             return None
         device = self.gaussians.means.device
-        data: ViewData = {k: t.to(device) if k != "size" else t for k, t in entry.items()}  # type: ignore[assignment]
-        data["positions"] = self.gaussians.means[samples.to(device).long()]
-        return data
+        return {k: t.to(device) if k != "size" else t for k, t in entry.items()}
 
     @torch.no_grad()
-    def data_of(self, v: View) -> ViewData:
-        """What the loop needs of camera ``v``: each pixel's heaviest Gaussians (ids, weights,
-        their means as positions), the expected depth, the render."""
+    def data_of(self, v: View) -> Lists:
+        """What the loop needs of camera ``v``: each pixel's heaviest Gaussians (ids, weights; their
+        means are the positions ``view_data`` adds), the expected depth, the render."""
         g = self.gaussians
         viewmat = viewmat_of(v.c2w)
         pixels, ids, weights = view_pairs(
@@ -174,7 +178,6 @@ class GaussianScene:
         depth = torch.zeros_like(total).index_add_(0, pixels, weights * z[ids]) / total.clamp_min(1e-8)
         return {
             "samples": samples.int(),
-            "positions": g.means[samples],
             "weights": w.float(),
             "depth": depth.view(v.height, v.width).float(),
             "size": torch.tensor([v.height, v.width]),
