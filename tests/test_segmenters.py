@@ -11,6 +11,7 @@ import torch
 from sa3d_ns import weights
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.metrics import iou
+from sa3d_ns.core.regions import depth_layers
 from sa3d_ns.segmenters.base import Segmentation
 from sa3d_ns.segmenters.oracle import OracleSegmenter
 from sa3d_ns.segmenters.weightfree import WeightFreeSegmenter
@@ -68,6 +69,41 @@ def test_weightfree_uses_prior_from_rendered_mask():
     out = seg.predict(np.array([[32.0, 30.0]]), prior=prior, multimask=False)
     assert out.masks.shape[0] == 1
     assert iou(out.masks[0], gt) > 0.85
+
+
+def object_on_its_floor(h=64, w=80, seed=0):
+    """A red box (rows 14-39, cols 30-45) standing on a floor of nearly its red, under a blue sky;
+    the depth flows without a step from the box's base into the floor and from the floor into the
+    sky (as a NeRF's does), so a region grown over depth from the box spreads over the image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    gt = (yy >= 14) & (yy < 40) & (xx >= 30) & (xx < 46)
+    img = np.where((yy >= 28)[..., None], [0.8, 0.2, 0.15], [0.3, 0.4, 0.8]).astype(np.float32)
+    img[gt] = [0.85, 0.15, 0.1]
+    img = np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1)
+    depth = (3.0 - 0.005 * (yy - 40)).astype(np.float32)  # floor and sky: 0.2 % a row
+    depth[gt] = 3.0
+    return (img * 255).astype(np.uint8), depth, gt
+
+
+def test_weightfree_gives_no_depth_hint_that_is_the_floor_and_keeps_grabcut_near_its_hint():
+    img, depth, gt = object_on_its_floor()
+    click = np.array([[37.0, 26.0]])
+    # every region grown over depth from the box is floor and sky (a third of the border, most of
+    # the image): no depth hint, so the hint is a disc around the click and GrabCut stays near it
+    assert depth_layers(depth, click) == []
+    seg = WeightFreeSegmenter()
+    seg.set_image(img, depth)
+    out = seg.predict(click, np.array([1]))
+    roi = seg.region_of_interest(out.masks[2], click)  # (the third candidate is the hint itself)
+    ys, xs = np.nonzero(roi)
+    assert 0 < ys.min() and ys.max() < 63 and 0 < xs.min() and xs.max() < 79  # a rectangle inside the image
+    assert all(not (m & ~roi).any() for m in out.masks)  # outside it is sure background
+    # a large object in full view (a third of the image, touching no border) keeps its layer
+    big = np.full((64, 80), 5.0, np.float32)
+    big[8:56, 10:70] = 2.0
+    (layer,) = depth_layers(big, click)
+    assert layer.sum() == 48 * 60
 
 
 def test_weightfree_box_only():

@@ -106,6 +106,7 @@ class LoopSettings:
     drop_stray_regions: bool = True
     anchor_check: bool = True
     first_mask_pick: str = "plausible"
+    clip_first_mask: bool = True
     save_view_images: bool = True
 
     @classmethod
@@ -272,23 +273,25 @@ class SA3DLoop:
             rec["segment_s"] = round(time.perf_counter() - t_seg, 4)
             if seg.last_error:  # (oracle-noisy: the mistake it made here, for the record)
                 rec["injected_error"] = seg.last_error
-            result.best(p.mask_choice)  # (refuses a mask_choice the segmenter cannot give)
-            review = self.review_first(result, p, depth.numpy(), p.mask_choice)
+            review = self.review_first(result, p, depth.numpy(), p.mask_choice)  # (refuses a mask_choice it lacks)
             mask, choice = review.masks[review.choice], review.choice
             rec["candidates"] = [
                 {"score": round(float(s), 4), "area": int(m.sum()), "warnings": sorted(w)}
-                for m, s, w in zip(review.masks, result.scores, review.warnings, strict=True)
+                | ({"clipped_from": src} if clipped else {})
+                for m, s, w, src, clipped in zip(
+                    review.masks, review.scores, review.warnings, review.sources, review.clipped, strict=True
+                )
             ]
             if review.warnings[choice]:
                 rec["warnings"] = list(review.warnings[choice].values())
-                self.warn_first_mask(rec, review, result.scores, image)
+                self.warn_first_mask(rec, review, image)
             if not mask.any():
                 raise SA3DError(
                     f"The prompt gave an empty mask in view {view} ({rec['image']}) with the {seg.name} segmenter. "
                     "Put positive points on the object (x = column, y = row, full-resolution pixels) or try another segmenter."
                 )
             points, labels = p.points, p.labels
-            rec.update(status="prompt", mask_choice=choice, scores=[round(float(s), 4) for s in result.scores])
+            rec.update(status="prompt", mask_choice=choice, scores=[round(float(s), 4) for s in review.scores])
             obj.anchors = click_anchors(data["positions"], data["weights"], w, p.points[p.labels == 1])
             neg = cfg.neg_weight_first
         else:
@@ -331,10 +334,10 @@ class SA3DLoop:
         cfg = self.settings
         return review_first_masks(
             result.masks, result.scores, prompt.points, prompt.labels, prompt.box, depth,
-            drop_stray=cfg.drop_stray_regions, pick=cfg.first_mask_pick, choice=choice,
+            drop_stray=cfg.drop_stray_regions, pick=cfg.first_mask_pick, choice=choice, clip=cfg.clip_first_mask,
         )  # fmt: skip
 
-    def warn_first_mask(self, rec: ViewRecord, review, scores, image: np.ndarray) -> None:
+    def warn_first_mask(self, rec: ViewRecord, review, image: np.ndarray) -> None:
         """Say in the log that the first mask may not be the clicked object, and what to do."""
         where = ""
         if self.run is not None and self.settings.save_view_images:
@@ -344,7 +347,7 @@ class SA3DLoop:
             f"  candidate {i}: score {float(s):.3f}, {int(m.sum())} px"
             + (f", warnings: {', '.join(sorted(w))}" if w else ", no warning")
             + (" (chosen)" if i == review.choice else "")
-            for i, (m, s, w) in enumerate(zip(review.masks, scores, review.warnings, strict=True))
+            for i, (m, s, w) in enumerate(zip(review.masks, review.scores, review.warnings, strict=True))
         ]
         self.log(
             f"[yellow]sa3d: the first mask of '{rec['object']}' in view {rec['view']} ({rec['image']}) may not be the "

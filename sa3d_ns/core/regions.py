@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from sa3d_ns.core.errors import SA3DError
+
 # Relative depth steps tried when growing a region from a point (see depth_layers).
 DEPTH_TOLERANCES = (0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.16)
 # An area growing this much from one tolerance to the next has leaked into what touches the object.
@@ -32,6 +34,10 @@ LEAK_GROWTH = 2.0
 LEAK_AREA = 0.3
 # A first mask this many times the area of the clicked depth layer is suspect (merged with a neighbour).
 LAYER_EXCESS = 1.5
+# A region touching more than this share of the image border and covering more than this share of the
+# image is the support or the background the clicked object stands on or before, not the object.
+SUPPORT_BORDER = 0.1
+SUPPORT_AREA = 0.15
 
 
 def _clip_point(x: float, y: float, h: int, w: int) -> tuple[int, int]:
@@ -115,6 +121,21 @@ def min_region(h: int, w: int) -> float:
     return max(16.0, 0.003 * h * w)
 
 
+def border_share(region: np.ndarray) -> float:
+    """The share of the image's border pixels that ``region`` (H x W bool) covers."""
+    edge = np.concatenate([region[0], region[-1], region[1:-1, 0], region[1:-1, -1]])
+    return float(edge.mean()) if edge.size else 0.0
+
+
+def looks_like_support(region: np.ndarray) -> bool:
+    """Whether a region grown from a click is the support or the background rather than an object:
+    it covers more than ``SUPPORT_AREA`` of the image and more than ``SUPPORT_BORDER`` of its
+    border (an object standing on a floor meets it without a depth step, so the region grown from
+    it can spread over the floor, and a NeRF's sky blends into the horizon). A large object in
+    full view touches no border; a small one cut by the frame covers little of the image."""
+    return region.mean() > SUPPORT_AREA and border_share(region) > SUPPORT_BORDER
+
+
 def depth_layers(
     depth: np.ndarray, seeds: np.ndarray, tolerances: tuple[float, ...] = DEPTH_TOLERANCES
 ) -> list[np.ndarray]:
@@ -124,9 +145,21 @@ def depth_layers(
     object stands out from what is behind it), then leaks into whatever touches it. Candidates:
     the region whose area changes least to the next tolerance (the plateau) and, when the area
     jumps (at least ``LEAK_GROWTH`` times) somewhere, the region just before the largest jump.
-    Regions of a few pixels are noise around the seed and never offered. Empty when depth gives no
-    region (noisy or semi-transparent geometry).
+    Regions of a few pixels are noise around the seed and never offered, nor regions that
+    ``looks_like_support`` (when every candidate does, the smallest tolerance's region if it does
+    not). Empty when depth gives no region (noisy or semi-transparent geometry, or a surface that
+    flows into the support at once).
     """
+    found = _depth_layers(depth, seeds, tolerances)
+    kept = [r for r in found if not looks_like_support(r)]
+    if found and not kept:
+        first = depth_region(depth, seeds, tolerances[0])
+        if first.sum() >= min_region(*depth.shape) and not looks_like_support(first):
+            kept = [first]
+    return kept
+
+
+def _depth_layers(depth: np.ndarray, seeds: np.ndarray, tolerances: tuple[float, ...]) -> list[np.ndarray]:
     regions = [depth_region(depth, seeds, t) for t in tolerances]
     areas = np.array([max(int(r.sum()), 1) for r in regions], dtype=np.float64)
     growth = areas[1:] / areas[:-1]
@@ -144,14 +177,42 @@ def depth_layers(
     return [regions[k] for k in picks]
 
 
-def clicked_layer(depth: np.ndarray | None, points: np.ndarray | None, labels: np.ndarray | None = None) -> int | None:
-    """The area (pixels) of the positive clicks' depth layer: the largest of ``depth_layers``;
-    None without depth, positive clicks or a usable layer."""
+def clicked_surface(
+    depth: np.ndarray | None, points: np.ndarray | None, labels: np.ndarray | None = None
+) -> np.ndarray | None:
+    """The positive clicks' depth layer (H x W bool): the largest of ``depth_layers``; None without
+    depth, positive clicks or a usable layer."""
     _, _, pos = split_clicks(points, labels)
     if depth is None or not len(pos):
         return None
     layers = depth_layers(np.asarray(depth, dtype=np.float32), pos)
-    return max(int(r.sum()) for r in layers) if layers else None
+    return max(layers, key=lambda r: int(r.sum())) if layers else None
+
+
+def clicked_layer(depth: np.ndarray | None, points: np.ndarray | None, labels: np.ndarray | None = None) -> int | None:
+    """The area (pixels) of the positive clicks' depth layer (``clicked_surface``); None without one."""
+    surface = clicked_surface(depth, points, labels)
+    return int(surface.sum()) if surface is not None else None
+
+
+def fill_holes(mask: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """``mask`` with its holes filled: the pixels of ``within`` that ``mask`` encloses (regions of
+    its complement that do not reach the image border)."""
+    n, labels = components(~mask)
+    h, w = mask.shape
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    hole = np.ones(n, dtype=bool)
+    hole[border] = False
+    return mask | (hole[labels] & ~mask & within)
+
+
+def clip_to_surface(mask: np.ndarray, surface: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The part of ``mask`` on the clicked surface: ``mask`` within ``surface`` (the clicks' depth
+    layer), its holes filled from ``mask`` (a noisy depth leaves pinholes in the layer), and only
+    the regions that hold a positive click (``points``, x, y)."""
+    mask = np.asarray(mask, dtype=bool)
+    clipped = fill_holes(mask & surface, within=mask)
+    return keep_supported(clipped, points=points)
 
 
 def first_mask_warnings(
@@ -220,11 +281,16 @@ def plausible_choice(scores: np.ndarray, warnings: list[dict[str, str]]) -> int:
 @dataclass
 class FirstMasks:
     """A segmenter's candidates for the user's prompt, reviewed: ``masks`` K x H x W (stray regions
-    left out), ``warnings`` per candidate ({kind: words}), ``choice`` the one to lift."""
+    left out), ``scores`` (K), ``warnings`` per candidate ({kind: words}), ``choice`` the one to
+    lift, and ``sources``: for each candidate, the index of the segmenter's candidate it is or was
+    clipped from (see ``review_first_masks``); ``clipped`` marks the latter."""
 
     masks: np.ndarray
+    scores: np.ndarray
     warnings: list[dict[str, str]]
     choice: int
+    sources: list[int]
+    clipped: list[bool]
 
 
 def review_first_masks(
@@ -237,20 +303,61 @@ def review_first_masks(
     drop_stray: bool = True,
     pick: str = "plausible",
     choice: int | None = None,
+    clip: bool = True,
 ) -> FirstMasks:
     """Review the candidates for the first view: leave out each one's regions that meet no
     positive click (or, with a box alone, lie wholly outside the box) when ``drop_stray``, warn
     about each (``first_mask_warnings``), and choose: ``choice`` when given, else the best-scoring
-    candidate (``pick`` "score") or the best-scoring plausible one ("plausible")."""
+    candidate (``pick`` "score") or the best-scoring plausible one ("plausible").
+
+    With ``clip``, when no candidate is plausible and some are much larger than the clicked
+    surface's depth layer (merged with what touches the object, a segmenter's common mistake that
+    gives no better candidate to pick), each of those is offered again clipped to that layer (after
+    the segmenter's candidates, with the same score, and a ``clipped`` warning saying so), and the
+    plausible pick chooses among them. ``choice`` may name such a candidate.
+    """
     if pick not in ("score", "plausible"):
         raise ValueError(f"unknown pick {pick!r}; expected 'score' or 'plausible'")
     pts, lab, pos = split_clicks(points, labels)
-    layer = clicked_layer(depth, pts, lab)  # (the same for every candidate)
+    surface = clicked_surface(depth, pts, lab)  # (the same for every candidate)
+    layer = int(surface.sum()) if surface is not None else None
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     kept, warnings = [], []
     for m in np.asarray(masks, dtype=bool):
         k = keep_supported(m, points=pos, box=box if not len(pos) else None) if drop_stray else m
         kept.append(k)
         warnings.append(first_mask_warnings(k, pts, lab, layer, dropped=int(m.sum() - k.sum())))
+    sources = list(range(len(kept)))
+    ok = [not any(k in w for k in IMPLAUSIBLE) for w in warnings]
+    if clip and surface is not None and layer and len(pos) and not any(ok):
+        h, w = surface.shape
+        for i in range(len(kept)):
+            if "depth_layer" not in warnings[i]:
+                continue
+            c = clip_to_surface(kept[i], surface, pos)
+            if c.sum() < min_region(h, w) or any((c == k).all() for k in kept):
+                continue
+            found = first_mask_warnings(c, pts, lab, layer)
+            found["clipped"] = (
+                f"candidate {i} ({int(kept[i].sum())} px, {kept[i].sum() / layer:.1f} times the clicked surface's "
+                f"depth layer) clipped to that layer ({int(c.sum())} px)"
+            )
+            kept.append(c)
+            warnings.append(found)
+            sources.append(i)
+            scores = np.append(scores, scores[i])
+    if choice is not None and not 0 <= choice < len(kept):
+        raise SA3DError(
+            f"mask_choice {choice} does not exist: the prompt gave {len(kept)} candidate mask(s) "
+            f"(valid 0..{len(kept) - 1}, or null for the first plausible one)."
+        )
     if choice is None:
-        choice = plausible_choice(scores, warnings) if pick == "plausible" else int(np.argmax(scores))
-    return FirstMasks(np.stack(kept) if kept else np.asarray(masks, dtype=bool), warnings, int(choice))
+        choice = plausible_choice(scores, warnings) if pick == "plausible" else int(np.argmax(scores[: len(masks)]))
+    return FirstMasks(
+        np.stack(kept) if kept else np.asarray(masks, dtype=bool),
+        scores,
+        warnings,
+        int(choice),
+        sources,
+        [i >= len(masks) for i in range(len(kept))],
+    )

@@ -9,10 +9,14 @@ How a prompt becomes a mask:
    positive score are probable foreground. Without a prior, the pixels connected to a positive
    point through depth-continuous regions are probable foreground: the region is grown with
    increasing relative depth tolerances and taken where its area is most stable (the object's
-   silhouette, before it leaks into what touches it); where depth gives no region (noisy or
+   silhouette, before it leaks into what touches it; never a region that spreads over the support
+   or background, see ``regions.looks_like_support``); where depth gives no region (noisy or
    semi-transparent geometry) or is missing, a disc around each positive point. Everything else is
    probable background.
-3. GrabCut (colour Gaussian mixtures + graph cut, OpenCV) refines the labelling.
+3. GrabCut (colour Gaussian mixtures + graph cut, OpenCV) refines the labelling within a rectangle
+   around the hint and the points, grown by ``roi_margin`` of its size on each side (outside it is
+   sure background, as GrabCut is meant to be used): a colour shared with the floor or a
+   neighbour cannot carry the mask across the image.
 4. Only connected components that contain a positive point are kept (with a box and no points:
    components inside the box).
 
@@ -69,16 +73,23 @@ class WeightFreeSegmenter(Segmenter):
         iterations: GrabCut iterations.
         seed_radius: radius of the sure-label discs around points, as a fraction of min(H, W).
         depth_tolerances: relative depth steps tried when growing the depth hint from a point.
+        roi_margin: GrabCut's rectangle: the box around the hint and the points grown on each side by
+            this fraction of its size (at least 5 % of the image's smaller side).
     """
 
     name = "weightfree"
 
     def __init__(
-        self, iterations: int = 5, seed_radius: float = 0.015, depth_tolerances: tuple[float, ...] = DEPTH_TOLERANCES
+        self,
+        iterations: int = 5,
+        seed_radius: float = 0.015,
+        depth_tolerances: tuple[float, ...] = DEPTH_TOLERANCES,
+        roi_margin: float = 0.5,
     ):
         self.iterations = iterations
         self.seed_radius = seed_radius
         self.depth_tolerances = tuple(depth_tolerances)
+        self.roi_margin = roi_margin
         self.image: np.ndarray | None = None
         self.depth: np.ndarray | None = None
 
@@ -117,13 +128,32 @@ class WeightFreeSegmenter(Segmenter):
         candidates = []
         for hint in hints:
             hint = hint & inside
-            final, raw, init = self._grabcut(hint, inside, pos, neg, radius)
+            roi = inside & self.region_of_interest(hint, pos)
+            final, raw, init = self._grabcut(hint, roi, pos, neg, radius)
             candidates += [final, raw, hint | init] if multimask else [final]
         scores = np.array([boundary_score(m, edges) for m in candidates], dtype=np.float32)
         if not multimask and len(candidates) > 1:
             best = int(np.argmax(scores))
             candidates, scores = [candidates[best]], scores[best : best + 1]
         return Segmentation(masks=np.stack(candidates).astype(bool), scores=scores)
+
+    def region_of_interest(self, hint: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """GrabCut's rectangle: the box around the hint and the positive points, grown on each side
+        by ``roi_margin`` times its size (at least 5 % of the image's smaller side); outside it is
+        sure background."""
+        h, w = hint.shape
+        ys, xs = np.nonzero(hint)
+        xs = np.concatenate([xs, pos[:, 0]]) if len(pos) else xs
+        ys = np.concatenate([ys, pos[:, 1]]) if len(pos) else ys
+        roi = np.zeros((h, w), dtype=bool)
+        if not len(xs):
+            roi[:] = True
+            return roi
+        x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+        floor = 0.05 * min(h, w)
+        mx, my = max(self.roi_margin * (x1 - x0 + 1), floor), max(self.roi_margin * (y1 - y0 + 1), floor)
+        roi[max(int(y0 - my), 0) : int(y1 + my) + 1, max(int(x0 - mx), 0) : int(x1 + mx) + 1] = True
+        return roi
 
     def _grabcut(self, hint, inside, pos, neg, radius):
         """GrabCut from a hint: (final mask, GrabCut result before the component filter, seeds)."""
