@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -129,12 +130,15 @@ def standin_config(tmp_path) -> SA3DPipelineConfig:
     )  # fmt: skip
 
 
-def segment_the_ball(config, run: RunFolder | None = None) -> SA3DPipeline:
+def segment_the_ball(config, run: RunFolder | None = None, labels: np.ndarray | None = None) -> SA3DPipeline:
     pipeline = config.setup(device="cpu", test_mode="test")  # (test mode: no nerfacto checkpoint to load)
     pipeline.run = run
     first = red_pixels(pipeline, 0)
     ys, xs = np.nonzero(first)
-    pipeline.start_objects([Prompt(view=0, points=np.array([[xs.mean(), ys.mean()]], np.float32), name="ball")])
+    click = np.array([[xs.mean(), ys.mean()]], np.float32)
+    pipeline.start_objects(
+        [Prompt(view=0, points=click, name="ball", **({} if labels is None else {"labels": labels}))]
+    )
     pipeline.segment_all()
     return pipeline
 
@@ -206,3 +210,42 @@ def test_a_cache_entry_that_does_not_fit_the_run_is_rendered_again(tmp_path, mon
     assert again.cache_stats["views_built"] == 2 and again.cache_stats["views_reused"] >= N_VIEWS - 2
     assert [r["status"] for r in again.records] == [r["status"] for r in first.records]
     assert torch.load(entries[2], weights_only=True)["positions"].shape == good["positions"].shape  # rewritten whole
+
+
+class MergingSegmenter(RedSegmenter):
+    """The prompted view (no prior): one candidate, the ball merged with the dome around it (a
+    4-pixel ring, as a segmenter that joins an object with what touches it); later views: the ball."""
+
+    name = "merging"
+
+    def predict(self, points=None, labels=None, box=None, prior=None, multimask=True):
+        out = super().predict(points, labels, box, prior, multimask=False)
+        if prior is None:
+            grown = cv2.dilate(out.masks[0].astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+            return Segmentation(masks=grown[None], scores=np.array([0.9]))
+        return out
+
+
+def test_a_merged_first_mask_is_clipped_to_the_clicked_surface_in_a_run(tmp_path, monkeypatch):
+    monkeypatch.setitem(factory.REGISTRY, "merging", factory.Entry(lambda ctx: MergingSegmenter(), factory.no_weights))
+    config = standin_config(tmp_path)
+    config.segmenter = "merging"
+    # off by default: the merged mask (about 3 times the ball) is warned about and lifted as given
+    assert not config.clip_first_mask
+    given = segment_the_ball(config, labels=np.array([1]))
+    assert [set(c["warnings"]) for c in given.records[0]["candidates"]] == [{"depth_layer"}]
+    assert given.records[0]["mask_choice"] == 0
+    # on: its clip to the clicked depth layer is offered as a candidate of its own and lifted
+    config.clip_first_mask = True
+    run = RunFolder(tmp_path / "run")
+    pipeline = segment_the_ball(config, run, labels=np.array([1]))
+    first = pipeline.records[0]
+    assert [set(c["warnings"]) for c in first["candidates"]] == [{"depth_layer"}, {"clipped"}]
+    assert first["candidates"][1]["clipped_from"] == 0 and first["mask_choice"] == 1
+    assert any("clipped to that layer" in w for w in first["warnings"])
+    # (this analytic NeRF's depth is coarse, 96 samples a ray: the ball's layer is its front cap,
+    # 32 of its 148 pixels, and later views, which see the whole ball, are then rejected: a clipped
+    # first mask can be a part too small to grow back, which is why the option is off by default)
+    assert 0 < first["candidates"][1]["area"] <= red_pixels(pipeline, 0).sum()
+    summary = json.loads(run.summary_path.read_text())
+    assert summary["objects"][0]["views"][0]["candidates"][1]["clipped_from"] == 0

@@ -97,27 +97,27 @@ def test_a_merged_only_candidate_is_offered_again_clipped_to_the_clicked_surface
     click = np.array([[11, 17]])
     depth[20, 10] = 2.6  # a noisy pixel inside A: a pinhole in its depth layer, filled from the mask
     merged = (a | b)[None]  # one candidate (what the noisy oracle, or a segmenter without choices, gives)
-    review = review_first_masks(merged, np.array([0.9]), click, depth=depth)
+    review = review_first_masks(merged, np.array([0.9]), click, depth=depth, clip=True)
     assert len(review.masks) == 2 and review.clipped == [False, True] and review.sources == [0, 0]
     assert review.choice == 1 and (review.masks[1] == a).all() and review.scores.tolist() == [0.9, 0.9]
     assert set(review.warnings[0]) == {"depth_layer"} and set(review.warnings[1]) == {"clipped"}
     assert review.warnings[1]["clipped"].endswith("clipped to that layer (208 px)")  # the pinhole filled
     # off, or picked by score, or a plausible candidate given: the segmenter's candidates alone decide
-    assert len(review_first_masks(merged, np.array([0.9]), click, depth=depth, clip=False).masks) == 1
-    assert review_first_masks(merged, np.array([0.9]), click, depth=depth, pick="score").choice == 0
-    both = review_first_masks(np.stack([a | b, a]), np.array([0.9, 0.5]), click, depth=depth)
+    assert len(review_first_masks(merged, np.array([0.9]), click, depth=depth).masks) == 1  # (off by default)
+    assert review_first_masks(merged, np.array([0.9]), click, depth=depth, pick="score", clip=True).choice == 0
+    both = review_first_masks(np.stack([a | b, a]), np.array([0.9, 0.5]), click, depth=depth, clip=True)
     assert len(both.masks) == 2 and both.choice == 1 and not any(both.clipped)
     # a prompt file's mask_choice may name the clipped candidate; one beyond them is a clear error
-    assert review_first_masks(merged, np.array([0.9]), click, depth=depth, choice=1).choice == 1
+    assert review_first_masks(merged, np.array([0.9]), click, depth=depth, choice=1, clip=True).choice == 1
     with pytest.raises(SA3DError, match="mask_choice 2 does not exist: the prompt gave 2 candidate"):
-        review_first_masks(merged, np.array([0.9]), click, depth=depth, choice=2)
+        review_first_masks(merged, np.array([0.9]), click, depth=depth, choice=2, clip=True)
     # a click on B: B alone
-    on_b = review_first_masks(merged, np.array([0.9]), np.array([[25, 20]]), depth=depth)
+    on_b = review_first_masks(merged, np.array([0.9]), np.array([[25, 20]]), depth=depth, clip=True)
     assert on_b.choice == 1 and (on_b.masks[1] == b).all()
     # a mask only a little larger than the clicked layer is not clipped (a true mask over a noisy layer)
     grown = a.copy()
     grown[10:26, 18:22] = True  # A and a 4-px strip of B: 1.3 times A's layer
-    assert len(review_first_masks(grown[None], np.array([0.9]), click, depth=depth).masks) == 1
+    assert len(review_first_masks(grown[None], np.array([0.9]), click, depth=depth, clip=True).masks) == 1
 
 
 def rays_from_depth(depth: np.ndarray, focal: float = 20.0):

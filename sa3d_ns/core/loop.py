@@ -106,7 +106,7 @@ class LoopSettings:
     drop_stray_regions: bool = True
     anchor_check: bool = True
     first_mask_pick: str = "plausible"
-    clip_first_mask: bool = True
+    clip_first_mask: bool = False
     save_view_images: bool = True
 
     @classmethod

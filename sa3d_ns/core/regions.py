@@ -303,7 +303,7 @@ def review_first_masks(
     drop_stray: bool = True,
     pick: str = "plausible",
     choice: int | None = None,
-    clip: bool = True,
+    clip: bool = False,
 ) -> FirstMasks:
     """Review the candidates for the first view: leave out each one's regions that meet no
     positive click (or, with a box alone, lie wholly outside the box) when ``drop_stray``, warn

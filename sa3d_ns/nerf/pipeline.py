@@ -114,8 +114,8 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """Reject a later view's 2D mask that leaves out a point the user clicked where the view sees it (the click's surface point in 3D, found among the view's rendered surface points): self-prompts come from the 3D mask alone, so without it a first mask holding a neighbour as well lets later views drift onto the neighbour."""
     first_mask_pick: Literal["score", "plausible"] = "plausible"
     """Without "mask_choice" in the prompt, the candidate lifted in the prompted view: the segmenter's best-scoring one, or the best-scoring one without a warning that it is not the clicked object (a click outside it, much larger than the clicked surface's depth layer). Every candidate's warnings are logged and kept in summary.json."""
-    clip_first_mask: bool = True
-    """When every candidate of the prompted view is much larger than the clicked surface's depth layer (merged with what touches the object, and the segmenter gives nothing better), offer each again clipped to that layer (a candidate of its own, logged with a warning saying so) for the plausible pick; False = lift what the segmenter gave."""
+    clip_first_mask: bool = False
+    """When every candidate of the prompted view is much larger than the clicked surface's depth layer (merged with what touches the object, and the segmenter gives nothing better), offer each again clipped to that layer (a candidate of its own, logged with a warning saying so) for the plausible pick. Off by default: on a coarse depth the clicked layer can be a small part of the object, which the loop may not grow back (see the README)."""
     render_downscale: float | None = None
     """Segment at the training resolution divided by this (>= 1). Default: the smallest factor that brings the longer image side to --pipeline.segment-max-size. The mask field renders at any resolution afterwards."""
     segment_max_size: int = 512
