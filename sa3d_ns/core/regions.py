@@ -121,9 +121,14 @@ def min_region(h: int, w: int) -> float:
     return max(16.0, 0.003 * h * w)
 
 
+def border_pixels(a: np.ndarray) -> np.ndarray:
+    """The values of an H x W array on the image's border (each border pixel once)."""
+    return np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
+
+
 def border_share(region: np.ndarray) -> float:
     """The share of the image's border pixels that ``region`` (H x W bool) covers."""
-    edge = np.concatenate([region[0], region[-1], region[1:-1, 0], region[1:-1, -1]])
+    edge = border_pixels(region)
     return float(edge.mean()) if edge.size else 0.0
 
 
@@ -150,17 +155,18 @@ def depth_layers(
     not). Empty when depth gives no region (noisy or semi-transparent geometry, or a surface that
     flows into the support at once).
     """
-    found = _depth_layers(depth, seeds, tolerances)
+    regions = [depth_region(depth, seeds, t) for t in tolerances]
+    found = _plateau_and_leak(regions, depth)
     kept = [r for r in found if not looks_like_support(r)]
     if found and not kept:
-        first = depth_region(depth, seeds, tolerances[0])
+        first = regions[0]
         if first.sum() >= min_region(*depth.shape) and not looks_like_support(first):
             kept = [first]
     return kept
 
 
-def _depth_layers(depth: np.ndarray, seeds: np.ndarray, tolerances: tuple[float, ...]) -> list[np.ndarray]:
-    regions = [depth_region(depth, seeds, t) for t in tolerances]
+def _plateau_and_leak(regions: list[np.ndarray], depth: np.ndarray) -> list[np.ndarray]:
+    """``depth_layers``' candidates among the regions grown at increasing tolerances."""
     areas = np.array([max(int(r.sum()), 1) for r in regions], dtype=np.float64)
     growth = areas[1:] / areas[:-1]
     valid = areas[:-1] >= min_region(*depth.shape)
@@ -199,8 +205,7 @@ def fill_holes(mask: np.ndarray, within: np.ndarray) -> np.ndarray:
     """``mask`` with its holes filled: the pixels of ``within`` that ``mask`` encloses (regions of
     its complement that do not reach the image border)."""
     n, labels = components(~mask)
-    h, w = mask.shape
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    border = np.unique(border_pixels(labels))
     hole = np.ones(n, dtype=bool)
     hole[border] = False
     return mask | (hole[labels] & ~mask & within)
@@ -250,7 +255,7 @@ def first_mask_warnings(
         out["disconnected"] = (
             f"{dropped} px in regions not connected to a click were left out ({share:.0%} of the mask)"
         )
-    edges = int(mask[0].sum() + mask[-1].sum() + mask[1:-1, 0].sum() + mask[1:-1, -1].sum())
+    edges = int(border_pixels(mask).sum())
     if edges:
         out["border"] = (
             f"it touches the image border ({edges} px): the object may be cut off, or the mask spilled into the background"
@@ -283,14 +288,19 @@ class FirstMasks:
     """A segmenter's candidates for the user's prompt, reviewed: ``masks`` K x H x W (stray regions
     left out), ``scores`` (K), ``warnings`` per candidate ({kind: words}), ``choice`` the one to
     lift, and ``sources``: for each candidate, the index of the segmenter's candidate it is or was
-    clipped from (see ``review_first_masks``); ``clipped`` marks the latter."""
+    clipped from (see ``review_first_masks``)."""
 
     masks: np.ndarray
     scores: np.ndarray
     warnings: list[dict[str, str]]
     choice: int
     sources: list[int]
-    clipped: list[bool]
+
+    @property
+    def clipped(self) -> list[bool]:
+        """Which candidates are clipped copies (offered after the segmenter's, so their source
+        index is another's)."""
+        return [src != i for i, src in enumerate(self.sources)]
 
 
 def review_first_masks(
@@ -359,5 +369,4 @@ def review_first_masks(
         warnings,
         int(choice),
         sources,
-        [i >= len(masks) for i in range(len(kept))],
     )
