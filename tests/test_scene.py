@@ -138,6 +138,17 @@ def test_removal_truth_is_the_view_without_the_object_and_seen_marks_what_others
     hidden = cv2.erode((ids_box == 1).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     assert (hidden & (floor > 0)).sum() > 20 and not seen[hidden].any()
     assert seen[(ids_box == 0) & (floor > 0)].all()
+    # a flat tile lies within the depth tolerance of the floor it hides: the pixels that show the
+    # tile see nothing of what is under it
+    tile = next(o for o in TOUCHING if o.name == "flat_tile")
+    c2w = look_at(np.array([0.0, -2.0, 3.0]), np.array(tile.centre))  # (from above)
+    _, _, floor = render(c2w, 32, 32, focal, objects=[])
+    _, ids_tile, with_tile = render(c2w, 32, 32, focal, objects=[tile])
+    under = ids_tile == 1
+    by_depth = seen_elsewhere(floor, c2w, [(c2w, with_tile)], focal)
+    assert under.sum() > 10 and by_depth[under].mean() > 0.2  # (depth alone counted it seen)
+    seen = seen_elsewhere(floor, c2w, [(c2w, with_tile)], focal, covered=[under])
+    assert not seen[under].any() and seen[~under & (floor > 0)].all()
 
 
 def test_touching_objects_touch():

@@ -361,19 +361,28 @@ def project(points: np.ndarray, c2w: np.ndarray, focal: float, w: int, h: int) -
 
 
 def seen_elsewhere(
-    depth: np.ndarray, c2w: np.ndarray, others: list[tuple[np.ndarray, np.ndarray]], focal: float, tol: float = 0.02
+    depth: np.ndarray,
+    c2w: np.ndarray,
+    others: list[tuple[np.ndarray, np.ndarray]],
+    focal: float,
+    tol: float = 0.02,
+    covered: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """H x W: which pixels' surface (z-depth ``depth`` in the camera ``c2w``; 0 = nothing) some
     other camera (c2w, its z-depth map of the whole scene) sees: projected there, in its image and
-    not hidden (its depth there within ``tol`` relative of the point's)."""
+    not hidden (its depth there within ``tol`` relative of the point's). ``covered`` (H x W per
+    other camera): pixels that show something else in front of the point however close (the
+    object taken out: a flat tile is within ``tol`` of the floor it hides), which see nothing."""
     h, w = depth.shape
     points = backproject(depth, c2w, focal)
     seen = np.zeros(h * w, bool)
-    for other_c2w, other_depth in others:
+    for j, (other_c2w, other_depth) in enumerate(others):
         pix, z = project(points, other_c2w, focal, w, h)
         inside = (z > 1e-3) & (pix[:, 0] >= 0) & (pix[:, 0] < w) & (pix[:, 1] >= 0) & (pix[:, 1] < h)
         cols, rows = pix[inside, 0].astype(int), pix[inside, 1].astype(int)
         visible = np.abs(other_depth[rows, cols] - z[inside]) < tol * z[inside]
+        if covered is not None:
+            visible &= ~covered[j][rows, cols]
         seen[np.flatnonzero(inside)[visible]] = True
     return (seen & (depth.reshape(-1) > 0)).reshape(h, w)
 
@@ -445,12 +454,13 @@ def _render_removed(k: int, i: int) -> None:
     img, _, depth = render(views[i], width, height, focal, objects=rest, texture=texture)
     name = f"frame_{i:05d}.png"
     Image.fromarray(img).save(folder / name)
-    ids = np.asarray(Image.open(out / "instances" / name))
+    ids = _SHARED["ids"][i]
     footprint = dilate(ids == k, 3)
     others = [(views[j], depths[j]) for j in range(len(views)) if j != i]
+    covered = [_SHARED["ids"][j] == k for j in range(len(views)) if j != i]  # (the object hides what is under it)
     seen = np.zeros_like(footprint)
     if footprint.any():
-        seen = seen_elsewhere(np.where(footprint, depth, 0.0), views[i], others, focal) & footprint
+        seen = seen_elsewhere(np.where(footprint, depth, 0.0), views[i], others, focal, covered=covered) & footprint
     Image.fromarray((seen * 255).astype(np.uint8)).save(folder / "seen" / name)
     whole = silhouette(objects[k - 1], views[i], width, height, focal)
     Image.fromarray((whole * 255).astype(np.uint8)).save(folder / "whole" / name)
@@ -462,13 +472,17 @@ def write_removal_truth(
     """``removed/<id>/<frame>.png``: each view rendered with object ``id`` taken out (what the
     scene without it really looks like), and ``removed/<id>/seen/<frame>.png``: the pixels where
     that object is (its instance mask grown by 3 px) whose uncovered surface at least one *other*
-    view sees (255) -- what a NeRF of the views can know there; the rest (under the object, in
+    view sees (255: the object not in front of it there) -- what a NeRF of the views can know there; the rest (under the object, in
     its shadow for every camera) can only be inpainted; ``removed/<id>/whole/<frame>.png``: the
     object's whole silhouette (255), its parts hidden by other objects included (what the object
     rendered alone covers)."""
     jobs = [(k, i) for k in range(1, len(objects) + 1) for i in range(len(views))]
     description = f"Rendering {len(views)} views without each of {len(objects)} objects" if progress else None
-    shared = dict(out=Path(out), views=views, depths=depths, objects=objects, focal=focal, width=width, height=height)
+    names = [f"frame_{i:05d}.png" for i in range(len(views))]
+    ids = [np.asarray(Image.open(Path(out) / "instances" / name)) for name in names]
+    shared = dict(
+        out=Path(out), views=views, depths=depths, ids=ids, objects=objects, focal=focal, width=width, height=height
+    )
     for _ in _in_parallel(_render_removed, jobs, workers, description, {**shared, "texture": texture}):
         pass
 
