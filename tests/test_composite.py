@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from sa3d_ns.core.composite import cut_out, mask_scores, overlay, volume_weights
+from sa3d_ns.core.composite import cut_out, mask_scores, overlay, resample_rays, volume_weights
 
 
 def col(*xs):
@@ -71,3 +71,10 @@ def test_mask_scores_and_overlay_by_hand():
     # no object yet: nothing on, the render as it is
     mask, score, out = overlay(rgb, torch.zeros((3, 0)), 0.0, torch.zeros((1, 3)), 0.5)
     assert mask.sum() == 0 and score.sum() == 0 and torch.equal(out, rgb)
+
+
+def test_resample_rays_are_those_the_removed_samples_weighed_on():
+    weights = torch.tensor([[0.5, 0.5, 0.0], [0.01, 0.9, 0.09], [0.0, 0.0, 1.0]])
+    gone = torch.tensor([[True, False, False], [True, False, False], [False, False, False]])
+    assert resample_rays(weights, gone).tolist() == [0]  # 0.01 of the second ray: its samples cover the rest
+    assert resample_rays(weights, gone, min_weight=0.005).tolist() == [0, 1]

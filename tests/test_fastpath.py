@@ -439,3 +439,68 @@ def test_a_cache_write_that_fails_says_where_and_leaves_nothing(tmp_path, monkey
     assert sorted(p.name for p in cache.dir.iterdir()) == ["key.json", "view00000.pt"]
     monkeypatch.setattr(torch, "save", real_save)
     assert ViewCache(tmp_path, {"k": 2}).load("view00000")["x"].shape == (1000,)
+
+
+def test_rgb_removed_samples_again_what_the_object_hid():
+    """nerfacto's proposal sampler puts a ray's samples where its first surface is; once the object
+    is removed, what it hid would be rendered from the few samples left behind it. With
+    removal-resample the rays the object weighed on are sampled again with the object taken out of
+    the proposal densities, so a thin wall behind the object shows in rgb_removed. An analytic
+    scene: an opaque red ball (the object) in front of a thin blue wall, green empty space."""
+    from nerfstudio.cameras.rays import RayBundle
+    from nerfstudio.data.scene_box import SceneBox
+    from nerfstudio.field_components.field_heads import FieldHeadNames
+
+    from sa3d_ns.nerf.model import SA3DModelConfig
+
+    def density_at(x):
+        ball = x.norm(dim=-1, keepdim=True) < 0.2
+        wall = (x[..., :1] > 0.6) & (x[..., :1] < 0.64)
+        return (ball | wall).float() * 300.0
+
+    class Analytic(torch.nn.Module):
+        def colours(self, x):
+            rgb = torch.zeros((*x.shape[:-1], 3))
+            rgb[..., 1] = 1.0  # green empty space
+            ball = x.norm(dim=-1) < 0.2
+            wall = (x[..., 0] > 0.6) & (x[..., 0] < 0.64)
+            rgb[ball] = torch.tensor([1.0, 0.0, 0.0])
+            rgb[wall] = torch.tensor([0.0, 0.0, 1.0])
+            return rgb
+
+        def forward(self, ray_samples, compute_normals=False):
+            x = ray_samples.frustums.get_positions()
+            return {FieldHeadNames.DENSITY: density_at(x), FieldHeadNames.RGB: self.colours(x)}
+
+        def get_density(self, ray_samples):
+            return density_at(ray_samples.frustums.get_positions()), None
+
+    box = SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]]))
+    model = SA3DModelConfig(implementation="torch", log2_hashmap_size=12, background_color="last_sample").setup(
+        scene_box=box, num_train_data=2, metadata={}
+    )
+    model.eval()
+    model.field = Analytic()
+    model.density_fns = [density_at, density_at]
+    model.object_values = lambda x: (0.2 - x.norm(dim=-1, keepdim=True))  # the ball is the object
+    model.object_bounds[0, 0], model.object_bounds[0, 1] = torch.full((3,), -0.25), torch.full((3,), 0.25)
+    n = 64
+    origins = torch.zeros(n, 3)
+    origins[:, 0] = -1.0
+    origins[:, 1] = torch.linspace(-0.1, 0.1, n)
+    directions = torch.zeros(n, 3)
+    directions[:, 0] = 1.0
+    rays = RayBundle(origins=origins, directions=directions, pixel_area=torch.full((n, 1), 1e-4),
+                     camera_indices=torch.zeros(n, 1, dtype=torch.long))  # fmt: skip
+    blue = torch.tensor([0.0, 0.0, 1.0])
+
+    removed = {}
+    for resample in (False, True):
+        model.config.removal_resample = resample
+        out = model.get_outputs(rays)
+        assert (out["rgb"] - torch.tensor([1.0, 0.0, 0.0])).abs().max() < 0.05  # the ball in front
+        assert (out["rgb_object"] - torch.tensor([1.0, 0.0, 0.0])).abs().max() < 0.05
+        removed[resample] = out["rgb_removed"]
+    assert (removed[True] - blue).abs().max(-1).values.max() < 0.05  # the wall, on every ray
+    green = torch.tensor([0.0, 1.0, 0.0])
+    assert (removed[False] - green).abs().max() < 0.05  # (without: every sample missed the wall)

@@ -72,6 +72,17 @@ def cut_out(
     )
 
 
+RESAMPLE_WEIGHT = 0.02
+
+
+def resample_rays(weights: torch.Tensor, gone: torch.Tensor, min_weight: float = RESAMPLE_WEIGHT) -> torch.Tensor:
+    """R x S volume weights, R x S removed samples -> the indices of the rays whose removed samples
+    weighed more than ``min_weight`` together: the rays where the render without the object
+    depends on samples placed for the object's surface (they are sampled again); elsewhere the
+    NeRF's samples already cover what shows."""
+    return ((weights * gone).sum(-1) > min_weight).nonzero(as_tuple=True)[0]
+
+
 def mask_scores(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """R x S volume weights and R x S x K mask values -> R x K: each object's rendered mask score."""
     return (weights[..., None] * values).sum(1)
