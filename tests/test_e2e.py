@@ -134,6 +134,7 @@ def write(path: Path, text: str) -> Path:
     "case, match",
     [
         ("missing_config", "file not found"),
+        ("no_cuda", "Add --machine.device-type cpu to segment on the CPU"),
         ("not_nerfacto", "depth-nerfacto) and the splatfacto family (ns-train splatfacto, splatfacto-big)"),
         ("tcnn_checkpoint", "trained with tiny-cuda-nn"),
         ("malformed_json", "not valid JSON"),
@@ -170,6 +171,10 @@ def test_bad_input(scene, tmp_path, case, match):
     env = None
     if case == "missing_config":
         config = tmp_path / "nope" / "config.yml"
+    elif case == "no_cuda":  # (nerfstudio's default device on a machine without a GPU)
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA GPU")
+        extra += ["--machine.device-type", "cuda"]  # (the last of the two given wins)
     elif case == "not_nerfacto":
         config = finished_run(scene) / "config.yml"
     elif case == "tcnn_checkpoint":

@@ -146,10 +146,30 @@ def check_cache_dir(pipe, src: SourceRun) -> None:
         )
 
 
+def check_device(machine) -> None:
+    """The device ``--machine.device-type`` asks for is one torch can use here."""
+    import torch
+
+    kind = machine.device_type
+    if kind == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise SA3DError(
+            f"--machine.device-type is cuda (nerfstudio's default), but torch {torch.__version__} ({build}) finds no "
+            "usable CUDA GPU here. Add --machine.device-type cpu to segment on the CPU (slower), or run on a machine "
+            "with an NVIDIA GPU, its driver and a CUDA build of torch."
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SA3DError(
+            "--machine.device-type is mps, but this torch finds no Apple GPU (MPS) here. "
+            "Add --machine.device-type cpu to segment on the CPU."
+        )
+
+
 def resolve_config(config) -> None:
     """``config`` is an SA3DTrainerConfig; it is changed in place."""
     pipe = config.pipeline
     check_settings(pipe)
+    check_device(config.machine)
     check_paths(config)
     src = load_source_run(*source_flag(pipe))
     check_cache_dir(pipe, src)
