@@ -326,8 +326,21 @@ class SA3DModel(MaskObjects, NerfactoModel):
     @torch.no_grad()
     def removed_gone(self, positions: torch.Tensor, opacity: torch.Tensor, column: int | None) -> torch.Tensor:
         """positions ... x 3, opacities ... -> which of those points ``rgb_removed`` leaves out (...):
-        those of object ``column`` (None: of any object), the removal margin included."""
-        values = self.object_values(positions.reshape(-1, 3)).reshape(*positions.shape[:-1], -1)
+        those of object ``column`` (None: of any object), the removal margin included. With
+        crop-to-bounds no object is on outside its box: only points in a box are looked up."""
+        flat = positions.reshape(-1, 3)
+        k = min(len(self.mask_fields), len(self.object_bounds))
+        bounds = self.object_bounds[:k]
+        if self.config.crop_to_bounds:
+            boxed = ((flat[:, None] >= bounds[:, 0]) & (flat[:, None] <= bounds[:, 1])).all(-1).any(-1)
+            values = flat.new_full((len(flat), k), self.config.mask_threshold)
+            found = self.object_values(flat[boxed])
+            if found.shape[-1] != k:  # (an object added or removed meanwhile, by the viewer)
+                return positions.new_zeros(positions.shape[:-1], dtype=torch.bool)
+            values[boxed] = found
+        else:
+            values = self.object_values(flat)
+        values = values.reshape(*positions.shape[:-1], -1)
         gone = self.removed_samples(positions, values, opacity)
         return gone.any(-1) if column is None else gone[..., column]
 
