@@ -38,6 +38,10 @@ def test_gpu_check_runs_every_stage_in_its_cpu_setting(tmp_path):
     text = (out / "gpu_check.txt").read_text()
     assert "target: SAM first object" in text and "oracle reference / default, second object" in text
     assert "speed-up" in text
+    # where ns-train sa3d's time went, per stage of its views (what a GPU run's table shows)
+    views = report["cli_views"]
+    assert views["views"] == 18 and 0 < views["data_s"] + views["score_s"] <= views["render_s"] <= views["total_s"]
+    assert views["total_s"] < views["wall_s"] and "ns-train sa3d: 18 views, ms a view: data" in text
     # ns-train sa3d found the benchmark's oracle cache: the views the benchmark visited (3 per object
     # here) are not rendered again
     run = out / "work" / "runs" / "scene" / "sa3d" / "oracle"

@@ -182,6 +182,11 @@ def test_the_loop_segments_an_analytic_ball_with_stand_ins(tmp_path, monkeypatch
     assert summary["complete"] and summary["objects"][0]["name"] == "ball"
     assert summary["objects"][0]["counts"] == {"prompt": 1, "accepted": N_VIEWS - 1, "rejected": 0, "skipped": 0}
     assert len(list(run.masks.glob("*.png"))) == N_VIEWS and len(list(run.views.glob("*.png"))) == N_VIEWS
+    # each view's time, split by stage (the last view's writes come after the last summary)
+    views = summary["objects"][0]["views"]
+    for v in views:
+        assert 0 <= v["data_s"] + v["score_s"] <= v["render_s"] <= v["total_s"]
+    assert all(v["write_s"] > 0 for v in views[:-1]) and "object_end_s" in views[-1]
     # and the views' samples were cached for a later object
     assert summary["cache"]["views_built"] == N_VIEWS and list((tmp_path / "cache").rglob("view00000.pt"))
 

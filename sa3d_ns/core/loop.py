@@ -245,8 +245,10 @@ class SA3DLoop:
         t0 = time.perf_counter()
         data = self.scene.view_data(view)
         h, w = (int(x) for x in data["size"])
+        t_data = time.perf_counter()
         key = self.scene.footprint_key(k, view, data)  # its footprint is every object's
         score = lifter.score(lifted(data), data["weights"], key=key).view(h, w).cpu()
+        t_score = time.perf_counter()
         depth = data["depth"].view(h, w).cpu().float()
         image = self.scene.segment_input(view, data)
         t_render = time.perf_counter() - t0
@@ -258,6 +260,9 @@ class SA3DLoop:
             "object": self.names()[k],
             "view": view,
             "image": Path(self.scene.image_names()[view]).name,
+            # render_s's parts: the view's data (rendered or read back), the 3D mask's score there
+            "data_s": round(t_data - t0, 4),
+            "score_s": round(t_score - t_data, 4),
         }
         if first:
             assert obj.prompt is not None
@@ -362,6 +367,7 @@ class SA3DLoop:
         k, local = self.plan[rec["step"]]
         obj = self.objects[k]
         if local == len(obj.order) - 1:
+            t_end = time.perf_counter()
             self.scene.flush()
             obj.lifter.release()
             pts = torch.cat(obj.surface_points) if obj.surface_points else torch.zeros((0, 3))
@@ -370,6 +376,7 @@ class SA3DLoop:
                     values = self.scene.mask_values(k, pts)
                 self.scene.set_bounds(k, object_box(pts, values, self.scene.mask_threshold()))
             obj.surface_points = []
+            rec["object_end_s"] = round(time.perf_counter() - t_end, 4)  # (writes waited for, the box)
         rec.update(
             points=np.round(points, 1).tolist(),
             labels=[int(x) for x in labels],
@@ -378,11 +385,13 @@ class SA3DLoop:
         )
         self.records.append(rec)
         self.last_view = {"image": image, "mask": mask, "points": points, "labels": labels}
+        t_write = time.perf_counter()
         if self.run is not None and self.settings.save_view_images:
             save_view_images(self.run, dict(rec), image, mask, points, labels)
         total = len(self.plan)
         if self.on_summary is not None:
             self.on_summary(len(self.records) == total)
+        rec["write_s"] = round(time.perf_counter() - t_write, 4)  # (after total_s: the next summary holds it)
         if local == len(obj.order) - 1 and len(obj.order) > 1:
             warning = few_views_warning(self.object_summary(k)["counts"], len(obj.order), self.settings.iou_threshold)
             if warning:

@@ -67,8 +67,12 @@ class ViewRecord(TypedDict, total=False):
     labels: list[int]
     segment_s: float
     lift_s: float
-    render_s: float
-    total_s: float
+    render_s: float  # the view's data, its score and the segmenter's input
+    data_s: float  # (of render_s) the view's data: rendered, or read from the cache
+    score_s: float  # (of render_s) the 3D mask's score in the view
+    total_s: float  # the step, up to its record (not write_s)
+    write_s: float  # its images and summary.json written, after total_s
+    object_end_s: float  # an object's last view: cache writes waited for, its 3D box (not in total_s)
     # the prompted view
     text: dict[str, Any]  # a text prompt: its box and scores
     candidates: list[dict[str, Any]]  # each candidate's score, area and warnings

@@ -177,6 +177,9 @@ def table(report: dict) -> str:
     lines.append(f"{'stage':<22}{'status':<28}{'seconds':>9}")
     for row in report["stages"]:
         lines.append(f"{row['stage']:<22}{row['status'][:27]:<28}{row['seconds']:>9.1f}")
+    if report.get("cli_views"):
+        lines.append("")
+        lines.append(view_times_line(report["cli_views"]))
     bench = report.get("bench")
     if bench:
         lines.append("")
@@ -329,6 +332,10 @@ def cli_stages(check: Check, nerfacto: Path | None, bench_dir: Path, workdir: Pa
                                     "--output-dir", str(workdir / "runs"), "--timestamp", "oracle",
                                     *cache], "cli")  # fmt: skip
         run = newest_config(workdir / "runs", "sa3d")
+        summary = RunFolder.of(run).summary_path if run is not None else None
+        if summary is not None and summary.is_file():
+            wall = next(r["seconds"] for r in check.report["stages"] if r["stage"] == "ns-train sa3d")
+            check.report["cli_views"] = view_times(json.loads(summary.read_text()), wall)
     else:
         check.skip("ns-train sa3d", "no nerfacto run or prompts")
     if run is not None:
@@ -345,6 +352,35 @@ def cli_stages(check: Check, nerfacto: Path | None, bench_dir: Path, workdir: Pa
             strip(pngs, out / "renders.png")
     else:
         check.skip("sa3d-eval / ns-render", "no sa3d run")
+
+
+VIEW_STAGES = ("data_s", "score_s", "render_s", "segment_s", "lift_s", "total_s", "write_s", "object_end_s")
+
+
+def view_times(summary: dict, wall: float) -> dict:
+    """Where ``ns-train sa3d``'s time went, from its summary.json: each stage of its views summed
+    (seconds), the views, and the command's wall time (what is in no view: start-up, the
+    checkpoint, nerfstudio's trainer)."""
+    views = [v for o in summary.get("objects", []) for v in o.get("views", [])]
+    sums = {k: round(sum(v.get(k, 0.0) for v in views), 2) for k in VIEW_STAGES}
+    return {"views": len(views), "wall_s": wall, **sums}
+
+
+def view_times_line(t: dict) -> str:
+    n = max(t["views"], 1)
+    input_s = t["render_s"] - t["data_s"] - t["score_s"]
+    rest = t["total_s"] - t["render_s"] - t["segment_s"] - t["lift_s"]
+    outside = t["wall_s"] - t["total_s"] - t["write_s"] - t["object_end_s"]
+
+    def per(seconds: float) -> str:
+        return f"{1000 * seconds / n:.0f}"
+
+    return (
+        f"ns-train sa3d: {t['views']} views, ms a view: data {per(t['data_s'])}, score {per(t['score_s'])}, "
+        f"segmenter input {per(input_s)}, segment {per(t['segment_s'])}, lift {per(t['lift_s'])}, rest of the step "
+        f"{per(rest)}, writes {per(t['write_s'])}, objects' ends {per(t['object_end_s'])}; outside the views "
+        f"{outside:.1f} s of {t['wall_s']:.1f} s (start-up, checkpoint, trainer)"
+    )
 
 
 def partial_bench(bench_dir: Path) -> dict | None:
