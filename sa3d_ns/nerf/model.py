@@ -353,6 +353,7 @@ class SA3DModel(MaskObjects, NerfactoModel):
         def without(density_fn):
             def density(positions: torch.Tensor) -> torch.Tensor:
                 d = density_fn(positions)
+                # (no sample lengths here: the density stands in for the opacity, > 1e-3 is not empty)
                 return d * ~self.removed_gone(positions, d[..., 0], column)[..., None]
 
             return density
