@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sa3d_ns.core.anchors import click_anchors, leaves_out, seen_anchors
+from sa3d_ns.core.anchors import TRUSTED, click_anchors, judge_anchors, leaves_out, seen_anchors
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.regions import (
     clicked_layer,
@@ -151,3 +151,16 @@ def test_a_click_is_anchored_in_3d_and_found_where_a_view_sees_it():
     # a click on the sky (no surface) gives no anchor
     empty = torch.zeros_like(weights)
     assert click_anchors(positions, empty, 40, np.array([[11.0, 17.0]])).shape == (0, 3)
+
+
+def test_an_anchor_that_the_agreeing_views_leave_out_is_dropped_one_they_show_is_trusted():
+    # view 1 (its mask passed the IoU test) sees both anchors, shows the first, leaves out the second
+    doubts, drop = judge_anchors([0, 0], [(1, 1), (5, 5)], [1])
+    assert doubts == [TRUSTED, 1] and drop == []
+    # view 2 does not see the second: nothing changes
+    doubts, drop = judge_anchors(doubts, [(1, 1), None], [])
+    assert doubts == [TRUSTED, 1] and drop == []
+    # view 3 leaves out both: the first stays trusted (drift onto a neighbour is still caught by
+    # the check), the second is left out a second time and dropped
+    doubts, drop = judge_anchors(doubts, [(1, 1), (5, 5)], [0, 1])
+    assert doubts == [TRUSTED, 2] and drop == [1]

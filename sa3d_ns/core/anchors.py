@@ -8,6 +8,12 @@ anchor where one of its rays has its surface point within a few pixel spacings o
 anchor is farther from every visible surface point: the nearest one lies on the occluder or on the
 object's silhouette). A later view's 2D mask that leaves out an anchor the view sees is not the
 clicked object.
+
+An anchor can itself be wrong: the heaviest sample of the click's ray may be a floater of a
+poorly trained NeRF in front of the object. Then every later view leaves it out and is rejected,
+however well its mask agrees with the 3D mask. So an anchor that the first ``DOUBTS`` views whose
+masks pass the IoU test all leave out, with none of them showing it, is dropped
+(:func:`judge_anchors`); one that such a view shows is trusted from then on.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import torch
 MIN_WEIGHT = 0.5
 # The anchor is seen when a ray's surface point is within this many pixel spacings of it.
 SPACINGS = 3.0
+# An anchor left out by this many views that pass the IoU test, and shown by none, is dropped.
+DOUBTS = 2
+TRUSTED = -1
 
 
 def surface_points(positions: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,3 +102,16 @@ def leaves_out(mask, pixels: list) -> list[int]:
         if not bool(m[max(y - 1, 0) : min(y + 2, h), max(x - 1, 0) : min(x + 2, w)].any()):
             out.append(i)
     return out
+
+
+def judge_anchors(doubts: list[int], seen: list, missed: list[int], limit: int = DOUBTS) -> tuple[list[int], list[int]]:
+    """After a view whose mask passed the IoU test: each anchor's count of such views that left it
+    out (``TRUSTED`` once one showed it), updated from the view's ``seen`` anchors (pixels or None)
+    and the ``missed`` ones among them; returns (the counts, the anchors to drop: left out by
+    ``limit`` such views and shown by none)."""
+    out = list(doubts)
+    for i, pixel in enumerate(seen):
+        if pixel is None or out[i] == TRUSTED:
+            continue
+        out[i] = out[i] + 1 if i in missed else TRUSTED
+    return out, [i for i, n in enumerate(out) if n >= limit]

@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from sa3d_ns.core.anchors import click_anchors, leaves_out, seen_anchors
+from sa3d_ns.core.anchors import click_anchors, judge_anchors, leaves_out, seen_anchors
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.metrics import binarize_score, iou
 from sa3d_ns.core.objects import object_box, surface_samples
@@ -210,6 +210,7 @@ class SA3DLoop:
         obj.lifter.add_view(lifted(data), weights, mask_t, self.settings.neg_weight_first)
         obj.surface_points = [surface_samples(positions, weights, mask_t).cpu()]
         obj.anchors = click_anchors(positions, weights, int(data["size"][1]), prompt.points[prompt.labels == 1])
+        obj.anchor_doubts = [0] * len(obj.anchors)
         self.active, self.records = [k], []
 
     @property
@@ -298,6 +299,7 @@ class SA3DLoop:
             points, labels = p.points, p.labels
             rec.update(status="prompt", mask_choice=choice, scores=[round(float(s), 4) for s in review.scores])
             obj.anchors = click_anchors(data["positions"], data["weights"], w, p.points[p.labels == 1])
+            obj.anchor_doubts = [0] * len(obj.anchors)
             neg = cfg.neg_weight_first
         else:
             pts = select_self_prompts(score, depth, cfg.num_prompts, cfg.prompt_distance_weight).numpy()
@@ -318,7 +320,10 @@ class SA3DLoop:
             rec["iou"] = round(iou(binarize_score(score, cfg.iou_binarize), mask), 4)
             missed = []
             if cfg.anchor_check and len(obj.anchors):
-                missed = leaves_out(mask, seen_anchors(obj.anchors, data["positions"], data["weights"], w))
+                seen = seen_anchors(obj.anchors, data["positions"], data["weights"], w)
+                missed = leaves_out(mask, seen)
+                if rec["iou"] >= cfg.iou_threshold:
+                    missed = self.judge_anchors(obj, rec, mask, seen, missed)
             if rec["iou"] < cfg.iou_threshold or missed:
                 rec.update(status="rejected")
                 if missed:
@@ -332,6 +337,23 @@ class SA3DLoop:
         obj.surface_points.append(surface_samples(data["positions"], data["weights"], mask_t).cpu())
         rec["lift_s"] = round(time.perf_counter() - t1, 4)
         return self.finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
+
+    def judge_anchors(self, obj: ObjectState, rec: ViewRecord, mask, seen: list, missed: list[int]) -> list[int]:
+        """A view that passed the IoU test judges the anchors (``core.anchors.judge_anchors``): the
+        ones it shows are trusted, those left out by the first views that agree with the 3D mask
+        are dropped (said in the log and the record); returns the anchors it still leaves out."""
+        obj.anchor_doubts, drop = judge_anchors(obj.anchor_doubts, seen, missed)
+        if not drop:
+            return missed
+        keep = [i for i in range(len(obj.anchors)) if i not in drop]
+        obj.anchors, obj.anchor_doubts = obj.anchors[keep], [obj.anchor_doubts[i] for i in keep]
+        rec["anchors_dropped"] = len(drop)
+        self.log(
+            f"[yellow]sa3d: {rec['object']}: {len(drop)} clicked point(s) left out by every view so far that agrees with "
+            f"the 3D mask (the last: view {rec['view']}, IoU {rec.get('iou', 0.0):.3f}): the NeRF's surface at the click is "
+            "likely elsewhere (a floater in front of the object); later views are no longer checked against it.[/yellow]"
+        )
+        return leaves_out(mask, [seen[i] for i in keep])
 
     def review_first(self, result: Segmentation, prompt: Prompt, depth: np.ndarray, choice: int | None = None):
         """The segmenter's candidates for a user's prompt, reviewed (stray regions left out,

@@ -28,13 +28,14 @@ class ObjectState:
     order: list[int] = field(default_factory=list)
     surface_points: list[torch.Tensor] = field(default_factory=list)
     anchors: torch.Tensor = field(default_factory=no_anchors)
+    anchor_doubts: list[int] = field(default_factory=list)  # per anchor (core.anchors.judge_anchors)
     camera_started: bool = False  # prompted in a viewer camera: lifted there before its first training view
 
     def restart(self, prompt: Prompt, order: list[int], camera_started: bool = False) -> None:
         """Segment the object afresh: an empty mask, the new prompt and visit order."""
         self.lifter.reset()
         self.prompt, self.order, self.camera_started = prompt, list(order), camera_started
-        self.surface_points, self.anchors = [], no_anchors()
+        self.surface_points, self.anchors, self.anchor_doubts = [], no_anchors(), []
 
 
 class ViewData(TypedDict, total=False):
@@ -81,4 +82,5 @@ class ViewRecord(TypedDict, total=False):
     scores: list[float]
     # later views
     dropped_px: int  # pixels of stray regions left out before lifting
+    anchors_dropped: int  # clicks' surface points no longer checked from this view on (core.anchors)
     injected_error: str  # oracle-noisy: the mistake it made here
