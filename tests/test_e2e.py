@@ -283,6 +283,7 @@ def test_any_path_given_to_a_path_flag_is_used_or_refused_clearly(scene, tmp_pat
 
     def check(path):
         config = copy.deepcopy(sa3d_method.config)
+        config.machine.device_type = "cpu"  # (as every test here: nerfstudio's default, cuda, is refused on a CPU)
         pipe = config.pipeline
         pipe.nerfacto_config, pipe.prompt, pipe.segmenter = scene["nerfacto"], scene["prompt"], "oracle"
         config.output_dir = tmp_path / "out"

@@ -169,7 +169,6 @@ def resolve_config(config) -> None:
     """``config`` is an SA3DTrainerConfig; it is changed in place."""
     pipe = config.pipeline
     check_settings(pipe)
-    check_device(config.machine)
     check_paths(config)
     src = load_source_run(*source_flag(pipe))
     check_cache_dir(pipe, src)
@@ -237,6 +236,7 @@ def resolve_config(config) -> None:
         from sa3d_ns.segmenters.text import resolve_text_checkpoint
 
         resolve_text_checkpoint(pipe.text_model, pipe.text_checkpoint)
+    check_device(config.machine)  # (last: every input's own error comes first, whatever the device)
 
 
 def parse_data(dm, split: str = "train"):
