@@ -111,7 +111,7 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     drop_stray_regions: bool = True
     """Before a view's 2D mask is lifted, leave out its connected regions that meet no evidence of the object: in the prompted view no positive click (with a box alone: wholly outside the box), in later views nowhere the rendered 3D mask is positive (a segmenter's stray region, e.g. a table edge of the object's colour, would otherwise be lifted and followed)."""
     anchor_check: bool = True
-    """Reject a later view's 2D mask that leaves out a point the user clicked where the view sees it (the click's surface point in 3D, found among the view's rendered surface points): self-prompts come from the 3D mask alone, so without it a first mask holding a neighbour as well lets later views drift onto the neighbour."""
+    """Reject a later view's 2D mask that leaves out a point the user clicked where the view sees it (the click's surface point in 3D, found among the view's rendered surface points): self-prompts come from the 3D mask alone, so without it a first mask holding a neighbour as well lets later views drift onto the neighbour. A clicked point that the first two views agreeing with the 3D mask both leave out (a floater of the NeRF on the click's ray) is dropped, with a line in the log."""
     first_mask_pick: Literal["score", "plausible"] = "plausible"
     """Without "mask_choice" in the prompt, the candidate lifted in the prompted view: the segmenter's best-scoring one, or the best-scoring one without a warning that it is not the clicked object (a click outside it, much larger than the clicked surface's depth layer). Every candidate's warnings are logged and kept in summary.json."""
     clip_first_mask: bool = False
