@@ -342,6 +342,8 @@ class SA3DLoop:
         """A view that passed the IoU test judges the anchors (``core.anchors.judge_anchors``): the
         ones it shows are trusted, those left out by the first views that agree with the 3D mask
         are dropped (said in the log and the record); returns the anchors it still leaves out."""
+        if len(obj.anchor_doubts) != len(obj.anchors):  # (anchors set without their counts: none judged yet)
+            obj.anchor_doubts = [0] * len(obj.anchors)
         obj.anchor_doubts, drop = judge_anchors(obj.anchor_doubts, seen, missed)
         if not drop:
             return missed
