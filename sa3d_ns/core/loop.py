@@ -209,8 +209,7 @@ class SA3DLoop:
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(weights.device)
         obj.lifter.add_view(lifted(data), weights, mask_t, self.settings.neg_weight_first)
         obj.surface_points = [surface_samples(positions, weights, mask_t).cpu()]
-        obj.anchors = click_anchors(positions, weights, int(data["size"][1]), prompt.points[prompt.labels == 1])
-        obj.anchor_doubts = [0] * len(obj.anchors)
+        obj.set_anchors(click_anchors(positions, weights, int(data["size"][1]), prompt.points[prompt.labels == 1]))
         self.active, self.records = [k], []
 
     @property
@@ -298,8 +297,7 @@ class SA3DLoop:
                 )
             points, labels = p.points, p.labels
             rec.update(status="prompt", mask_choice=choice, scores=[round(float(s), 4) for s in review.scores])
-            obj.anchors = click_anchors(data["positions"], data["weights"], w, p.points[p.labels == 1])
-            obj.anchor_doubts = [0] * len(obj.anchors)
+            obj.set_anchors(click_anchors(data["positions"], data["weights"], w, p.points[p.labels == 1]))
             neg = cfg.neg_weight_first
         else:
             pts = select_self_prompts(score, depth, cfg.num_prompts, cfg.prompt_distance_weight).numpy()
@@ -342,8 +340,6 @@ class SA3DLoop:
         """A view that passed the IoU test judges the anchors (``core.anchors.judge_anchors``): the
         ones it shows are trusted, those left out by the first views that agree with the 3D mask
         are dropped (said in the log and the record); returns the anchors it still leaves out."""
-        if len(obj.anchor_doubts) != len(obj.anchors):  # (anchors set without their counts: none judged yet)
-            obj.anchor_doubts = [0] * len(obj.anchors)
         obj.anchor_doubts, drop = judge_anchors(obj.anchor_doubts, seen, missed)
         if not drop:
             return missed

@@ -100,8 +100,14 @@ def object_box(
     return robust_bounds(points) if len(points) >= min_points else None
 
 
+def in_boxes(points: torch.Tensor, bounds: torch.Tensor, grow: float = 0.0) -> torch.Tensor:
+    """points ... x 3, bounds K x 2 x 3 (min, max) -> ... x K: whether each point lies in each box
+    grown by ``grow`` on every side (an unbounded box, -inf to inf, holds every point)."""
+    p = points[..., None, :]
+    return ((p >= bounds[:, 0] - grow) & (p <= bounds[:, 1] + grow)).all(-1)
+
+
 def crop(values: torch.Tensor, positions: torch.Tensor, bounds: torch.Tensor, threshold: float) -> torch.Tensor:
     """values N x K, positions N x 3, bounds K x 2 x 3 (min, max): each object's values capped at
     ``threshold`` outside its box."""
-    outside = ((positions[:, None, :] < bounds[None, :, 0]) | (positions[:, None, :] > bounds[None, :, 1])).any(-1)
-    return torch.where(outside, values.clamp(max=threshold), values)
+    return torch.where(in_boxes(positions, bounds), values, values.clamp(max=threshold))

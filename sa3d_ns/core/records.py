@@ -35,7 +35,12 @@ class ObjectState:
         """Segment the object afresh: an empty mask, the new prompt and visit order."""
         self.lifter.reset()
         self.prompt, self.order, self.camera_started = prompt, list(order), camera_started
-        self.surface_points, self.anchors, self.anchor_doubts = [], no_anchors(), []
+        self.surface_points = []
+        self.set_anchors(no_anchors())
+
+    def set_anchors(self, anchors: torch.Tensor) -> None:
+        """The clicks' surface points (N x 3), none of them judged yet."""
+        self.anchors, self.anchor_doubts = anchors, [0] * len(anchors)
 
 
 class ViewData(TypedDict, total=False):

@@ -17,7 +17,7 @@ from torch.nn import Parameter
 
 from sa3d_ns.core.composite import cut_out, mask_scores, overlay, resample_rays, volume_weights
 from sa3d_ns.core.errors import SA3DError
-from sa3d_ns.core.objects import check_name, crop, exclusive, palette
+from sa3d_ns.core.objects import check_name, crop, exclusive, in_boxes, palette
 from sa3d_ns.nerf.host import fast_lookups, lpips_disabled
 from sa3d_ns.nerf.mask_field import MaskField
 
@@ -332,7 +332,7 @@ class SA3DModel(MaskObjects, NerfactoModel):
         k = min(len(self.mask_fields), len(self.object_bounds))
         bounds = self.object_bounds[:k]
         if self.config.crop_to_bounds:
-            boxed = ((flat[:, None] >= bounds[:, 0]) & (flat[:, None] <= bounds[:, 1])).all(-1).any(-1)
+            boxed = in_boxes(flat, bounds).any(-1)
             values = flat.new_full((len(flat), k), self.config.mask_threshold)
             found = self.object_values(flat[boxed])
             if found.shape[-1] != k:  # (an object added or removed meanwhile, by the viewer)
@@ -380,10 +380,8 @@ class SA3DModel(MaskObjects, NerfactoModel):
             return gone
         step = cfg.removal_margin * 4.0 / cfg.mask_min_res
         bounds = self.object_bounds[:k]
-        p = positions[..., None, :]
         boxed = torch.isfinite(bounds).all(-1).all(-1)  # (an object not yet bounded gets no margin)
-        near = ((p >= bounds[:, 0] - step) & (p <= bounds[:, 1] + step)).all(-1) & boxed
-        near = near.any(-1)
+        near = (in_boxes(positions, bounds, step) & boxed).any(-1)
         todo = (near & (opacity > 1e-3) & ~gone.all(-1)).nonzero(as_tuple=True)
         if len(todo[0]) == 0:
             return gone

@@ -472,8 +472,8 @@ def write_removal_truth(
     """``removed/<id>/<frame>.png``: each view rendered with object ``id`` taken out (what the
     scene without it really looks like), and ``removed/<id>/seen/<frame>.png``: the pixels where
     that object is (its instance mask grown by 3 px) whose uncovered surface at least one *other*
-    view sees (255: the object not in front of it there) -- what a NeRF of the views can know there; the rest (under the object, in
-    its shadow for every camera) can only be inpainted; ``removed/<id>/whole/<frame>.png``: the
+    view sees (255; the object not in front of it there) -- what a NeRF of the views can know
+    there; the rest (under the object, in its shadow for every camera) can only be inpainted; ``removed/<id>/whole/<frame>.png``: the
     object's whole silhouette (255), its parts hidden by other objects included (what the object
     rendered alone covers)."""
     jobs = [(k, i) for k in range(1, len(objects) + 1) for i in range(len(views))]
