@@ -276,3 +276,70 @@ def test_a_wrong_anchor_is_dropped_once_the_agreeing_views_leave_it_out(tmp_path
     assert not any("clicked point" in r.get("reason", "") for r in after)
     # (the views rejected before it leave the 3D mask smaller: one later view may fail the IoU test)
     assert sum(r["status"] == "accepted" for r in records) >= N_VIEWS - 3
+
+
+class MergingInViews(RedSegmenter):
+    """The ball merged with the dome around it (as ``MergingSegmenter``) in the views ``merged``,
+    the ball elsewhere."""
+
+    name = "merging-in-views"
+    merged: tuple[int, ...] = ()
+
+    def set_image(self, image, depth=None, view_id=None):
+        super().set_image(image, depth, view_id)
+        self.view_id = view_id
+
+    def predict(self, points=None, labels=None, box=None, prior=None, multimask=True):
+        out = super().predict(points, labels, box, prior, multimask=False)
+        if self.view_id in self.merged:
+            grown = cv2.dilate(out.masks[0].astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+            return Segmentation(masks=grown[None], scores=np.array([0.9]))
+        return out
+
+
+def ball_ious(pipeline) -> list[float]:
+    """The rendered 3D mask's IoU with the ball's pixels in every view."""
+    out = []
+    for v in range(N_VIEWS):
+        data = pipeline.view_data(v)
+        score = (pipeline.objects[0].lifter.score(data["positions"], data["weights"]).view(SIZE, SIZE) > 0).numpy()
+        truth = red_pixels(pipeline, v)
+        out.append((score & truth).sum() / (score | truth).sum())
+    return out
+
+
+def test_a_wrong_first_mask_outvoted_by_later_views_is_replaced_and_a_wrong_restart_undone(tmp_path, monkeypatch):
+    """A merged first mask leaves every later (right) view rejected: after restart_after of them
+    the object starts again from the last one's mask. A right first mask that a run of wrong later
+    views outvotes comes back once as many views disagree with the restart."""
+    monkeypatch.setitem(
+        factory.REGISTRY, "merging-in-views", factory.Entry(lambda ctx: MergingInViews(), factory.no_weights)
+    )
+    config = standin_config(tmp_path)
+    config.segmenter = "merging-in-views"
+    assert config.restart_after == 3
+    monkeypatch.setattr(MergingInViews, "merged", (0,))  # the prompted view only
+    config.restart_after = 0  # off: 5 of 5 later views rejected, the 3D mask is the merged one
+    off = segment_the_ball(config, labels=np.array([1]))
+    assert [r["status"] for r in off.records] == ["prompt"] + ["rejected"] * (N_VIEWS - 1)
+    assert max(ball_ious(off)) < 0.4
+    config.restart_after = 3
+    run = RunFolder(tmp_path / "run")
+    on = segment_the_ball(config, run, labels=np.array([1]))
+    statuses = [r["status"] for r in on.records]
+    assert statuses == ["prompt", "rejected", "rejected", "accepted", "accepted", "accepted"], on.records
+    assert on.records[3]["restart_from"] == 0 and "restarted from here" in on.records[3]["reason"]
+    assert min(ball_ious(on)) > 0.55
+    summary = json.loads(run.summary_path.read_text())
+    assert summary["objects"][0]["views"][3]["restart_from"] == 0
+    # a right first mask, then wrong (merged) views: the restart from one of them is undone
+    monkeypatch.setattr(MergingInViews, "merged", (1, 5, 2))
+    config.restart_after = 2
+    undone = segment_the_ball(config, labels=np.array([1]))
+    records = undone.records
+    assert [r["status"] for r in records] == ["prompt"] + ["rejected"] * (N_VIEWS - 1), records
+    assert records[2]["restart_from"] == 0 and "undone at view" in records[2]["reason"]
+    assert records[4]["restored"] == 0
+    config.restart_after = 0
+    kept = segment_the_ball(config, labels=np.array([1]))
+    assert ball_ious(undone) == ball_ious(kept)  # the first mask back, exactly

@@ -164,3 +164,14 @@ def test_an_anchor_that_the_agreeing_views_leave_out_is_dropped_one_they_show_is
     # the check), the second is left out a second time and dropped
     doubts, drop = judge_anchors(doubts, [(1, 1), (5, 5)], [0, 1])
     assert doubts == [TRUSTED, 2] and drop == [1]
+
+
+def test_a_start_is_restarted_after_enough_disagreeing_views_and_restored_once():
+    from sa3d_ns.core.loop import start_trial
+
+    assert start_trial(2, 3, on_trial=False, eligible=True) is None  # not yet
+    assert start_trial(3, 3, on_trial=False, eligible=True) == "restart"
+    assert start_trial(3, 3, on_trial=False, eligible=False) is None  # (a mask without the click: wait)
+    assert start_trial(4, 3, on_trial=False, eligible=True) == "restart"
+    assert start_trial(3, 3, on_trial=True, eligible=True) == "restore"  # the restart found no support
+    assert start_trial(50, 0, on_trial=False, eligible=True) is None  # 0: never

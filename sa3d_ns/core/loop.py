@@ -107,6 +107,7 @@ class LoopSettings:
     anchor_check: bool = True
     first_mask_pick: str = "plausible"
     clip_first_mask: bool = False
+    restart_after: int = 3
     save_view_images: bool = True
 
     @classmethod
@@ -119,6 +120,18 @@ def lifted(data: ViewData) -> torch.Tensor:
     """What the objects' 3D masks read per sample of a view: its ``samples`` where the scene gives
     them (a splat: each Gaussian's index), else the samples' positions (a NeRF's hash grid)."""
     return data["samples"] if "samples" in data else data["positions"]
+
+
+def start_trial(disagreed: int, restart_after: int, on_trial: bool, eligible: bool) -> str | None:
+    """What the ``disagreed``-th later view to disagree with an object's unsettled start does:
+    ``"restart"`` (start again from this view's mask, ``eligible``: it holds the clicked points
+    the view sees), ``"restore"`` (a restart on trial found no support: back to the first mask)
+    or nothing (``restart_after`` 0: never)."""
+    if restart_after <= 0 or disagreed < restart_after:
+        return None
+    if on_trial:
+        return "restore"
+    return "restart" if eligible else None
 
 
 def few_views_warning(counts: dict, views: int, iou_threshold: float) -> str | None:
@@ -298,6 +311,7 @@ class SA3DLoop:
             points, labels = p.points, p.labels
             rec.update(status="prompt", mask_choice=choice, scores=[round(float(s), 4) for s in review.scores])
             obj.set_anchors(click_anchors(data["positions"], data["weights"], w, p.points[p.labels == 1]))
+            obj.start, obj.disagreed = (view, mask), 0  # (on trial until a later view agrees: ``outvoted``)
             neg = cfg.neg_weight_first
         else:
             pts = select_self_prompts(score, depth, cfg.num_prompts, cfg.prompt_distance_weight).numpy()
@@ -326,15 +340,70 @@ class SA3DLoop:
                 rec.update(status="rejected")
                 if missed:
                     rec["reason"] = f"the mask leaves out the clicked point(s) {missed}, which this view sees"
-                return self.finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
-            rec.update(status="accepted")
-            neg = cfg.neg_weight
+                if not self.outvoted(obj, k, rec, mask, missed):
+                    return self.finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
+                neg = cfg.neg_weight_first  # (the object starts again from this view's mask)
+            else:
+                rec.update(status="accepted")
+                obj.disagreed, obj.outvoted = -1, None  # (its start is settled)
+                neg = cfg.neg_weight
         t1 = time.perf_counter()
-        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
-        lifter.add_view(lifted(data), data["weights"], mask_t, neg, key=key)
-        obj.surface_points.append(surface_samples(data["positions"], data["weights"], mask_t).cpu())
+        self.lift(obj, data, mask, neg, key)
         rec["lift_s"] = round(time.perf_counter() - t1, 4)
         return self.finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
+
+    def lift(self, obj: ObjectState, data: ViewData, mask: np.ndarray, neg: float, key: Hashable) -> None:
+        """Lift a view's 2D mask into the object's 3D mask (and keep its surface points for the box)."""
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
+        obj.lifter.add_view(lifted(data), data["weights"], mask_t, neg, key=key)
+        obj.surface_points.append(surface_samples(data["positions"], data["weights"], mask_t).cpu())
+
+    def outvoted(self, obj: ObjectState, k: int, rec: ViewRecord, mask: np.ndarray, missed: list[int]) -> bool:
+        """A later view rejected while the object's start is unsettled (no later view has agreed
+        with it yet) counts against that start (``start_trial``). After ``restart_after`` of them,
+        the object starts again from this view's mask (returns True: the caller lifts it into the
+        emptied 3D mask) when it holds every clicked point the view sees: the first mask, one
+        view's answer, is likely the wrong one (merged with a neighbour, a part). If as many views
+        disagree with the new start, the first mask is restored and kept (returns False)."""
+        if obj.disagreed < 0 or obj.start is None:
+            return False
+        obj.disagreed += 1
+        eligible = bool(mask.any()) and not missed
+        action = start_trial(obj.disagreed, self.settings.restart_after, obj.outvoted is not None, eligible)
+        name, n = rec["object"], obj.disagreed
+        if action == "restart":
+            first = obj.start
+            obj.lifter.reset()
+            obj.surface_points = []
+            obj.outvoted, obj.start, obj.disagreed = first, (rec["view"], mask), 0
+            rec.update(status="accepted", restart_from=first[0])
+            rec["reason"] = (
+                f"restarted from here: the {n} later views since the first mask (view {first[0]}) all disagreed with it"
+            )
+            self.log(
+                f"[yellow]sa3d: {name}: the first mask (view {first[0]}) is outvoted: the {n} later views since all "
+                f"disagreed with it. Starting again from view {rec['view']}'s mask, which holds the clicked point(s); the "
+                f"first mask is likely wrong (see sa3d/views/). If the next {n} views disagree with this one too, the "
+                "first mask is restored.[/yellow]"
+            )
+            return True
+        if action == "restore":
+            assert obj.outvoted is not None  # (start_trial restores only a start on trial)
+            first, tried = obj.outvoted, obj.start
+            obj.lifter.reset()
+            obj.surface_points = []
+            data = self.scene.view_data(first[0])
+            self.lift(obj, data, first[1], self.settings.neg_weight_first, self.scene.footprint_key(k, first[0], data))
+            obj.start, obj.outvoted, obj.disagreed = first, None, -1
+            for r in self.records:  # (the restart's record: no longer in the 3D mask)
+                if r["object"] == name and r.get("restart_from") == first[0] and r["view"] == tried[0]:
+                    r.update(status="rejected", reason=f"{r.get('reason', 'restarted from here')}; undone at view {rec['view']}")
+            rec["restored"] = first[0]
+            self.log(
+                f"[yellow]sa3d: {name}: the {n} views since the restart from view {tried[0]} all disagreed with it too: "
+                f"back to the first mask (view {first[0]}).[/yellow]"
+            )
+        return False
 
     def judge_anchors(self, obj: ObjectState, rec: ViewRecord, mask, seen: list, missed: list[int]) -> list[int]:
         """A view that passed the IoU test judges the anchors (``core.anchors.judge_anchors``): the

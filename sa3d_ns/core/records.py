@@ -30,6 +30,12 @@ class ObjectState:
     anchors: torch.Tensor = field(default_factory=no_anchors)
     anchor_doubts: list[int] = field(default_factory=list)  # per anchor (core.anchors.judge_anchors)
     camera_started: bool = False  # prompted in a viewer camera: lifted there before its first training view
+    # The start's trial (``core.loop.SA3DLoop.outvoted``): the training view and 2D mask the 3D mask
+    # started from, the later views that disagreed with it since (-1: settled, a view agreed or
+    # the start was restored), and the user's first mask while a later view's is tried in its place.
+    start: tuple[int, Any] | None = None
+    disagreed: int = -1
+    outvoted: tuple[int, Any] | None = None
 
     def restart(self, prompt: Prompt, order: list[int], camera_started: bool = False) -> None:
         """Segment the object afresh: an empty mask, the new prompt and visit order."""
@@ -37,6 +43,7 @@ class ObjectState:
         self.prompt, self.order, self.camera_started = prompt, list(order), camera_started
         self.surface_points = []
         self.set_anchors(no_anchors())
+        self.start, self.disagreed, self.outvoted = None, -1, None
 
     def set_anchors(self, anchors: torch.Tensor) -> None:
         """The clicks' surface points (N x 3), none of them judged yet."""
@@ -88,4 +95,6 @@ class ViewRecord(TypedDict, total=False):
     # later views
     dropped_px: int  # pixels of stray regions left out before lifting
     anchors_dropped: int  # clicks' surface points no longer checked from this view on (core.anchors)
+    restart_from: int  # the object started again from this view's mask, in place of that first view's (``SA3DLoop.outvoted``)
+    restored: int  # the restart was undone here: back to that first view's mask
     injected_error: str  # oracle-noisy: the mistake it made here

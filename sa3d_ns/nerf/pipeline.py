@@ -116,6 +116,8 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """Without "mask_choice" in the prompt, the candidate lifted in the prompted view: the segmenter's best-scoring one, or the best-scoring one without a warning that it is not the clicked object (a click outside it, much larger than the clicked surface's depth layer). Every candidate's warnings are logged and kept in summary.json."""
     clip_first_mask: bool = False
     """When every candidate of the prompted view is much larger than the clicked surface's depth layer (merged with what touches the object, and the segmenter gives nothing better), offer each again clipped to that layer (a candidate of its own, logged with a warning saying so) for the plausible pick. Off by default: on a coarse depth the clicked layer can be a small part of the object, which the loop may not grow back (see the README)."""
+    restart_after: int = 3
+    """When this many later views in a row disagree with the first mask (rejected, none accepted before them), start the object again from the last one's mask if it holds the clicked points it sees: one wrong first mask (merged with a neighbour, a part) otherwise leaves every later view rejected. If as many views then disagree with the new start too, the first mask is restored. Logged, and kept in summary.json (restart_from, restored). 0: never."""
     render_downscale: float | None = None
     """Segment at the training resolution divided by this (>= 1). Default: the smallest factor that brings the longer image side to --pipeline.segment-max-size. The mask field renders at any resolution afterwards."""
     segment_max_size: int = 512

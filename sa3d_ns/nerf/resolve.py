@@ -32,6 +32,7 @@ MASK_SETTINGS = ("mask_num_levels", "mask_min_res", "mask_max_res", "mask_log2_h
 # range is inclusive; None values (the settings whose default is computed) are left alone.
 NUMERIC_SETTINGS = [
     ("", "num_passes", "int", 1, 100, ""),
+    ("", "restart_after", "int", 0, 100000, "0 = never"),
     ("", "render_downscale", "float", 1, 1024, "leave it out for the default"),
     ("", "segment_max_size", "int", 0, 65536, "0 = the training resolution"),
     ("", "sample_scale", "float", 0.01, 16, ""),
