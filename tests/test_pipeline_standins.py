@@ -332,6 +332,7 @@ def test_a_wrong_first_mask_outvoted_by_later_views_is_replaced_and_a_wrong_rest
     assert min(ball_ious(on)) > 0.55
     summary = json.loads(run.summary_path.read_text())
     assert summary["objects"][0]["views"][3]["restart_from"] == 0
+    assert any("was outvoted by the later views" in w for w in summary["objects"][0]["warnings"])
     # a right first mask, then wrong (merged) views: the restart from one of them is undone
     monkeypatch.setattr(MergingInViews, "merged", (1, 5, 2))
     config.restart_after = 2

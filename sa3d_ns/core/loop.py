@@ -10,7 +10,10 @@ One step (:meth:`SA3DLoop.step`):
    reviewed: stray regions left out, warnings, the candidate to lift), in later views with
    self-prompts drawn from the rendered score (``core.self_prompt``);
 4. accept or reject a later view's 2D mask: regions that meet no positive score left out, its IoU
-   with the rendered mask at least ``iou_threshold`` and no clicked point it sees left out;
+   with the rendered mask at least ``iou_threshold`` and no clicked point it sees left out; while
+   no later view has agreed with the first mask, ``restart_after`` rejections in a row start the
+   object again from the last one's mask (restored if as many disagree with that too:
+   :meth:`SA3DLoop.outvoted`);
 5. lift an accepted mask into the object's 3D mask (the lifter's ``add_view``);
 6. record the view (:class:`~sa3d_ns.core.records.ViewRecord`), write its images and the
    summary; after an object's last view, bound its 3D mask by a box (``core.objects.object_box``).
@@ -397,7 +400,10 @@ class SA3DLoop:
             obj.start, obj.outvoted, obj.disagreed = first, None, -1
             for r in self.records:  # (the restart's record: no longer in the 3D mask)
                 if r["object"] == name and r.get("restart_from") == first[0] and r["view"] == tried[0]:
-                    r.update(status="rejected", reason=f"{r.get('reason', 'restarted from here')}; undone at view {rec['view']}")
+                    r.update(
+                        status="rejected",
+                        reason=f"{r.get('reason', 'restarted from here')}; undone at view {rec['view']}",
+                    )
             rec["restored"] = first[0]
             self.log(
                 f"[yellow]sa3d: {name}: the {n} views since the restart from view {tried[0]} all disagreed with it too: "
@@ -509,9 +515,17 @@ class SA3DLoop:
             "views_done": len(records),
             "counts": counts,
             "first_mask_warnings": next((r.get("warnings", []) for r in records if r.get("status") == "prompt"), []),
-            "warnings": [w for w in [few_views_warning(counts, len(obj.order), self.settings.iou_threshold)] if w]
-            if len(records) == len(obj.order)
-            else [],
+            "warnings": (
+                [w for w in [few_views_warning(counts, len(obj.order), self.settings.iou_threshold)] if w]
+                if len(records) == len(obj.order)
+                else []
+            )
+            + [
+                f"its first mask (view {r['restart_from']}) was outvoted by the later views and replaced by view "
+                f"{r['view']}'s ({r['image']}): the prompt view's mask (sa3d/views/) is likely wrong"
+                for r in records
+                if "restart_from" in r and r.get("status") == "accepted"
+            ],
             "stray_px_dropped": sum(r.get("dropped_px", 0) for r in records),
             "views": records,
         }
