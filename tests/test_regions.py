@@ -169,9 +169,8 @@ def test_an_anchor_that_the_agreeing_views_leave_out_is_dropped_one_they_show_is
 def test_a_start_is_restarted_after_enough_disagreeing_views_and_restored_once():
     from sa3d_ns.core.loop import start_trial
 
-    assert start_trial(2, 3, on_trial=False, eligible=True) is None  # not yet
-    assert start_trial(3, 3, on_trial=False, eligible=True) == "restart"
-    assert start_trial(3, 3, on_trial=False, eligible=False) is None  # (a mask without the click: wait)
-    assert start_trial(4, 3, on_trial=False, eligible=True) == "restart"
-    assert start_trial(3, 3, on_trial=True, eligible=True) == "restore"  # the restart found no support
-    assert start_trial(50, 0, on_trial=False, eligible=True) is None  # 0: never
+    assert start_trial(2, 3, on_trial=False) is None  # not yet
+    assert start_trial(3, 3, on_trial=False) == "restart"
+    assert start_trial(4, 3, on_trial=False) is None  # (one try: at the 3rd)
+    assert start_trial(3, 3, on_trial=True) == "restore"  # the restart found no support
+    assert start_trial(50, 0, on_trial=False) is None  # 0: never

@@ -125,16 +125,14 @@ def lifted(data: ViewData) -> torch.Tensor:
     return data["samples"] if "samples" in data else data["positions"]
 
 
-def start_trial(disagreed: int, restart_after: int, on_trial: bool, eligible: bool) -> str | None:
+def start_trial(disagreed: int, restart_after: int, on_trial: bool) -> str | None:
     """What the ``disagreed``-th later view to disagree with an object's unsettled start does:
-    ``"restart"`` (start again from this view's mask, ``eligible``: it holds the clicked points
-    the view sees), ``"restore"`` (a restart on trial found no support: back to the first mask)
-    or nothing (``restart_after`` 0: never)."""
-    if restart_after <= 0 or disagreed < restart_after:
+    ``"restart"`` (look for a corroborated mask among the views that disagreed, ``SA3DLoop.outvoted``),
+    ``"restore"`` (a restart on trial found no support: back to the first mask) or nothing
+    (``restart_after`` 0: never; each only at exactly ``restart_after``)."""
+    if restart_after <= 0 or disagreed != restart_after:
         return None
-    if on_trial:
-        return "restore"
-    return "restart" if eligible else None
+    return "restore" if on_trial else "restart"
 
 
 def few_views_warning(counts: dict, views: int, iou_threshold: float) -> str | None:
@@ -343,12 +341,11 @@ class SA3DLoop:
                 rec.update(status="rejected")
                 if missed:
                     rec["reason"] = f"the mask leaves out the clicked point(s) {missed}, which this view sees"
-                if not self.outvoted(obj, k, rec, mask, missed):
-                    return self.finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
-                neg = cfg.neg_weight_first  # (the object starts again from this view's mask)
+                self.outvoted(obj, k, rec, mask, missed)  # (may start the object again: it lifts what it keeps)
+                return self.finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
             else:
                 rec.update(status="accepted")
-                obj.disagreed, obj.outvoted = -1, None  # (its start is settled)
+                obj.disagreed, obj.outvoted, obj.dissent = -1, None, []  # (its start is settled)
                 neg = cfg.neg_weight
         t1 = time.perf_counter()
         self.lift(obj, data, mask, neg, key)
@@ -361,55 +358,97 @@ class SA3DLoop:
         obj.lifter.add_view(lifted(data), data["weights"], mask_t, neg, key=key)
         obj.surface_points.append(surface_samples(data["positions"], data["weights"], mask_t).cpu())
 
-    def outvoted(self, obj: ObjectState, k: int, rec: ViewRecord, mask: np.ndarray, missed: list[int]) -> bool:
+    def outvoted(self, obj: ObjectState, k: int, rec: ViewRecord, mask: np.ndarray, missed: list[int]) -> None:
         """A later view rejected while the object's start is unsettled (no later view has agreed
-        with it yet) counts against that start (``start_trial``). After ``restart_after`` of them,
-        the object starts again from this view's mask (returns True: the caller lifts it into the
-        emptied 3D mask) when it holds every clicked point the view sees: the first mask, one
-        view's answer, is likely the wrong one (merged with a neighbour, a part). If as many views
-        disagree with the new start, the first mask is restored and kept (returns False)."""
+        with it yet) counts against that start (``start_trial``). At the ``restart_after``-th, the
+        object starts again from the mask of one of those views, if one is corroborated: lifted
+        alone, its 3D mask agrees (IoU test) with another of them, and it holds every clicked point
+        its view sees. The first mask, one view's answer, is then likely the wrong one (merged with
+        a neighbour, a part). A segmenter that follows the rendered mask (``weightfree``) gives
+        views that disagree with each other as much as with the first mask: no restart. If as many
+        later views disagree with the new start, the first mask is restored and kept."""
         if obj.disagreed < 0 or obj.start is None:
-            return False
+            return
         obj.disagreed += 1
-        eligible = bool(mask.any()) and not missed
-        action = start_trial(obj.disagreed, self.settings.restart_after, obj.outvoted is not None, eligible)
+        obj.dissent.append((rec["view"], mask, bool(mask.any()) and not missed))
+        action = start_trial(obj.disagreed, self.settings.restart_after, obj.outvoted is not None)
         name, n = rec["object"], obj.disagreed
         if action == "restart":
-            first = obj.start
-            obj.lifter.reset()
-            obj.surface_points = []
-            obj.outvoted, obj.start, obj.disagreed = first, (rec["view"], mask), 0
-            rec.update(status="accepted", restart_from=first[0])
-            rec["reason"] = (
-                f"restarted from here: the {n} later views since the first mask (view {first[0]}) all disagreed with it"
-            )
+            first, best = obj.start, self.corroborated(obj, k)
+            if best is None:  # (nothing corroborated: the first mask stays, once and for all)
+                self.relift(obj, k, first)
+                obj.disagreed, obj.dissent = -1, []
+                return
+            (view, chosen), agree = best
+            self.relift(obj, k, (view, chosen))
+            for u, other in agree:  # (the views that agree with it count as accepted)
+                data = self.scene.view_data(u)
+                self.lift(obj, data, other, self.settings.neg_weight, self.scene.footprint_key(k, u, data))
+            obj.outvoted, obj.start, obj.disagreed, obj.dissent = first, (view, chosen), 0, []
+            agreeing = {u for u, _ in agree}
+            for r in [*self.records, rec]:
+                if r["object"] != name or r.get("status") != "rejected" or r["view"] not in agreeing | {view}:
+                    continue
+                r.update(status="accepted", restart_from=first[0])
+                r["reason"] = (
+                    f"restarted from here: the {n} later views after the first mask (view {first[0]}) all disagreed "
+                    "with it, and this one's mask agrees with another of them"
+                    if r["view"] == view
+                    else f"agrees with the restart from view {view}"
+                )
             self.log(
-                f"[yellow]sa3d: {name}: the first mask (view {first[0]}) is outvoted: the {n} later views since all "
-                f"disagreed with it. Starting again from view {rec['view']}'s mask, which holds the clicked point(s); the "
-                f"first mask is likely wrong (see sa3d/views/). If the next {n} views disagree with this one too, the "
-                "first mask is restored.[/yellow]"
+                f"[yellow]sa3d: {name}: the first mask (view {first[0]}) is outvoted: the {n} later views after it all "
+                f"disagreed with it, and view {view}'s mask agrees with {len(agree)} of them. Starting again from those "
+                f"masks; the first mask is likely wrong (see sa3d/views/). If the next {n} views disagree with the "
+                "restart too, the first mask is restored.[/yellow]"
             )
-            return True
-        if action == "restore":
+        elif action == "restore":
             assert obj.outvoted is not None  # (start_trial restores only a start on trial)
             first, tried = obj.outvoted, obj.start
-            obj.lifter.reset()
-            obj.surface_points = []
-            data = self.scene.view_data(first[0])
-            self.lift(obj, data, first[1], self.settings.neg_weight_first, self.scene.footprint_key(k, first[0], data))
-            obj.start, obj.outvoted, obj.disagreed = first, None, -1
+            self.relift(obj, k, first)
+            obj.start, obj.outvoted, obj.disagreed, obj.dissent = first, None, -1, []
             for r in self.records:  # (the restart's record: no longer in the 3D mask)
                 if r["object"] == name and r.get("restart_from") == first[0] and r["view"] == tried[0]:
-                    r.update(
-                        status="rejected",
-                        reason=f"{r.get('reason', 'restarted from here')}; undone at view {rec['view']}",
-                    )
+                    reason = r.get("reason", "restarted from here")
+                    r.update(status="rejected", reason=f"{reason}; undone at view {rec['view']}")
             rec["restored"] = first[0]
             self.log(
                 f"[yellow]sa3d: {name}: the {n} views since the restart from view {tried[0]} all disagreed with it too: "
                 f"back to the first mask (view {first[0]}).[/yellow]"
             )
-        return False
+
+    def relift(self, obj: ObjectState, k: int, start: tuple[int, np.ndarray]) -> None:
+        """Empty the object's 3D mask and lift one view's mask into it, as a first view."""
+        obj.lifter.reset()
+        obj.surface_points = []
+        data = self.scene.view_data(start[0])
+        self.lift(obj, data, start[1], self.settings.neg_weight_first, self.scene.footprint_key(k, start[0], data))
+
+    def corroborated(self, obj: ObjectState, k: int):
+        """Of the views that disagreed with the first mask, the one whose mask, lifted alone, agrees
+        (IoU test) with the most of the others' masks (at least one; ties: the higher mean IoU),
+        with those it agrees with: ((view, mask), [(view, mask), ...]); None when none does.
+        Leaves the lifter holding the last mask tried."""
+        cfg, best, best_key = self.settings, None, (0, 0.0)
+        datas = {v: self.scene.view_data(v) for v, _, _ in obj.dissent}
+        for v, m, eligible in obj.dissent:
+            if not eligible:
+                continue
+            self.relift(obj, k, (v, m))
+            ious, agree = [], []
+            for u, other, _ in obj.dissent:
+                if u == v:
+                    continue
+                data = datas[u]
+                h, w = (int(x) for x in data["size"])
+                score = obj.lifter.score(lifted(data), data["weights"], key=self.scene.footprint_key(k, u, data))
+                ious.append(iou(binarize_score(score.view(h, w).cpu(), cfg.iou_binarize), other))
+                if ious[-1] >= cfg.iou_threshold:
+                    agree.append((u, other))
+            key = (len(agree), float(np.mean(ious)) if ious else 0.0)
+            if key[0] >= 1 and key > best_key:
+                best, best_key = ((v, m), agree), key
+        return best
 
     def judge_anchors(self, obj: ObjectState, rec: ViewRecord, mask, seen: list, missed: list[int]) -> list[int]:
         """A view that passed the IoU test judges the anchors (``core.anchors.judge_anchors``): the

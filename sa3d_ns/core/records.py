@@ -36,6 +36,7 @@ class ObjectState:
     start: tuple[int, Any] | None = None
     disagreed: int = -1
     outvoted: tuple[int, Any] | None = None
+    dissent: list[tuple[int, Any, bool]] = field(default_factory=list)  # (view, mask, holds the clicks) of those views
 
     def restart(self, prompt: Prompt, order: list[int], camera_started: bool = False) -> None:
         """Segment the object afresh: an empty mask, the new prompt and visit order."""
@@ -43,7 +44,7 @@ class ObjectState:
         self.prompt, self.order, self.camera_started = prompt, list(order), camera_started
         self.surface_points = []
         self.set_anchors(no_anchors())
-        self.start, self.disagreed, self.outvoted = None, -1, None
+        self.start, self.disagreed, self.outvoted, self.dissent = None, -1, None, []
 
     def set_anchors(self, anchors: torch.Tensor) -> None:
         """The clicks' surface points (N x 3), none of them judged yet."""
@@ -95,6 +96,8 @@ class ViewRecord(TypedDict, total=False):
     # later views
     dropped_px: int  # pixels of stray regions left out before lifting
     anchors_dropped: int  # clicks' surface points no longer checked from this view on (core.anchors)
-    restart_from: int  # the object started again from this view's mask, in place of that first view's (``SA3DLoop.outvoted``)
+    restart_from: (
+        int  # the object started again from this view's mask, in place of that first view's (``SA3DLoop.outvoted``)
+    )
     restored: int  # the restart was undone here: back to that first view's mask
     injected_error: str  # oracle-noisy: the mistake it made here
