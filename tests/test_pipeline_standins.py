@@ -338,6 +338,11 @@ def test_a_wrong_first_mask_outvoted_by_later_views_is_replaced_and_a_wrong_rest
     summary = json.loads(run.summary_path.read_text())
     assert summary["objects"][0]["views"][1]["restart_from"] == 0
     assert any("was outvoted by the later views" in w for w in summary["objects"][0]["warnings"])
+    # a segmenter that answers from the rendered 3D mask (weightfree) is never restarted from
+    monkeypatch.setattr(MergingInViews, "uses_prior", True)
+    follows = segment_the_ball(config, labels=np.array([1]))
+    assert [r["status"] for r in follows.records] == ["prompt"] + ["rejected"] * (N_VIEWS - 1)
+    monkeypatch.setattr(MergingInViews, "uses_prior", False)
     # a right first mask, then wrong (merged) views that disagree with each other: no restart
     monkeypatch.setattr(MergingInViews, "merged", (1, 5, 2))
     config.restart_after = 0

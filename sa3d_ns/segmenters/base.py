@@ -45,6 +45,10 @@ class Segmenter(ABC):
     """A promptable 2D segmenter."""
 
     name = "base"
+    uses_prior = False
+    """Whether its answers in later views start from the rendered 3D mask (``predict``'s ``prior``):
+    then they are not independent of the first mask, and the loop never restarts an object from
+    them (``SA3DLoop.outvoted``)."""
     last_error: str | None = None
     """A mistake the segmenter made on purpose in its last answer (oracle-noisy), for the run's record."""
     identity: dict | None = None

@@ -78,6 +78,7 @@ class WeightFreeSegmenter(Segmenter):
     """
 
     name = "weightfree"
+    uses_prior = True
 
     def __init__(
         self,
