@@ -333,7 +333,7 @@ def test_a_wrong_first_mask_outvoted_by_later_views_is_replaced_and_a_wrong_rest
     # (views 1 and 2, 60 degrees apart, agree; view 5 is 120 degrees from view 2)
     assert [r["status"] for r in records] == ["prompt", "accepted", "rejected", "accepted", "accepted", "accepted"]
     assert records[1]["restart_from"] == 0 and "restarted from here" in records[1]["reason"]
-    assert records[3]["reason"] == "agrees with the restart from view 1"
+    assert records[3]["reason"] == "agrees with the restart from view 1" and records[3]["restart_with"] == 1
     assert min(ball_ious(on)) > 0.65
     summary = json.loads(run.summary_path.read_text())
     assert summary["objects"][0]["views"][1]["restart_from"] == 0

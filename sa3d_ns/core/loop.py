@@ -12,8 +12,8 @@ One step (:meth:`SA3DLoop.step`):
 4. accept or reject a later view's 2D mask: regions that meet no positive score left out, its IoU
    with the rendered mask at least ``iou_threshold`` and no clicked point it sees left out; while
    no later view has agreed with the first mask, ``restart_after`` rejections in a row start the
-   object again from the last one's mask (restored if as many disagree with that too:
-   :meth:`SA3DLoop.outvoted`);
+   object again from those of their masks that agree with each other (restored if as many views
+   disagree with the restart too: :meth:`SA3DLoop.outvoted`);
 5. lift an accepted mask into the object's 3D mask (the lifter's ``add_view``);
 6. record the view (:class:`~sa3d_ns.core.records.ViewRecord`), write its images and the
    summary; after an object's last view, bound its 3D mask by a box (``core.objects.object_box``).
@@ -391,13 +391,16 @@ class SA3DLoop:
             for r in [*self.records, rec]:
                 if r["object"] != name or r.get("status") != "rejected" or r["view"] not in agreeing | {view}:
                     continue
-                r.update(status="accepted", restart_from=first[0])
-                r["reason"] = (
-                    f"restarted from here: the {n} later views after the first mask (view {first[0]}) all disagreed "
-                    "with it, and this one's mask agrees with another of them"
-                    if r["view"] == view
-                    else f"agrees with the restart from view {view}"
-                )
+                r["status"] = "accepted"
+                if r["view"] == view:
+                    r["restart_from"] = first[0]
+                    r["reason"] = (
+                        f"restarted from here: the {n} later views after the first mask (view {first[0]}) all "
+                        "disagreed with it, and this one's mask agrees with another of them"
+                    )
+                else:
+                    r["restart_with"] = view
+                    r["reason"] = f"agrees with the restart from view {view}"
             self.log(
                 f"[yellow]sa3d: {name}: the first mask (view {first[0]}) is outvoted: the {n} later views after it all "
                 f"disagreed with it, and view {view}'s mask agrees with {len(agree)} of them. Starting again from those "
@@ -409,8 +412,16 @@ class SA3DLoop:
             first, tried = obj.outvoted, obj.start
             self.relift(obj, k, first)
             obj.start, obj.outvoted, obj.disagreed, obj.dissent = first, None, -1, []
-            for r in self.records:  # (the restart's record: no longer in the 3D mask)
-                if r["object"] == name and r.get("restart_from") == first[0] and r["view"] == tried[0]:
+            for r in self.records:  # (the restart's records: no longer in the 3D mask)
+                if (
+                    r["object"] == name
+                    and r.get("status") == "accepted"
+                    and tried[0]
+                    in (
+                        r.get("restart_with"),
+                        r["view"] if "restart_from" in r else None,
+                    )
+                ):
                     reason = r.get("reason", "restarted from here")
                     r.update(status="rejected", reason=f"{reason}; undone at view {rec['view']}")
             rec["restored"] = first[0]

@@ -96,8 +96,7 @@ class ViewRecord(TypedDict, total=False):
     # later views
     dropped_px: int  # pixels of stray regions left out before lifting
     anchors_dropped: int  # clicks' surface points no longer checked from this view on (core.anchors)
-    restart_from: (
-        int  # the object started again from this view's mask, in place of that first view's (``SA3DLoop.outvoted``)
-    )
+    restart_from: int  # the object started again from this view's mask, in place of that first view's
+    restart_with: int  # this view's mask agreed with that restart view's and was lifted with it
     restored: int  # the restart was undone here: back to that first view's mask
     injected_error: str  # oracle-noisy: the mistake it made here
