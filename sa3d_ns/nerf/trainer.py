@@ -184,7 +184,19 @@ class SA3DTrainer(Trainer):
 
     def _remove_unfinished(self) -> None:
         if self.base_dir.is_dir() and not any(self.checkpoint_dir.glob("*.ckpt")):
-            shutil.rmtree(self.base_dir, ignore_errors=True)
+            # nerfstudio's tensorboard writers flush from a thread of their own, reopening their event
+            # file by path: one flushing during the removal re-created it and left the folder (a
+            # fresh-clone SIGTERM test caught it). Closed first; the removal checked.
+            from nerfstudio.utils import writer
+
+            for w in writer.EVENT_WRITERS:
+                tb = getattr(w, "tb_writer", None)
+                if tb is not None:
+                    tb.close()
+            for _ in range(3):
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+                if not self.base_dir.exists():
+                    break
             CONSOLE.print(f"Removed the unfinished run folder {self.base_dir} (no checkpoint was written).")
 
     def _stopped(self, what: str, code: int) -> None:
