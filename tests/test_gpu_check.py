@@ -40,7 +40,9 @@ def test_gpu_check_runs_every_stage_in_its_cpu_setting(tmp_path):
     assert "speed-up" in text
     # where ns-train sa3d's time went, per stage of its views (what a GPU run's table shows)
     views = report["cli_views"]
-    assert views["views"] == 18 and 0 < views["data_s"] + views["score_s"] <= views["render_s"] <= views["total_s"]
+    # (sums of 18 views' figures, each rounded to 0.1 ms: allow the rounding)
+    assert views["views"] == 18 and 0 < views["data_s"] + views["score_s"] <= views["render_s"] + 4e-3
+    assert views["render_s"] <= views["total_s"]
     assert views["total_s"] < views["wall_s"] and "ns-train sa3d: 18 views, ms a view: data" in text
     # ns-train sa3d found the benchmark's oracle cache: the views the benchmark visited (3 per object
     # here) are not rendered again

@@ -185,7 +185,8 @@ def test_the_loop_segments_an_analytic_ball_with_stand_ins(tmp_path, monkeypatch
     # each view's time, split by stage (the last view's writes come after the last summary)
     views = summary["objects"][0]["views"]
     for v in views:
-        assert 0 <= v["data_s"] + v["score_s"] <= v["render_s"] <= v["total_s"]
+        # (each rounded to 0.1 ms: a sum of two may exceed the rounded whole by one rounding step)
+        assert 0 <= v["data_s"] + v["score_s"] <= v["render_s"] + 2e-4 and v["render_s"] <= v["total_s"]
     assert all(v["write_s"] > 0 for v in views[:-1]) and "object_end_s" in views[-1]
     # and the views' samples were cached for a later object
     assert summary["cache"]["views_built"] == N_VIEWS and list((tmp_path / "cache").rglob("view00000.pt"))
