@@ -355,7 +355,7 @@ def test_a_wrong_first_mask_outvoted_by_later_views_is_replaced_and_a_wrong_rest
     # a restart that later views disagree with (here taken from the merged view 1 as if another had
     # agreed with it) is undone after as many of them: the first mask back, exactly
     monkeypatch.setattr(MergingInViews, "merged", (1, 5))
-    monkeypatch.setattr(SA3DLoop, "corroborated", lambda self, obj, k: (obj.dissent[0][:2], []))
+    monkeypatch.setattr(SA3DLoop, "corroborated", lambda self, obj, k, datas: (obj.dissent[0][:2], []))
     config.restart_after = 2
     undone = segment_the_ball(config, labels=np.array([1]))
     records = undone.records

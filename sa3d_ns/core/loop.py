@@ -376,16 +376,16 @@ class SA3DLoop:
         action = start_trial(obj.disagreed, self.settings.restart_after, obj.outvoted is not None)
         name, n = rec["object"], obj.disagreed
         if action == "restart":
-            first, best = obj.start, self.corroborated(obj, k)
+            datas = {v: self.scene.view_data(v) for v, _, _ in obj.dissent}  # (read once for every trial)
+            first, best = obj.start, self.corroborated(obj, k, datas)
             if best is None:  # (nothing corroborated: the first mask stays, once and for all)
                 self.relift(obj, k, first)
                 obj.disagreed, obj.dissent = -1, []
                 return
             (view, chosen), agree = best
-            self.relift(obj, k, (view, chosen))
+            self.relift(obj, k, (view, chosen), datas[view])
             for u, other in agree:  # (the views that agree with it count as accepted)
-                data = self.scene.view_data(u)
-                self.lift(obj, data, other, self.settings.neg_weight, self.scene.footprint_key(k, u, data))
+                self.lift(obj, datas[u], other, self.settings.neg_weight, self.scene.footprint_key(k, u, datas[u]))
             obj.outvoted, obj.start, obj.disagreed, obj.dissent = first, (view, chosen), 0, []
             agreeing = {u for u, _ in agree}
             for r in [*self.records, rec]:
@@ -430,24 +430,24 @@ class SA3DLoop:
                 f"back to the first mask (view {first[0]}).[/yellow]"
             )
 
-    def relift(self, obj: ObjectState, k: int, start: tuple[int, np.ndarray]) -> None:
-        """Empty the object's 3D mask and lift one view's mask into it, as a first view."""
+    def relift(self, obj: ObjectState, k: int, start: tuple[int, np.ndarray], data: ViewData | None = None) -> None:
+        """Empty the object's 3D mask and lift one view's mask (``data``: its view's, if at hand)
+        into it, as a first view."""
         obj.lifter.reset()
         obj.surface_points = []
-        data = self.scene.view_data(start[0])
+        data = self.scene.view_data(start[0]) if data is None else data
         self.lift(obj, data, start[1], self.settings.neg_weight_first, self.scene.footprint_key(k, start[0], data))
 
-    def corroborated(self, obj: ObjectState, k: int):
+    def corroborated(self, obj: ObjectState, k: int, datas: dict[int, ViewData]):
         """Of the views that disagreed with the first mask, the one whose mask, lifted alone, agrees
         (IoU test) with the most of the others' masks (at least one; ties: the higher mean IoU),
         with those it agrees with: ((view, mask), [(view, mask), ...]); None when none does.
-        Leaves the lifter holding the last mask tried."""
+        Leaves the lifter holding the last mask tried. ``datas``: those views' data."""
         cfg, best, best_key = self.settings, None, (0, 0.0)
-        datas = {v: self.scene.view_data(v) for v, _, _ in obj.dissent}
         for v, m, eligible in obj.dissent:
             if not eligible:
                 continue
-            self.relift(obj, k, (v, m))
+            self.relift(obj, k, (v, m), datas[v])
             ious, agree = [], []
             for u, other, _ in obj.dissent:
                 if u == v:
