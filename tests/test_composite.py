@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from sa3d_ns.core.composite import cut_out, mask_scores, overlay, resample_rays, volume_weights
+from sa3d_ns.core.composite import cut_out, fill_behind, mask_scores, overlay, resample_rays, volume_weights
 
 
 def col(*xs):
@@ -78,3 +78,20 @@ def test_resample_rays_are_those_the_removed_samples_weighed_on():
     gone = torch.tensor([[True, False, False], [True, False, False], [False, False, False]])
     assert resample_rays(weights, gone).tolist() == [0]  # 0.01 of the second ray: its samples cover the rest
     assert resample_rays(weights, gone, min_weight=0.005).tolist() == [0, 1]
+
+
+def test_fill_behind_takes_the_solid_run_behind_a_removed_sample():
+    """One ray of six samples, two objects: object 0's mask holds sample 1 (in its empty rim), the
+    solid samples right behind it go too, up to the empty one; object 1's mask holds nothing."""
+    gone = torch.zeros(1, 6, 2, dtype=torch.bool)
+    gone[0, 1, 0] = True
+    solid = torch.tensor([[True, False, True, True, False, True]])
+    near = torch.ones(1, 6, 2, dtype=torch.bool)
+    out = fill_behind(gone, solid, near)
+    assert out[0, :, 0].int().tolist() == [0, 1, 1, 1, 0, 0]  # the solid run behind, not past the gap
+    assert not out[..., 1].any()
+    near[0, 3, 0] = False  # beyond the object's box: kept
+    assert fill_behind(gone, solid, near)[0, :, 0].int().tolist() == [0, 1, 1, 0, 0, 0]
+    solid[0, 1] = True  # nothing in front of the mask goes
+    gone[0, 1, 0], gone[0, 2, 0] = False, True
+    assert fill_behind(gone, solid, torch.ones_like(near))[0, :, 0].int().tolist() == [0, 0, 1, 1, 0, 0]

@@ -441,12 +441,10 @@ def test_a_cache_write_that_fails_says_where_and_leaves_nothing(tmp_path, monkey
     assert ViewCache(tmp_path, {"k": 2}).load("view00000")["x"].shape == (1000,)
 
 
-def test_rgb_removed_samples_again_what_the_object_hid():
-    """nerfacto's proposal sampler puts a ray's samples where its first surface is; once the object
-    is removed, what it hid would be rendered from the few samples left behind it. With
-    removal-resample the rays the object weighed on are sampled again with the object taken out of
-    the proposal densities, so a thin wall behind the object shows in rgb_removed. An analytic
-    scene: an opaque red ball (the object) in front of a thin blue wall, green empty space."""
+def ball_before_a_wall():
+    """An analytic scene: an opaque red ball of radius 0.2 (the object) in front of a thin blue wall
+    at x = 0.6, green empty space; an sa3d model of it (its 3D mask: the ball) and 64 rays along x
+    through the ball."""
     from nerfstudio.cameras.rays import RayBundle
     from nerfstudio.data.scene_box import SceneBox
     from nerfstudio.field_components.field_heads import FieldHeadNames
@@ -492,6 +490,16 @@ def test_rgb_removed_samples_again_what_the_object_hid():
     directions[:, 0] = 1.0
     rays = RayBundle(origins=origins, directions=directions, pixel_area=torch.full((n, 1), 1e-4),
                      camera_indices=torch.zeros(n, 1, dtype=torch.long))  # fmt: skip
+    return model, rays
+
+
+def test_rgb_removed_samples_again_what_the_object_hid():
+    """nerfacto's proposal sampler puts a ray's samples where its first surface is; once the object
+    is removed, what it hid would be rendered from the few samples left behind it. With
+    removal-resample the rays the object weighed on are sampled again with the object taken out of
+    the proposal densities, so a thin wall behind the object shows in rgb_removed. An analytic
+    scene: an opaque red ball (the object) in front of a thin blue wall, green empty space."""
+    model, rays = ball_before_a_wall()
     blue = torch.tensor([0.0, 0.0, 1.0])
 
     removed = {}
@@ -504,3 +512,22 @@ def test_rgb_removed_samples_again_what_the_object_hid():
     assert (removed[True] - blue).abs().max(-1).values.max() < 0.05  # the wall, on every ray
     green = torch.tensor([0.0, 1.0, 0.0])
     assert (removed[False] - green).abs().max() < 0.05  # (without: every sample missed the wall)
+
+
+def test_rgb_removed_leaves_out_the_inside_behind_the_3d_mask():
+    """A 3D mask lifted from views' volume weights covers the object's visible surface, not its
+    solid inside; once the surface is removed the inside shows (a copy of the object in its own
+    colours). With removal-fill the solid samples right behind the mask go too, up to the first
+    empty one: the wall behind the ball, past empty space, is kept."""
+    model, rays = ball_before_a_wall()
+    model.object_values = lambda x: 0.03 - (x.norm(dim=-1, keepdim=True) - 0.18).abs()  # a shell, 0.15 to 0.21
+    blue, red = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])
+    model.config.removal_margin = 0.0
+    removed = {}
+    for fill in (False, True):
+        model.config.removal_fill = fill
+        out = model.get_outputs(rays)
+        assert (out["rgb"] - red).abs().max() < 0.05
+        removed[fill] = out["rgb_removed"]
+    assert (removed[False] - red).abs().max() < 0.1  # the inside shows, on every ray
+    assert (removed[True] - blue).abs().max() < 0.05  # the wall

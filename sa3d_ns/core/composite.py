@@ -83,6 +83,26 @@ def resample_rays(weights: torch.Tensor, gone: torch.Tensor, min_weight: float =
     return ((weights * gone).sum(-1) > min_weight).nonzero(as_tuple=True)[0]
 
 
+def fill_behind(gone: torch.Tensor, solid: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
+    """R x S x K removed samples (ordered along each ray), R x S non-empty samples, R x S x K
+    samples near each object -> the removed samples with each object's inside behind its 3D mask:
+    a sample is removed too when it is solid, near the object, and no empty sample outside the
+    mask lies between it and a removed one in front of it on its ray (samples are sparse: the one
+    in the mask may lie in its empty rim, the next one deep inside).
+
+    The 3D mask is lifted from views' volume weights, which sit on the object's visible surface:
+    the solid inside of the object behind that surface never had a weight, so no 2D mask voted for
+    it, and once the surface is removed it shows (a copy of the object in its own colours). What
+    lies behind an empty gap (the floor behind the object, a wall) is kept.
+
+    Example, one ray, one object: gone 0 1 0 0 0 0, solid 1 0 1 1 0 1 -> 0 1 1 1 0 0.
+    """
+    idx = torch.arange(gone.shape[1], device=gone.device).view(1, -1, 1)
+    last_gone = torch.where(gone, idx, -1).cummax(dim=1).values
+    last_gap = torch.where(solid[..., None] | gone, -1, idx).cummax(dim=1).values
+    return gone | ((last_gone > last_gap) & solid[..., None] & near)
+
+
 def mask_scores(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """R x S volume weights and R x S x K mask values -> R x K: each object's rendered mask score."""
     return (weights[..., None] * values).sum(1)
