@@ -374,7 +374,8 @@ class SA3DModel(MaskObjects, NerfactoModel):
         ``removal-margin`` d, those within d of it along an axis (a 6-neighbour dilation). Only
         samples that are not empty space (opacity > 1e-3; their volume weight would not do: what
         the object hides has none until it is removed) and lie in a bounded object's box grown by
-        d are looked up again."""
+        d are looked up again. With ``removal-fill`` (R x S rays of samples only), also the solid
+        samples right behind those along each ray, in that box (``core.composite.fill_behind``)."""
         cfg = self.config
         gone = values > cfg.mask_threshold
         k = values.shape[-1]
