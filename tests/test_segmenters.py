@@ -71,40 +71,6 @@ def test_weightfree_uses_prior_from_rendered_mask():
     assert iou(out.masks[0], gt) > 0.85
 
 
-def touching_twins(h=64, w=96, seed=0):
-    """Two red discs of one colour touching side by side (a mug and a smaller ball) on a grey
-    checker, at one depth: nothing but their outline tells them apart."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    left = (xx - 34) ** 2 + (yy - 32) ** 2 < 14**2
-    right = ((xx - 55) ** 2 + (yy - 32) ** 2 < 8**2) & ~left
-    checker = ((xx // 8 + yy // 8) % 2).astype(np.float32)
-    img = np.stack([0.45 + 0.2 * checker] * 3, -1)
-    img[left | right] = [0.85, 0.15, 0.1]
-    img = np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1)
-    depth = np.where(left | right, 2.0, 5.0).astype(np.float32)
-    return (img * 255).astype(np.uint8), depth, left, right
-
-
-def test_weightfree_seeded_by_a_prior_stays_near_it_and_off_a_touching_twin():
-    img, depth, left, right = touching_twins()
-    prior = np.where(left, 0.8, -0.5).astype(np.float32)  # the 3D mask holds the left disc
-    click = np.array([[30.0, 32.0]])
-    free = WeightFreeSegmenter(prior_band=None)  # GrabCut anywhere in its rectangle
-    free.set_image(img, depth)
-    spread = free.predict(click, prior=prior, multimask=False).masks[0]
-    assert (spread & right).sum() > 0.5 * right.sum()  # colour alone carries it onto the twin
-    seg = WeightFreeSegmenter()
-    seg.set_image(img, depth)
-    mask = seg.predict(click, prior=prior, multimask=False).masks[0]
-    assert iou(mask, left) > 0.85 and (mask & right).sum() < 0.15 * right.sum()
-    reach = seg.prior_reach(left)
-    assert not (mask & ~reach).any()
-    # the band: the prior grown by 0.2 x sqrt(area) (~5 px here), so a prior missing a strip of the
-    # object still reaches it
-    assert reach[32, 34 - 14 - 4] and not reach[32, 34 - 14 - 8]
-
-
 def object_on_its_floor(h=64, w=80, seed=0):
     """A red box (rows 14-39, cols 30-45) standing on a floor of nearly its red, under a blue sky;
     the depth flows without a step from the box's base into the floor and from the floor into the

@@ -16,9 +16,7 @@ How a prompt becomes a mask:
 3. GrabCut (colour Gaussian mixtures + graph cut, OpenCV) refines the labelling within a rectangle
    around the hint and the points, grown by ``roi_margin`` of its size on each side (outside it is
    sure background, as GrabCut is meant to be used): a colour shared with the floor or a
-   neighbour cannot carry the mask across the image. Seeded by a prior, GrabCut may only reach a
-   band around it (``prior_band``): it corrects the 3D mask's outline, and cannot carry it onto
-   a touching neighbour of the same colour view after view.
+   neighbour cannot carry the mask across the image.
 4. Only connected components that contain a positive point are kept (with a box and no points:
    components inside the box).
 
@@ -77,9 +75,6 @@ class WeightFreeSegmenter(Segmenter):
         depth_tolerances: relative depth steps tried when growing the depth hint from a point.
         roi_margin: GrabCut's rectangle: the box around the hint and the points grown on each side by
             this fraction of its size (at least 5 % of the image's smaller side).
-        prior_band: in later views (a rendered 3D mask given as ``prior``), GrabCut may reach only
-            this far beyond the prior: the prior's region grown by this fraction of the square root
-            of its area (its typical size). None: anywhere in the rectangle.
     """
 
     name = "weightfree"
@@ -91,13 +86,11 @@ class WeightFreeSegmenter(Segmenter):
         seed_radius: float = 0.015,
         depth_tolerances: tuple[float, ...] = DEPTH_TOLERANCES,
         roi_margin: float = 0.5,
-        prior_band: float | None = 0.2,
     ):
         self.iterations = iterations
         self.seed_radius = seed_radius
         self.depth_tolerances = tuple(depth_tolerances)
         self.roi_margin = roi_margin
-        self.prior_band = prior_band
         self.image: np.ndarray | None = None
         self.depth: np.ndarray | None = None
 
@@ -119,8 +112,7 @@ class WeightFreeSegmenter(Segmenter):
             inside[:] = False
             inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
 
-        from_prior = prior is not None and float(np.max(prior)) > 0
-        if from_prior:
+        if prior is not None and float(np.max(prior)) > 0:
             hints = [np.asarray(prior, dtype=np.float32).reshape(h, w) > 0]
         elif self.depth is not None and len(pos):
             hints = depth_layers(self.depth, pos, self.depth_tolerances)
@@ -138,8 +130,6 @@ class WeightFreeSegmenter(Segmenter):
         for hint in hints:
             hint = hint & inside
             roi = inside & self.region_of_interest(hint, pos)
-            if from_prior and self.prior_band is not None:
-                roi &= self.prior_reach(hint)
             final, raw, init = self._grabcut(hint, roi, pos, neg, radius)
             candidates += [final, raw, hint | init] if multimask else [final]
         scores = np.array([boundary_score(m, edges) for m in candidates], dtype=np.float32)
@@ -165,21 +155,6 @@ class WeightFreeSegmenter(Segmenter):
         mx, my = max(self.roi_margin * (x1 - x0 + 1), floor), max(self.roi_margin * (y1 - y0 + 1), floor)
         roi[max(int(y0 - my), 0) : int(y1 + my) + 1, max(int(x0 - mx), 0) : int(x1 + mx) + 1] = True
         return roi
-
-    def prior_reach(self, hint: np.ndarray) -> np.ndarray:
-        """Where GrabCut may label foreground in a view seeded by the rendered 3D mask (``hint``, H x W
-        bool): the hint grown by ``prior_band`` times the square root of its area (at least 1 px).
-
-        GrabCut models colours, not objects: from a 3D mask that covers a red mug it spreads over a
-        red ball touching the mug, the next view's 3D mask holds part of the ball, and view by view the
-        mask grows into both. A view's mask should correct the 3D mask's outline, not move it.
-        """
-        assert self.prior_band is not None  # (the caller checked it)
-        if not hint.any():
-            return np.ones_like(hint)
-        r = max(1, int(round(self.prior_band * float(np.sqrt(hint.sum())))))
-        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-        return cv2.dilate(hint.astype(np.uint8), disc).astype(bool)
 
     def _grabcut(self, hint, inside, pos, neg, radius):
         """GrabCut from a hint: (final mask, GrabCut result before the component filter, seeds)."""
