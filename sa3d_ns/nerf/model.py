@@ -386,22 +386,29 @@ class SA3DModel(MaskObjects, NerfactoModel):
         boxed = torch.isfinite(bounds).all(-1).all(-1)  # (an object not yet bounded gets no margin)
         near_each = in_boxes(positions, bounds, step) & boxed  # ... x K
         solid = opacity > 1e-3
-        todo = (near_each.any(-1) & solid & ~gone.all(-1)).nonzero(as_tuple=True)
-        if step > 0 and len(todo[0]):
-            flat = positions[todo]
-            grown = gone[todo]
-            for axis in range(3):
-                for sign in (-1.0, 1.0):
-                    offset = torch.zeros(3, device=flat.device, dtype=flat.dtype)
-                    offset[axis] = sign * step
-                    shifted = self.object_values(flat + offset)
-                    if shifted.shape[-1] != k:  # (an object added or removed meanwhile, by the viewer)
-                        return gone
-                    grown |= shifted > cfg.mask_threshold
-            gone[todo] = grown
+        if step > 0:  # the margin: look the solid samples near an object up again, shifted by it
+            todo = (near_each.any(-1) & solid & ~gone.all(-1)).nonzero(as_tuple=True)
+            gone[todo] = self.grown_by_margin(positions[todo], gone[todo], step)
         if cfg.removal_fill and gone.dim() >= 3:  # (rays of samples: R x S x K)
             gone = fill_behind(gone, solid, near_each)
         return gone
+
+    @torch.no_grad()
+    def grown_by_margin(self, flat: torch.Tensor, gone: torch.Tensor, step: float) -> torch.Tensor:
+        """positions N x 3 and what is removed there (N x K) -> also removed where an object's 3D
+        mask is within ``step`` along an axis (a 6-neighbour dilation)."""
+        if not len(flat):
+            return gone
+        grown = gone.clone()
+        for axis in range(3):
+            for sign in (-1.0, 1.0):
+                offset = torch.zeros(3, device=flat.device, dtype=flat.dtype)
+                offset[axis] = sign * step
+                shifted = self.object_values(flat + offset)
+                if shifted.shape[-1] != gone.shape[-1]:  # (an object added or removed meanwhile, by the viewer)
+                    return gone
+                grown |= shifted > self.config.mask_threshold
+        return grown
 
     def get_rgba_image(self, outputs: dict[str, torch.Tensor], output_name: str = "rgb") -> torch.Tensor:
         """``ns-render --rendered-output-names rgba`` of an sa3d run: the object alone on a
