@@ -71,6 +71,28 @@ def test_weightfree_uses_prior_from_rendered_mask():
     assert iou(out.masks[0], gt) > 0.85
 
 
+def test_weightfree_never_takes_what_the_3d_mask_voted_out():
+    """Later views: pixels whose rendered 3D mask score is below -prior_out x its maximum (earlier
+    views' 2D masks left them out) are sure background, whatever their colour; a pixel no view has
+    voted on (score 0) or voted out only weakly is left to GrabCut (a 3D mask that under-covers the
+    object must still grow). One red blob, the left part voted in, the right part voted out: no
+    candidate reaches the right part."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :96]
+    blob = ((xx - 48) / 34.0) ** 2 + ((yy - 32) / 14.0) ** 2 < 1
+    img = np.stack([0.2 + 0.1 * ((xx // 8 + yy // 8) % 2), np.full(xx.shape, 0.5), np.full(xx.shape, 0.7)], -1)
+    img[blob] = [0.85, 0.15, 0.1]
+    img = (np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1) * 255).astype(np.uint8)
+    depth = np.where(blob, 2.0, 5.0).astype(np.float32)
+    left, right = blob & (xx < 44), blob & (xx >= 48)
+    prior = np.where(left, 1.0, np.where(right, -0.8, 0.0)).astype(np.float32)
+    seg = WeightFreeSegmenter()
+    seg.set_image(img, depth)
+    out = seg.predict(np.array([[30.0, 32.0]]), prior=prior, multimask=True)
+    assert all(not (m & right).any() for m in out.masks) and out.best()[0][left].mean() > 0.9
+    assert WeightFreeSegmenter().prior_out == 0.5  # (the default, measured on the touching scene)
+
+
 def object_on_its_floor(h=64, w=80, seed=0):
     """A red box (rows 14-39, cols 30-45) standing on a floor of nearly its red, under a blue sky;
     the depth flows without a step from the box's base into the floor and from the floor into the

@@ -6,7 +6,11 @@ How a prompt becomes a mask:
 1. Seeds. Discs around positive points are sure foreground, around negative points sure
    background; outside a box is sure background.
 2. Hints. Where a prior is given (the rendered 3D mask score of later views) pixels with a
-   positive score are probable foreground. Without a prior, the pixels connected to a positive
+   positive score are probable foreground, and pixels whose score is below ``-prior_out`` times
+   its maximum are sure background: earlier views' 2D masks left them out (the 3D mask's negative
+   votes), so a colour shared with a touching neighbour cannot carry the mask onto it view after
+   view; a pixel no view has voted on (score 0) stays open, so a 3D mask that under-covers the
+   object still grows. Without a prior, the pixels connected to a positive
    point through depth-continuous regions are probable foreground: the region is grown with
    increasing relative depth tolerances and taken where its area is most stable (the object's
    silhouette, before it leaks into what touches it; never a region that spreads over the support
@@ -75,6 +79,11 @@ class WeightFreeSegmenter(Segmenter):
         depth_tolerances: relative depth steps tried when growing the depth hint from a point.
         roi_margin: GrabCut's rectangle: the box around the hint and the points grown on each side by
             this fraction of its size (at least 5 % of the image's smaller side).
+        prior_out: later views: a score below -prior_out x the rendered score's maximum is sure
+            background (None: the prior only hints). Measured on the touching scene (1200-step
+            NeRF, each object's true first mask, held-out mIoU): mug / ball 0.511 / 0.618 without,
+            0.539 / 0.500 at 0, 0.629 / - at 0.15, 0.887 / 0.860 at 0.3, 0.888 / 0.866 at 0.5,
+            0.511 / - at 1.0 (any negative score barred: the mask shrinks view by view).
     """
 
     name = "weightfree"
@@ -86,11 +95,13 @@ class WeightFreeSegmenter(Segmenter):
         seed_radius: float = 0.015,
         depth_tolerances: tuple[float, ...] = DEPTH_TOLERANCES,
         roi_margin: float = 0.5,
+        prior_out: float | None = 0.5,
     ):
         self.iterations = iterations
         self.seed_radius = seed_radius
         self.depth_tolerances = tuple(depth_tolerances)
         self.roi_margin = roi_margin
+        self.prior_out = prior_out
         self.image: np.ndarray | None = None
         self.depth: np.ndarray | None = None
 
@@ -113,7 +124,10 @@ class WeightFreeSegmenter(Segmenter):
             inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
 
         if prior is not None and float(np.max(prior)) > 0:
-            hints = [np.asarray(prior, dtype=np.float32).reshape(h, w) > 0]
+            score = np.asarray(prior, dtype=np.float32).reshape(h, w)
+            hints = [score > 0]
+            if self.prior_out is not None:
+                inside &= ~(score < -self.prior_out * float(score.max()))
         elif self.depth is not None and len(pos):
             hints = depth_layers(self.depth, pos, self.depth_tolerances)
             if not hints:  # no usable depth there (noisy, semi-transparent): a disc
