@@ -1354,7 +1354,6 @@ def read_until(proc: subprocess.Popen, marker: str, label: str = "") -> str:
 KILL_POINTS = [
     ("inputs", "load:.ckpt", signal.SIGINT, 130),  # (checking the nerfacto checkpoint: no run folder yet)
     ("setup", "load:.ckpt#2", signal.SIGTERM, 143),  # (loading the nerfacto checkpoint into the model)
-    ("setup", "load:.ckpt#2", signal.SIGKILL, -9),
     ("cache entry", "save:.tmp", signal.SIGKILL, -9),  # (half of the first view's entry written)
     ("mid-loop", "sa3d: view ", signal.SIGKILL, -9),  # (the first view's line: 3/22)
     ("summary", "write:summary.json.tmp#3", signal.SIGKILL, -9),  # (half of the third view's summary.json)
@@ -1367,8 +1366,9 @@ KILL_POINTS = [
 def test_a_run_killed_anywhere_is_never_taken_for_a_finished_one_and_a_rerun_works(scene):
     """ns-train sa3d stopped at each point of KILL_POINTS, one after another on one cache folder:
     Ctrl-C / SIGTERM remove the run folder and say so (no traceback); after SIGKILL the folder left
-    is refused by every command (sa3d-eval, ns-render, and for the most finished-looking one, killed
-    while its checkpoint was written, sa3d-export and --pipeline.add-to), never with a traceback; no
+    is refused by every command (sa3d-eval each; ns-render the one killed mid-loop and the most
+    finished-looking one, killed while its checkpoint was written, which sa3d-export and
+    --pipeline.add-to refuse too), never with a traceback; no
     file in the models folder that nerfstudio would try to load; the same command run again
     finishes and reuses every whole cache entry (a half-written one is never read)."""
     root = scene["root"]
@@ -1411,6 +1411,8 @@ def test_a_run_killed_anywhere_is_never_taken_for_a_finished_one_and_a_rerun_wor
             point,
             flat[-2000:],
         )
+        if point not in ("mid-loop", "checkpoint"):
+            continue  # (ns-render's refusal is nerfstudio's own, the same for every folder without a checkpoint)
         r = run(["ns-render", "dataset", "--load-config", run_dir / "config.yml", "--output-path", root / "kill_renders",
                  "--rendered-output-names", "mask", "--split", "test"], root)  # fmt: skip
         text = " ".join((r.stdout + r.stderr).split())
@@ -1558,15 +1560,15 @@ def test_a_full_disk_while_caching_is_a_clear_error(scene):
     assert not list((scene["root"] / out).glob("*/sa3d/*"))
 
 
-@pytest.mark.extended  # (~2 min each: CI runs them with the README's suite)
-@pytest.mark.parametrize("objects", ["two objects", "one object"])
-def test_two_runs_at_once_sharing_one_cache(scene, objects):
-    """Two ns-train sa3d started together on the scene, into the same output folder (nerfstudio's
-    run folders are named to the second: they would be the same folder) and with one cache folder:
-    each gets its own run folder, both finish with their object segmented, and every cache entry
-    left is whole and read back by a third run."""
+@pytest.mark.extended  # (~2 min: CI runs it with the README's suite)
+def test_two_runs_at_once_sharing_one_cache(scene):
+    """Two ns-train sa3d started together on the scene, for two objects, into the same output
+    folder (nerfstudio's run folders are named to the second: they would be the same folder) and
+    with one cache folder (the views' entries are the same for both objects, written by both runs
+    at once): each gets its own run folder, both finish with their object segmented, and every
+    cache entry left is whole and read back by a third run."""
     root = scene["root"]
-    out, cache = f"together_{objects[:3]}", root / f"cache_together_{objects[:3]}"
+    out, cache = "together", root / "cache_together"
     ids = np.asarray(Image.open(root / "scene" / "instances" / "frame_00000.png"))
     depth = cv2.distanceTransform(np.pad(ids == 2, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)  # (the crate's most interior pixel)
@@ -1574,9 +1576,8 @@ def test_two_runs_at_once_sharing_one_cache(scene, objects):
         root / "prompt_crate.json",
         json.dumps({"view": "frame_00000.png", "points": [[float(x), float(y)]], "labels": [1]}),
     )
-    second = crate if objects == "two objects" else scene["prompt"]
     same = ("--timestamp", "together")  # (as two runs started in the same second)
-    procs = [start_sa3d(scene, out, cache, *same), start_sa3d(scene, out, cache, *same, prompt=second)]
+    procs = [start_sa3d(scene, out, cache, *same), start_sa3d(scene, out, cache, *same, prompt=crate)]
     texts = [p.communicate(timeout=900)[0] for p in procs]
     for proc, text in zip(procs, texts, strict=True):
         assert proc.returncode == 0 and "Traceback" not in text, text[-3000:]
@@ -1590,16 +1591,15 @@ def test_two_runs_at_once_sharing_one_cache(scene, objects):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         result = json.loads((run_dir / "sa3d" / "eval_test" / "eval.json").read_text())
         results[result["objects"][0]["object_id"]] = result["miou"]
-    expected = {1, 2} if objects == "two objects" else {1}
-    assert set(results) == expected and results[1] > ORACLE_BAR, results
+    assert set(results) == {1, 2} and results[1] > ORACLE_BAR, results
     entries = list(cache.rglob("*.pt"))
     assert entries and not list(cache.rglob("*.tmp"))
     for path in entries:
         torch.load(path, map_location="cpu", weights_only=True)
-    # the second prompt again, alone, from the cache: the same result as in the run beside another
+    # the crate again, alone, from the cache: the same result as in the run beside another
     # (the crate's own figure depends on this 300-step CPU NeRF: 0.42 to 0.55 measured on such NeRFs)
     r = sa3d(
-        scene, "--pipeline.prompt", second, "--pipeline.segmenter", "oracle", "--pipeline.cache-dir", cache, out=out
+        scene, "--pipeline.prompt", crate, "--pipeline.segmenter", "oracle", "--pipeline.cache-dir", cache, out=out
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (third,) = set(sa3d_runs(scene, out)) - set(runs)
