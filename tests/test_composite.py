@@ -5,7 +5,15 @@ import math
 
 import torch
 
-from sa3d_ns.core.composite import cut_out, fill_behind, mask_scores, overlay, resample_rays, volume_weights
+from sa3d_ns.core.composite import (
+    cut_out,
+    fill_behind,
+    mask_scores,
+    overlay,
+    probes_behind,
+    resample_rays,
+    volume_weights,
+)
 
 
 def col(*xs):
@@ -95,3 +103,17 @@ def test_fill_behind_takes_the_solid_run_behind_a_removed_sample():
     solid[0, 1] = True  # nothing in front of the mask goes
     gone[0, 1, 0], gone[0, 2, 0] = False, True
     assert fill_behind(gone, solid, torch.ones_like(near))[0, :, 0].int().tolist() == [0, 0, 1, 1, 0, 0]
+
+
+def test_probes_behind_run_from_each_point_to_where_its_ray_leaves_its_box():
+    """Probes along each ray up to the box's far side, whatever the ray's direction; a point out of
+    its box already (its far side behind it) probes only itself."""
+    points = torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    dirs = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [1.0, 0.0, 0.0]])
+    lo, hi = torch.full((4, 3), -1.0), torch.full((4, 3), 1.0)
+    p = probes_behind(points, dirs, lo, hi, 4)
+    assert p.shape == (4, 4, 3)
+    assert torch.allclose(p[0, :, 0], torch.tensor([0.25, 0.5, 0.75, 1.0]))
+    assert torch.allclose(p[1, :, 0], torch.tensor([0.125, -0.25, -0.625, -1.0]))
+    assert torch.allclose(p[2, -1], torch.tensor([0.75, 1.0, 0.0]))  # (leaves through y = 1, at t = 1.25)
+    assert torch.allclose(p[3], points[3].expand(4, 3))

@@ -441,10 +441,10 @@ def test_a_cache_write_that_fails_says_where_and_leaves_nothing(tmp_path, monkey
     assert ViewCache(tmp_path, {"k": 2}).load("view00000")["x"].shape == (1000,)
 
 
-def ball_before_a_wall():
+def ball_before_a_wall(wall: float = 0.6):
     """An analytic scene: an opaque red ball of radius 0.2 (the object) in front of a thin blue wall
-    at x = 0.6, green empty space; an sa3d model of it (its 3D mask: the ball) and 64 rays along x
-    through the ball."""
+    from x = ``wall`` to ``wall`` + 0.04 (0.2: flush against the ball), green empty space; an sa3d
+    model of it (its 3D mask: the ball) and 64 rays along x through the ball."""
     from nerfstudio.cameras.rays import RayBundle
     from nerfstudio.data.scene_box import SceneBox
     from nerfstudio.field_components.field_heads import FieldHeadNames
@@ -453,17 +453,17 @@ def ball_before_a_wall():
 
     def density_at(x):
         ball = x.norm(dim=-1, keepdim=True) < 0.2
-        wall = (x[..., :1] > 0.6) & (x[..., :1] < 0.64)
-        return (ball | wall).float() * 300.0
+        wall_here = (x[..., :1] > wall) & (x[..., :1] < wall + 0.04)
+        return (ball | wall_here).float() * 300.0
 
     class Analytic(torch.nn.Module):
         def colours(self, x):
             rgb = torch.zeros((*x.shape[:-1], 3))
             rgb[..., 1] = 1.0  # green empty space
             ball = x.norm(dim=-1) < 0.2
-            wall = (x[..., 0] > 0.6) & (x[..., 0] < 0.64)
+            wall_here = (x[..., 0] > wall) & (x[..., 0] < wall + 0.04)
             rgb[ball] = torch.tensor([1.0, 0.0, 0.0])
-            rgb[wall] = torch.tensor([0.0, 0.0, 1.0])
+            rgb[wall_here] = torch.tensor([0.0, 0.0, 1.0])
             return rgb
 
         def forward(self, ray_samples, compute_normals=False):
@@ -531,3 +531,23 @@ def test_rgb_removed_leaves_out_the_inside_behind_the_3d_mask():
         removed[fill] = out["rgb_removed"]
     assert (removed[False] - red).abs().max() < 0.1  # the inside shows, on every ray
     assert (removed[True] - blue).abs().max() < 0.05  # the wall
+
+
+def test_removal_fill_keeps_what_the_object_stands_against():
+    """An object flush against what supports it (a box on a floor, a ball against a wall): the
+    solid run behind its 3D mask goes on into the support without an empty gap. removal-fill takes
+    only the solid samples that have the object's mask behind them too (its inside, between its
+    front and its back), so the wall flush behind the ball stays in rgb_removed, and so does the
+    ball's inside where the mask holds only its front (nothing behind it says where the object
+    ends)."""
+    model, rays = ball_before_a_wall(wall=0.2)
+    shell = lambda x: 0.03 - (x.norm(dim=-1, keepdim=True) - 0.18).abs()  # noqa: E731  (front and back, 0.15 to 0.21)
+    blue, red = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])
+    model.config.removal_margin, model.config.removal_fill = 0.0, True
+    model.object_values = shell
+    out = model.get_outputs(rays)
+    assert (out["rgb"] - red).abs().max() < 0.05
+    assert (out["rgb_removed"] - blue).abs().max() < 0.05  # the inside gone, the wall kept
+    model.object_values = lambda x: torch.where(x[..., :1] < 0, shell(x), -1.0)  # the front half only
+    out = model.get_outputs(rays)
+    assert (out["rgb_removed"] - red).abs().max() < 0.1  # the inside shows: nothing is filled

@@ -85,15 +85,18 @@ def resample_rays(weights: torch.Tensor, gone: torch.Tensor, min_weight: float =
 
 def fill_behind(gone: torch.Tensor, solid: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
     """R x S x K removed samples (ordered along each ray), R x S non-empty samples, R x S x K
-    samples near each object -> the removed samples with each object's inside behind its 3D mask:
-    a sample is removed too when it is solid, near the object, and no empty sample outside the
+    samples near each object -> the removed samples with the solid run behind each object's 3D
+    mask: a sample is added when it is solid, near the object, and no empty sample outside the
     mask lies between it and a removed one in front of it on its ray (samples are sparse: the one
     in the mask may lie in its empty rim, the next one deep inside).
 
     The 3D mask is lifted from views' volume weights, which sit on the object's visible surface:
     the solid inside of the object behind that surface never had a weight, so no 2D mask voted for
     it, and once the surface is removed it shows (a copy of the object in its own colours). What
-    lies behind an empty gap (the floor behind the object, a wall) is kept.
+    lies behind an empty gap (the floor behind the object, a wall) is kept. The run can go on from
+    the inside into what the object stands on or against, without a gap: the model keeps only the
+    added samples with the object's mask further along the ray (``probes_behind``), the inside
+    between the object's front and its back.
 
     Example, one ray, one object: gone 0 1 0 0 0 0, solid 1 0 1 1 0 1 -> 0 1 1 1 0 0.
     """
@@ -101,6 +104,25 @@ def fill_behind(gone: torch.Tensor, solid: torch.Tensor, near: torch.Tensor) -> 
     last_gone = torch.where(gone, idx, -1).cummax(dim=1).values
     last_gap = torch.where(solid[..., None] | gone, -1, idx).cummax(dim=1).values
     return gone | ((last_gone > last_gap) & solid[..., None] & near)
+
+
+def probes_behind(
+    points: torch.Tensor, directions: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, n: int
+) -> torch.Tensor:
+    """points N x 3 on rays of unit ``directions`` N x 3, boxes ``lo`` / ``hi`` N x 3 -> N x n x 3:
+    ``n`` points evenly spaced along each ray from its point to where the ray leaves its box, the
+    last one there (a point already out of its box, or a zero direction: its own position n times).
+
+    Example: the point (0, 0, 0) looking along +x in the box -1..1, n = 2 -> (0.5, 0, 0), (1, 0, 0).
+    """
+    d = directions
+    safe = torch.where(d.abs() > 1e-12, d, torch.full_like(d, 1e-12))
+    far = torch.where(d > 0, hi, lo)
+    t_axis = torch.where(d.abs() > 1e-12, (far - points) / safe, torch.full_like(d, float("inf")))
+    t_exit = t_axis.min(-1).values.clamp(min=0.0)
+    t_exit = torch.where(torch.isfinite(t_exit), t_exit, torch.zeros_like(t_exit))
+    steps = torch.arange(1, n + 1, device=points.device, dtype=points.dtype) / n
+    return points[:, None, :] + (t_exit[:, None] * steps)[..., None] * d[:, None, :]
 
 
 def mask_scores(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,15 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import nn
 from torch.nn import Parameter
 
-from sa3d_ns.core.composite import cut_out, fill_behind, mask_scores, overlay, resample_rays, volume_weights
+from sa3d_ns.core.composite import (
+    cut_out,
+    fill_behind,
+    mask_scores,
+    overlay,
+    probes_behind,
+    resample_rays,
+    volume_weights,
+)
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.objects import check_name, crop, exclusive, in_boxes, palette
 from sa3d_ns.nerf.host import fast_lookups, lpips_disabled
@@ -70,8 +78,8 @@ class SA3DModelConfig(NerfactoModelConfig):
     """``rgb_removed`` samples again the rays the removed object weighed on, with the object taken out of the proposal networks' densities too: nerfacto's proposal sampler puts its samples where the object's surface is, so what the object hid is otherwise rendered from the few coarse samples left behind it (a blurred ghost of the object). Measured on 9 objects of two scenes (oracle): removal PSNR up on all 9 (touching scene +2.3 to +4.5 dB), ghost lower on 8 (e.g. 19.2 -> 9.6 %, 47.6 -> 29.0 %). False: the removed render keeps the NeRF's samples (cheaper)."""
     removal_margin: float = 0.5
     """``rgb_removed`` (the scene without the object) also leaves out the samples within this distance of the object's 3D mask along an axis, in cells of the mask field's coarsest grid (4 / mask-min-res scene units inside the unit cube): the object's soft boundary density, which leaves a rim. Measured on 9 objects of two scenes: 0.5 lowers the ghost on 7 (e.g. 14.9 -> 13.0 %, 10.9 -> 8.6 %), removal PSNR -0.25 to +0.4 dB, pixels changed outside the object <= 0.01 %; 0 turns it off."""
-    removal_fill: bool = False
-    """``rgb_removed`` also leaves out the object's inside: the solid samples right behind its 3D mask along each ray, up to the first empty one and within its box grown by the removal margin (``core.composite.fill_behind``). The 3D mask is lifted from the views' volume weights, on the object's visible surface; a solid NeRF object's inside never had a weight, and once its surface is removed it can show as a copy of the object in its own colours. Off by default: measured on the demo scene (oracle, 1800-step NeRF) it takes the ball's ghost from 21.6 to 5.4 % (removal 18.6 -> 24.2 dB, with removal-margin 0) but costs the crate and can 1.5 and 2.0 dB (the cube +0.3 dB), whose rays run on from their inside into the floor they stand on."""
+    removal_fill: bool = True
+    """``rgb_removed`` also leaves out the object's inside: the solid samples right behind its 3D mask along each ray, up to the first empty one, within its box grown by the removal margin, that have the object's 3D mask further along the ray (between its front and its back; ``core.composite.fill_behind``, ``probes_behind``). The 3D mask is lifted from the views' volume weights, on the object's visible surface; a solid NeRF object's inside never had a weight, and once its surface is removed it shows as a copy of the object in its own colours. What the object stands on or against is kept (no mask behind it). Measured (oracle, ghost % / removal dB, NeRF dB): demo ball (1800-step NeRF) 21.4 / 18.3 -> 10.8 / 20.8 (20.9); touching ball 5.3 / 22.8 -> 5.1 / 22.9; the crate, can, cube, mug, box, pole and tile unchanged. False: only the mask (and margin) is removed."""
     object_background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Background colour of the ``rgb_object`` output (the object alone)."""
     rgba_object: bool = True
@@ -375,7 +383,8 @@ class SA3DModel(MaskObjects, NerfactoModel):
         samples that are not empty space (opacity > 1e-3; their volume weight would not do: what
         the object hides has none until it is removed) and lie in a bounded object's box grown by
         d are looked up again. With ``removal-fill`` (R x S rays of samples only), also the solid
-        samples right behind those along each ray, in that box (``core.composite.fill_behind``)."""
+        samples right behind those along each ray, in that box, that have the object's mask further
+        along the ray (its inside; ``core.composite.fill_behind``, ``mask_behind``)."""
         cfg = self.config
         gone = values > cfg.mask_threshold
         k = values.shape[-1]
@@ -390,8 +399,37 @@ class SA3DModel(MaskObjects, NerfactoModel):
             todo = (near_each.any(-1) & solid & ~gone.all(-1)).nonzero(as_tuple=True)
             gone[todo] = self.grown_by_margin(positions[todo], gone[todo], step)
         if cfg.removal_fill and gone.dim() >= 3:  # (rays of samples: R x S x K)
-            gone = fill_behind(gone, solid, near_each)
+            filled = fill_behind(gone, solid, near_each) & ~gone
+            r, s, obj = filled.nonzero(as_tuple=True)
+            if len(r):  # (only the object's inside: its mask further on, not the floor it stands on)
+                filled[r, s, obj] = self.mask_behind(positions, r, s, obj, bounds, step)
+            gone = gone | filled
         return gone
+
+    @torch.no_grad()
+    def mask_behind(
+        self,
+        positions: torch.Tensor,
+        r: torch.Tensor,
+        s: torch.Tensor,
+        obj: torch.Tensor,
+        bounds: torch.Tensor,
+        step: float,
+        n: int = 24,
+    ) -> torch.Tensor:
+        """positions R x S x 3 (rays of samples) and N samples (ray ``r``, sample ``s``, object
+        ``obj``, each N) -> N bool: whether the object's 3D mask lies further along the ray within
+        its box grown by ``step``, looked up at ``n`` probes from the sample to where the ray
+        leaves the box (``core.composite.probes_behind``)."""
+        ray = positions[:, -1] - positions[:, 0]
+        dirs = ray / ray.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        lo, hi = bounds[obj, 0] - step, bounds[obj, 1] + step
+        probes = probes_behind(positions[r, s], dirs[r], lo, hi, n)
+        values = self.object_values(probes.reshape(-1, 3)).reshape(len(r), n, -1)
+        if values.shape[-1] <= int(obj.max()):  # (an object removed meanwhile, by the viewer)
+            return torch.zeros(len(r), dtype=torch.bool, device=positions.device)
+        mine = values.gather(-1, obj.view(-1, 1, 1).expand(-1, n, 1))[..., 0]
+        return (mine > self.config.mask_threshold).any(-1)
 
     @torch.no_grad()
     def grown_by_margin(self, flat: torch.Tensor, gone: torch.Tensor, step: float) -> torch.Tensor:
