@@ -421,10 +421,10 @@ class SA3DModel(MaskObjects, NerfactoModel):
         ``obj``, each N) -> N bool: whether the object's 3D mask lies further along the ray within
         its box grown by ``step``, looked up at ``n`` probes from the sample to where the ray
         leaves the box (``core.composite.probes_behind``)."""
-        ray = positions[:, -1] - positions[:, 0]
+        ray = positions[r, -1] - positions[r, 0]  # (the candidates' rays only)
         dirs = ray / ray.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         lo, hi = bounds[obj, 0] - step, bounds[obj, 1] + step
-        probes = probes_behind(positions[r, s], dirs[r], lo, hi, n)
+        probes = probes_behind(positions[r, s], dirs, lo, hi, n)
         values = self.object_values(probes.reshape(-1, 3)).reshape(len(r), n, -1)
         if values.shape[-1] <= int(obj.max()):  # (an object removed meanwhile, by the viewer)
             return torch.zeros(len(r), dtype=torch.bool, device=positions.device)
