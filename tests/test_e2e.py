@@ -438,6 +438,7 @@ def sa3d_eval(run_dir: Path, *extra, cwd: Path):
     return run(["sa3d-eval", "--load-config", run_dir / "config.yml", *extra], cwd)
 
 
+@pytest.mark.extended  # (CI runs it after the README's suite; over a minute)
 def test_eval_reads_spinnerf_and_nvos_layouts(scene, tmp_path):
     """The public benchmarks' mask layouts give the same per-view IoU as the dataset's own masks."""
     run_dir = finished_run(scene)

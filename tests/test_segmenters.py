@@ -93,6 +93,27 @@ def test_weightfree_never_takes_what_the_3d_mask_voted_out():
     assert WeightFreeSegmenter().prior_out == 0.5  # (the default, measured on the touching scene)
 
 
+def test_weightfree_lets_a_3d_mask_grow_whatever_the_scale_of_its_score():
+    """The sure-background bar is relative to the score's largest magnitude, either sign: a
+    splat's rendered score can peak at 0.14 inside the object and reach -0.8 far out, and against
+    its maximum alone every pixel not yet voted in (-0.1 at the object's rim) would be barred, so an
+    under-covering 3D mask could never grow (the CPU splat's viewer-prompted ball fell 0.69 ->
+    0.36). The blob's core voted in weakly, its rim weakly out, the far background strongly out:
+    the mask takes the rim and never the background."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:64, :96]
+    blob = ((xx - 48) / 20.0) ** 2 + ((yy - 32) / 14.0) ** 2 < 1
+    core = ((xx - 48) / 10.0) ** 2 + ((yy - 32) / 7.0) ** 2 < 1
+    img = np.stack([np.full(xx.shape, 0.3), np.full(xx.shape, 0.5), np.full(xx.shape, 0.7)], -1)
+    img[blob] = [0.85, 0.15, 0.1]
+    img = (np.clip(img + rng.normal(0, 0.03, img.shape), 0, 1) * 255).astype(np.uint8)
+    prior = np.where(core, 0.14, np.where(blob, -0.1, -0.8)).astype(np.float32)
+    seg = WeightFreeSegmenter()
+    seg.set_image(img, np.full(xx.shape, 3.0, np.float32))
+    mask = seg.predict(np.array([[48.0, 32.0]]), prior=prior, multimask=True).best()[0]
+    assert mask[blob & ~core].mean() > 0.9 and not (mask & ~blob).any()
+
+
 def object_on_its_floor(h=64, w=80, seed=0):
     """A red box (rows 14-39, cols 30-45) standing on a floor of nearly its red, under a blue sky;
     the depth flows without a step from the box's base into the floor and from the floor into the

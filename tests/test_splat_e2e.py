@@ -262,6 +262,7 @@ def test_viewer_in_headless_chromium_on_a_splat_run(segmented, tmp_path):
     assert iou(mask, inst == 1) > 0.5
 
 
+@pytest.mark.extended  # (CI runs it after the README's suite; over a minute)
 def test_a_write_that_fails_is_a_clear_error_and_leaves_nothing_half_written(segmented, tmp_path):
     """A full disk, as a file-size limit (ulimit -f: Python then gets EFBIG): a view's cache entry
     and the checkpoint of `ns-train sa3d`, and `sa3d-export gaussians`' files do not fit. Each

@@ -7,7 +7,7 @@ How a prompt becomes a mask:
    background; outside a box is sure background.
 2. Hints. Where a prior is given (the rendered 3D mask score of later views) pixels with a
    positive score are probable foreground, and pixels whose score is below ``-prior_out`` times
-   its maximum are sure background: earlier views' 2D masks left them out (the 3D mask's negative
+   its largest magnitude (either sign) are sure background: earlier views' 2D masks left them out (the 3D mask's negative
    votes), so a colour shared with a touching neighbour cannot carry the mask onto it view after
    view; a pixel no view has voted on (score 0) stays open, so a 3D mask that under-covers the
    object still grows. Without a prior, the pixels connected to a positive
@@ -79,7 +79,8 @@ class WeightFreeSegmenter(Segmenter):
         depth_tolerances: relative depth steps tried when growing the depth hint from a point.
         roi_margin: GrabCut's rectangle: the box around the hint and the points grown on each side by
             this fraction of its size (at least 5 % of the image's smaller side).
-        prior_out: later views: a score below -prior_out x the rendered score's maximum is sure
+        prior_out: later views: a score below -prior_out x the rendered score's largest magnitude
+            (max(score.max(), -score.min())) is sure
             background (None: the prior only hints). Measured on the touching scene (1200-step
             NeRF, each object's true first mask, held-out mIoU): mug / ball 0.511 / 0.618 without,
             0.539 / 0.500 at 0, 0.629 / - at 0.15, 0.887 / 0.860 at 0.3, 0.888 / 0.866 at 0.5,
@@ -127,7 +128,11 @@ class WeightFreeSegmenter(Segmenter):
             score = np.asarray(prior, dtype=np.float32).reshape(h, w)
             hints = [score > 0]
             if self.prior_out is not None:
-                inside &= ~(score < -self.prior_out * float(score.max()))
+                # (relative to the score's largest magnitude, either sign: a splat's rendered
+                # score can be 0.14 at most where it is -0.8 at least, and against its maximum
+                # every pixel not yet voted in would be barred and the mask could never grow)
+                scale = max(float(score.max()), -float(score.min()))
+                inside &= ~(score < -self.prior_out * scale)
         elif self.depth is not None and len(pos):
             hints = depth_layers(self.depth, pos, self.depth_tolerances)
             if not hints:  # no usable depth there (noisy, semi-transparent): a disc
