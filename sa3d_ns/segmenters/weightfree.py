@@ -7,9 +7,9 @@ How a prompt becomes a mask:
    background; outside a box is sure background.
 2. Hints. Where a prior is given (the rendered 3D mask score of later views) pixels with a
    positive score are probable foreground, and pixels whose score is below ``-prior_out`` times
-   its largest magnitude (either sign) are sure background: earlier views' 2D masks left them out (the 3D mask's negative
-   votes), so a colour shared with a touching neighbour cannot carry the mask onto it view after
-   view; a pixel no view has voted on (score 0) stays open, so a 3D mask that under-covers the
+   its largest magnitude (either sign) are sure background: earlier views' 2D masks left them out
+   (the 3D mask's negative votes), so a colour shared with a touching neighbour cannot carry the
+   mask onto it view after view; a pixel no view has voted on (score 0) stays open, so a 3D mask that under-covers the
    object still grows. Without a prior, the pixels connected to a positive
    point through depth-continuous regions are probable foreground: the region is grown with
    increasing relative depth tolerances and taken where its area is most stable (the object's
@@ -80,16 +80,15 @@ class WeightFreeSegmenter(Segmenter):
         roi_margin: GrabCut's rectangle: the box around the hint and the points grown on each side by
             this fraction of its size (at least 5 % of the image's smaller side).
         prior_out: later views: a score below -prior_out x the rendered score's largest magnitude
-            (max(score.max(), -score.min())) is sure
-            background (None: the prior only hints). Measured on the touching scene (1200-step
-            NeRF, each object's true first mask, held-out mIoU): mug / ball 0.511 / 0.618 without,
-            0.539 / 0.500 at 0, 0.629 / - at 0.15, 0.887 / 0.860 at 0.3, 0.888 / 0.866 at 0.5,
-            0.511 / - at 1.0 (any negative score barred: the mask shrinks view by view). Against
-            the largest magnitude, the product (weight-free first masks) on the touching scene
-            mug / ball mean of 5: 0.882 / 0.951 0.728 at 0.5, 0.777 / 0.732 0.663 at 0.6, 0.830 /
-            0.759 0.672 at 0.75, 0.596 / 0.440 0.568 without; but at 0.5 the 64-px demo's crate
-            (added to the ball's run) fell to 0.629 (0.909 without, at 0.6 and at 0.75: an early
-            view that under-covers a two-coloured object votes its own part out for good).
+            (max(score.max(), -score.min())) is sure background (None: the prior only hints).
+            Measured with the product's weight-free first masks, held-out mIoU, one run each
+            (README, "weight-free"): touching scene (1200-step NeRF) mug / ball / mean of its five
+            objects 0.596 / 0.440 / 0.568 without, 0.882 / 0.951 / 0.728 at 0.5, 0.777 / 0.732 /
+            0.663 at 0.6, 0.830 / 0.759 / 0.672 at 0.75; the 64-px demo's crate 0.909 without,
+            0.629 at 0.5, 0.909 at 0.6 and 0.75 (an early view that under-covers a two-coloured
+            object votes its own part out); on a second training of that demo the crate was 0.58
+            to 0.60 whatever the bar. The CPU splat's viewer-prompted ball: 0.686 without and at
+            0.5 or 0.6 (0.355 when the bar was relative to the maximum alone).
     """
 
     name = "weightfree"
