@@ -9,8 +9,8 @@ How a prompt becomes a mask:
    positive score are probable foreground, and pixels whose score is below ``-prior_out`` times
    its largest magnitude (either sign) are sure background: earlier views' 2D masks left them out
    (the 3D mask's negative votes), so a colour shared with a touching neighbour cannot carry the
-   mask onto it view after view; a pixel no view has voted on (score 0) stays open, so a 3D mask that under-covers the
-   object still grows. Without a prior, the pixels connected to a positive
+   mask onto it view after view; a pixel no view has voted on (score 0) stays open, so a 3D mask
+   that under-covers the object still grows. Without a prior, the pixels connected to a positive
    point through depth-continuous regions are probable foreground: the region is grown with
    increasing relative depth tolerances and taken where its area is most stable (the object's
    silhouette, before it leaks into what touches it; never a region that spreads over the support
