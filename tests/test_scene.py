@@ -159,6 +159,36 @@ def test_touching_objects_touch():
     assert abs(gap) < 1e-9 and ball.centre[2] < 2 * mug.size[2]  # side by side, the ball at the mug's height
 
 
+def test_clutter_objects_are_as_described():
+    """The clutter set: nothing touches; the cup (the vase's colour) is hidden behind the vase in
+    some of the scene's cameras; the corner box is cut by the image border in some; each object is
+    in view in most of them."""
+    from sa3d_ns.scene.generate import CLUTTER, silhouette
+
+    vase, cup, box = (next(o for o in CLUTTER if o.name == n) for n in ("green_vase", "green_cup", "corner_box"))
+    assert vase.colors == cup.colors
+    for i, a in enumerate(CLUTTER):  # boxes' footprints taken as their circumscribed circles
+        for b in CLUTTER[i + 1 :]:
+            ra, rb = (np.hypot(*o.size[:2]) if o.kind == "box" else o.size[0] for o in (a, b))
+            assert np.linalg.norm(np.array(a.centre[:2]) - np.array(b.centre[:2])) > ra + rb
+    w = h = 48
+    focal = 0.5 * w / math.tan(math.radians(25))
+    hidden, cut, shown = 0, 0, np.zeros(len(CLUTTER))
+    for i in range(24):  # make_scene's cameras (radius 3.4, elevations 20 and 45 degrees), every other one
+        elev, az = math.radians((20.0, 45.0)[i % 2]), 2 * math.pi * i / 24
+        eye = np.array([0, 0, 0.25]) + 3.4 * np.array(
+            [math.cos(elev) * math.cos(az), math.cos(elev) * math.sin(az), math.sin(elev)]
+        )
+        c2w = look_at(eye, np.array([0.0, 0.0, 0.25]))
+        _, ids, _ = render(c2w, w, h, focal, objects=CLUTTER, ss=1)
+        whole = silhouette(cup, c2w, w, h, focal)
+        hidden += int(((ids == CLUTTER.index(vase) + 1) & whole).sum() >= 0.25 * whole.sum())
+        b = ids == CLUTTER.index(box) + 1
+        cut += int(b[0].any() or b[-1].any() or b[:, 0].any() or b[:, -1].any())
+        shown += [(ids == k + 1).any() for k in range(len(CLUTTER))]
+    assert hidden >= 2 and cut >= 2 and (shown >= 16).all()
+
+
 def test_blender_layout(tmp_path):
     """The blender-data dataparser's files: transforms_{train,val,test}.json with camera_angle_x,
     images in train/ val/ test/ (names unique across splits), instances/ by image name."""

@@ -24,8 +24,8 @@ class MakeSceneArgs:
     """rich: non-repeating mosaics on the support and the sky (for COLMAP / ns-process-data, whose SIFT matching fails on the plain scene's checkerboard and gradient)."""
     layout: Literal["nerfstudio", "blender"] = "nerfstudio"
     """nerfstudio: transforms.json (nerfstudio-data dataparser); blender: transforms_{train,val,test}.json and train/ val/ test/ image folders (blender-data dataparser; every 8th view held out)."""
-    objects: Literal["demo", "touching"] = "demo"
-    """demo: four separate primitives; touching: what breaks 2D segmenters (two red objects that touch, a two-coloured box, a thin pole, a tile coloured like the support)."""
+    objects: Literal["demo", "touching", "clutter"] = "demo"
+    """demo: four separate primitives; touching: what breaks 2D segmenters (two red objects that touch, a two-coloured box, a thin pole, a tile coloured like the support); clutter: more of it, nothing touching (two green objects, the small one hidden behind the tall one from some sides, a post in white and navy bands, a box at the support's corner cut by the image border, a dark ball the colour of the support's dark squares)."""
     removal_truth: bool = True
     """Also render every view without each object (removed/<id>/, for sa3d-eval's removal figures) and which uncovered pixels other views see (removed/<id>/seen/)."""
     workers: int | None = None

@@ -57,7 +57,18 @@ TOUCHING = [
     Obj("thin_pole", "cylinder", (-0.2, 0.65, 0.5), (0.05, 0, 0.5), ((0.9, 0.9, 0.9), (0.3, 0.3, 0.3)), "stripes"),
     Obj("flat_tile", "box", (0.3, -0.65, 0.03), (0.3, 0.25, 0.03), ((0.7, 0.58, 0.45), (0.5, 0.38, 0.28)), "checker"),
 ]
-OBJECT_SETS = {"demo": OBJECTS, "touching": TOUCHING}
+# More of what breaks 2D segmenters, none of it touching: two objects of one colour, the small one
+# hidden behind the tall one from some sides; a tall object of two far-apart colours in bands; an
+# object at the support's corner, cut by the image border in many views; a dark ball the colour of
+# the support's dark squares in its shade.
+CLUTTER = [
+    Obj("green_vase", "cylinder", (-0.15, 0.05, 0.4), (0.2, 0, 0.4), ((0.15, 0.55, 0.2), (0.08, 0.38, 0.12)), "rings"),
+    Obj("green_cup", "cylinder", (-0.55, 0.55, 0.14), (0.15, 0, 0.14), ((0.15, 0.55, 0.2), (0.08, 0.38, 0.12)), "dots"),
+    Obj("banded_post", "box", (0.5, 0.5, 0.4), (0.14, 0.14, 0.4), ((0.92, 0.92, 0.9), (0.1, 0.15, 0.45)), "stripes"),
+    Obj("corner_box", "box", (1.05, -1.0, 0.16), (0.2, 0.2, 0.16), ((0.35, 0.5, 0.7), (0.25, 0.35, 0.5)), "checker"),
+    Obj("dark_ball", "sphere", (0.3, -0.35, 0.22), (0.22, 0, 0), ((0.3, 0.24, 0.18), (0.4, 0.32, 0.24)), "dots"),
+]
+OBJECT_SETS = {"demo": OBJECTS, "touching": TOUCHING, "clutter": CLUTTER}
 SUPPORT_HALF = 1.4
 WALL_RADIUS, WALL_HEIGHT = 6.0, 3.0  # the "rich" scene's backdrop
 
