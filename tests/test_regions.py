@@ -10,10 +10,13 @@ from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.regions import (
     clicked_layer,
     depth_layers,
+    depth_region,
     first_mask_warnings,
     keep_supported,
+    looks_like_support,
     plausible_choice,
     review_first_masks,
+    without_support,
 )
 
 
@@ -54,6 +57,36 @@ def test_depth_layer_of_a_click_stops_at_the_objects_silhouette():
     depth, a, b = two_objects()
     layers = depth_layers(depth, np.array([[11, 17]]))
     assert layers and any((layer == a).all() for layer in layers)  # A alone, before leaking into B
+
+
+@pytest.mark.parametrize("along_ray", [False, True])
+def test_a_surface_that_flows_into_the_floor_is_offered_without_the_floor(along_ray):
+    """A cylinder standing on the floor meets it without a depth step: grown from a click on it,
+    a region spreads over the floor (here at the tolerance tried, as a NeRF's noisy depth does at
+    the first). The layer offered is the cylinder, the floor taken out (z-depth, and depth along
+    the ray as a NeRF renders it); a click on the floor itself gets no layer."""
+    from sa3d_ns.scene.generate import Obj, look_at, pixel_rays, render
+
+    mug = Obj("mug", "cylinder", (0.0, 0.0, 0.3), (0.22, 0.0, 0.3), ((0.5, 0.5, 0.5), (0.4, 0.4, 0.4)), "checker")
+    c2w = look_at(np.array([1.7, 1.3, 2.8]), np.array([0.0, 0.0, 0.25]))
+    w = h = 96
+    focal = 0.5 * w / np.tan(np.radians(25))
+    _, ids, depth = render(c2w, w, h, focal, objects=[mug], ss=1)
+    if along_ray:  # z over the cosine of the ray's angle to the camera's axis
+        depth = depth / -(pixel_rays(c2w, w, h, focal) @ c2w[:3, 2]).reshape(h, w)
+    depth = depth.astype(np.float32)
+    truth = ids == 1
+    ys, xs = np.nonzero(truth)
+    click = np.array([[xs.mean(), ys.mean()]])
+    flooded = depth_region(depth, click, 0.06)
+    assert looks_like_support(flooded)  # (the floor, reached through the cylinder's base)
+    layers = depth_layers(depth, click, (0.06,))
+    assert len(layers) == 1
+    for layer in (without_support(depth, flooded, click), layers[0]):
+        assert layer is not None
+        assert (layer & truth).sum() / (layer | truth).sum() > 0.9
+    floor = np.array([[5.0, h - 5.0]])
+    assert ids[h - 5, 5] == 0 and depth_layers(depth, floor, (0.06,)) == []
 
 
 def test_first_mask_warnings_name_what_is_wrong():
