@@ -509,7 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         "--objects", nargs="+", default=["red_ball", "blue_crate"], help="objects, in turn (all: every object)"
     )
     parser.add_argument(
-        "--scene-objects", default="demo", choices=["demo", "touching", "clutter"], help="the generated scene's object set"
+        "--scene-objects",
+        default="demo",
+        choices=["demo", "touching", "clutter"],
+        help="the generated scene's object set",
     )
     parser.add_argument(
         "--scene-texture", default="plain", choices=["plain", "rich"], help="the generated scene's support and sky"
