@@ -133,14 +133,15 @@ def test_weightfree_gives_no_depth_hint_that_is_the_floor_and_keeps_grabcut_near
     img, depth, gt = object_on_its_floor()
     click = np.array([[37.0, 26.0]])
     # every region grown over depth from the box is floor and sky (a third of the border, most of
-    # the image): the depth hint is what is left of it with the floor's surface taken out, inside
-    # the box (its lower rows lie within the tolerance of the nearly flat floor's depth), and
-    # GrabCut stays near it
-    (hint,) = depth_layers(depth, click)
-    assert hint.sum() > 0.3 * gt.sum() and not (hint & ~gt).any()
+    # the image): no depth layer; the hint is the first region with the floor's surface taken
+    # out, inside the box (its lower rows lie within the tolerance of the nearly flat floor's
+    # depth), and GrabCut stays near it
+    assert depth_layers(depth, click) == []
     seg = WeightFreeSegmenter()
     seg.set_image(img, depth)
     out = seg.predict(click, np.array([1]))
+    hint = out.masks[2]  # (the third candidate is the hint itself, with the click's seed disc)
+    assert hint.sum() > 0.3 * gt.sum() and not (hint & ~gt).any()
     roi = seg.region_of_interest(out.masks[2], click)  # (the third candidate is the hint itself)
     ys, xs = np.nonzero(roi)
     assert 0 < ys.min() and ys.max() < 63 and 0 < xs.min() and xs.max() < 79  # a rectangle inside the image

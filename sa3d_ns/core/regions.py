@@ -158,9 +158,8 @@ def depth_layers(
     jumps (at least ``LEAK_GROWTH`` times) somewhere, the region just before the largest jump.
     Regions of a few pixels are noise around the seed and never offered, nor regions that
     ``looks_like_support`` (when every candidate does, the smallest tolerance's region if it does
-    not). A surface that flows into the support at once (every region looks like support) is
-    offered with the support taken out (``without_support``). Empty when depth gives no region
-    (noisy or semi-transparent geometry, a click on the support itself).
+    not). Empty when depth gives no region (noisy or semi-transparent geometry, or a surface that
+    flows into the support at once: see ``without_support``).
     """
     regions = [depth_region(depth, seeds, t) for t in tolerances]
     found = _plateau_and_leak(regions, depth)
@@ -169,9 +168,6 @@ def depth_layers(
         first = regions[0]
         if first.sum() >= min_region(*depth.shape) and not looks_like_support(first):
             kept = [first]
-    if not kept:  # (the surface flows into the support at once: the support taken out of it)
-        rest = without_support(depth, regions[0], seeds)
-        kept = [rest] if rest is not None else []
     return kept
 
 
@@ -195,7 +191,9 @@ def without_support(
     the region's pixels lie on (within ``tolerance`` of their inverse depth), refitted on those
     pixels; the pixels on it are taken out, the rest opened by one pixel (a thin bridge along the
     object's base is not the object) and the components holding the seeds (or within 2 px of
-    them) kept. Measured as the weight-free segmenter's first-mask hint (README, "weight-free")."""
+    them) kept. The weight-free segmenter's first-view hint where ``depth_layers`` gives none
+    (README, "weight-free"); not the loop's clicked layer, whose area judges first masks: the
+    tolerance can take an object's lowest rows with the floor."""
     h, w = depth.shape
     ys, xs = np.nonzero(region)
     if len(xs) < 4 * min_region(h, w):

@@ -14,8 +14,8 @@ How a prompt becomes a mask:
    point through depth-continuous regions are probable foreground: the region is grown with
    increasing relative depth tolerances and taken where its area is most stable (the object's
    silhouette, before it leaks into what touches it; never a region that spreads over the support
-   or background, see ``regions.looks_like_support``; where every region does, that region with
-   the support's surface taken out, ``regions.without_support``); where depth gives no region
+   or background, see ``regions.looks_like_support``); where every region does, the first one
+   with the support's surface taken out (``regions.without_support``); where depth gives no region
    (noisy or semi-transparent geometry, a click on the support) or is missing, a disc around
    each positive point. Everything else is
    probable background.
@@ -36,7 +36,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from sa3d_ns.core.regions import DEPTH_TOLERANCES, depth_layers, keep_supported
+from sa3d_ns.core.regions import DEPTH_TOLERANCES, depth_layers, depth_region, keep_supported, without_support
 from sa3d_ns.segmenters.base import Segmentation, Segmenter, check_image, default_labels
 
 # Without a usable depth region, probable foreground is a disc of this radius (fraction of min(H, W)).
@@ -141,7 +141,11 @@ class WeightFreeSegmenter(Segmenter):
                 inside &= ~(score < -self.prior_out * scale)
         elif self.depth is not None and len(pos):
             hints = depth_layers(self.depth, pos, self.depth_tolerances)
-            if not hints:  # no usable depth there (noisy, semi-transparent): a disc
+            if not hints:  # flowed into the support at once: the support's surface taken out
+                flooded = depth_region(self.depth, pos, self.depth_tolerances[0])
+                rest = without_support(self.depth, flooded, pos)
+                hints = [rest] if rest is not None else []
+            if not hints:  # no usable depth there (noisy, semi-transparent, the support): a disc
                 hints = [point_discs(h, w, pos, FALLBACK_RADIUS * min(h, w))]
         elif len(pos):
             hints = [point_discs(h, w, pos, FALLBACK_RADIUS * min(h, w))]
