@@ -16,9 +16,8 @@ How a prompt becomes a mask:
    silhouette, before it leaks into what touches it; never a region that spreads over the support
    or background, see ``regions.looks_like_support``); where every region does, the first one
    with the support's surface taken out (``regions.without_support``); where depth gives no region
-   (noisy or semi-transparent geometry, a click on the support) or is missing, a disc around
-   each positive point. Everything else is
-   probable background.
+   (noisy or semi-transparent geometry, a click on the support) or is missing, a disc around each
+   positive point. Everything else is probable background.
 3. GrabCut (colour Gaussian mixtures + graph cut, OpenCV) refines the labelling within a rectangle
    around the hint and the points, grown by ``roi_margin`` of its size on each side (outside it is
    sure background, as GrabCut is meant to be used): a colour shared with the floor or a
