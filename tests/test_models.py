@@ -293,3 +293,18 @@ def test_sa3d_weights_command(tmp_path):
     r = subprocess.run([exe, "download", "sam-vit_b"], env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "downloads are disabled" in r.stdout
     assert not list(tmp_path.glob("*.pth*"))  # nothing half-written
+
+
+def test_a_render_mid_add_has_a_colour_for_every_mask():
+    """The viewer's render thread can run while an object is being added: its mask is there, its
+    name not yet. The overlay's colours are taken by index, one per mask (it raised IndexError in
+    the splat run's headless-Chromium test), and agree with the named objects' colours."""
+    from types import SimpleNamespace
+
+    from sa3d_ns.nerf.model import MaskObjects
+
+    model = SimpleNamespace(config=SimpleNamespace(overlay_color=(1.0, 0.0, 0.0), objects=["ball"]))
+    model.colors_of = lambda k: MaskObjects.colors_of(model, k)  # pyright: ignore[reportArgumentType]
+    named = MaskObjects.object_colors.fget(model)  # pyright: ignore[reportOptionalCall]
+    two = MaskObjects.colors_of(model, 2)  # pyright: ignore[reportArgumentType]
+    assert named == [(1.0, 0.0, 0.0)] and len(two) == 2 and two[0] == named[0] and two[1] != two[0]

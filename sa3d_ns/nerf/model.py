@@ -136,7 +136,12 @@ class MaskObjects:
 
     @property
     def object_colors(self) -> list[tuple[float, float, float]]:
-        return [tuple(self.config.overlay_color), *palette(len(self.config.objects))[1:]][: len(self.config.objects)]
+        return self.colors_of(len(self.config.objects))
+
+    def colors_of(self, k: int) -> list[tuple[float, float, float]]:
+        """The overlay colours of the first ``k`` objects, by index: a render that runs while an
+        object is being added (the viewer's render thread) has its mask before its name."""
+        return [tuple(self.config.overlay_color), *palette(k)[1:]][:k]
 
     def object_index(self, name: str) -> int:
         if name not in self.config.objects:
@@ -316,7 +321,7 @@ class SA3DModel(MaskObjects, NerfactoModel):
             # all objects together (the only ones with a single object)
             k_all = scores.shape[-1]
             colors = torch.tensor(
-                self.object_colors[:k_all] or [(0.0, 0.0, 0.0)], device=scores.device, dtype=s["rgb"].dtype
+                self.colors_of(k_all) or [(0.0, 0.0, 0.0)], device=scores.device, dtype=s["rgb"].dtype
             )
             out["mask"], out["mask_score"], out["rgb_overlay"] = overlay(
                 s["rgb"], scores, cfg.mask_threshold, colors, cfg.overlay_alpha
