@@ -30,6 +30,12 @@ fi
 # Every test but the extended ones (~25 min on 2 cores) unless a -m selection is given; CI runs
 # all in one go, with scripts/test.sh -m "extended or not extended" (~40 min more: the extended
 # ones also run scripts/gpu_check.sh in its CPU setting).
+# pytest's folders go under ${TMPDIR:-/tmp}: a run writes a few GB there (nerfacto checkpoints,
+# removed as each module ends); say so up front when the disk is nearly full.
+FREE_GB=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print int($4 / 1048576)}')
+if [ "${FREE_GB:-0}" -lt 8 ]; then
+  echo "scripts/test.sh: warning: only ${FREE_GB} GB free under ${TMPDIR:-/tmp}; the tests write up to ~4 GB there. Free some space or set TMPDIR to a roomier folder." >&2
+fi
 SELECT=(-m "not extended")
 for arg in "$@"; do [ "$arg" = "-m" ] && SELECT=(); done
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider "${SELECT[@]}" "$@"

@@ -40,7 +40,8 @@ def capture(tmp_path_factory):
         )
         if rms < 0.03 * spread:
             break
-    return {"root": root, "scene": root / "scene", "data": data}
+    yield {"root": root, "scene": root / "scene", "data": data}
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def recovered_centres_residual(meta: dict, truth: dict) -> tuple[float, float]:

@@ -40,7 +40,8 @@ def scene(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     nerfacto_config = next((root / "outputs").rglob("nerfacto/*/config.yml"))
     prompt = point_prompt(root / "scene", root / "prompt.json")
-    return {"root": root, "nerfacto": nerfacto_config, "prompt": prompt, "digest": tree_digest(nerfacto_config.parent)}
+    yield {"root": root, "nerfacto": nerfacto_config, "prompt": prompt, "digest": tree_digest(nerfacto_config.parent)}
+    shutil.rmtree(root, ignore_errors=True)  # (over 1 GB of runs; the disk is shared)
 
 
 def sa3d(scene, *extra, out="outputs", env=None):

@@ -5,6 +5,7 @@ and rays per batch cut down for a CPU, segmented by ns-train sa3d, rendered by n
 evaluated by sa3d-eval."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ def family(tmp_path_factory):
         ["sa3d-make-scene", "--output", root / "scene", "--num-views", "24", "--width", "64", "--height", "64"], root
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    return {"root": root, "prompt": point_prompt(root / "scene", root / "prompt.json"), "runs": {}}
+    yield {"root": root, "prompt": point_prompt(root / "scene", root / "prompt.json"), "runs": {}}
+    shutil.rmtree(root, ignore_errors=True)  # (about 3 GB of checkpoints; the disk is shared)
 
 
 def trained(family, method: str):
