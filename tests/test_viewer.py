@@ -162,6 +162,36 @@ def test_panel_logic_prompt_segment_refuse_and_stop():
     assert logic.next_name() == "object2"
 
 
+def test_panel_is_busy_from_the_moment_a_run_starts():
+    """An observer (the viewer's thread, a test polling for the end) never sees a run's progress
+    published while the panel says it is not busy: from begin() to the last step it is busy, and a
+    begin() that fails leaves it idle."""
+    pipe, seen = FakePipeline(step_seconds=0.02), []
+    logic = PanelLogic(pipe, notify=lambda text: None)
+    logic.changed = lambda: seen.append((logic.busy, logic.progress["total"], logic.progress["done"]))
+    start = pipe.start_object_from_camera
+
+    def begin(*args):
+        seen.append((logic.busy, "begin"))
+        start(*args)
+
+    pipe.start_object_from_camera = begin
+    logic.add_point(FakeCamera(), (0.25, 0.25), 1)
+    seen.clear()
+    assert logic.segment("a", wait=True) and logic.progress["done"] == 5
+    assert seen[0] == (True, "begin")
+    assert all(busy for busy, total, done in seen[1:-1]) and seen[-1] == (False, 5, 5), seen
+
+    def failing(*args):
+        raise SA3DError("cannot start")
+
+    pipe.start_object_from_camera = failing
+    logic.add_point(FakeCamera(), (0.25, 0.25), 1)
+    with pytest.raises(SA3DError, match="cannot start"):
+        logic.segment("b")
+    assert not logic.busy
+
+
 def test_panel_prefers_a_plausible_candidate_and_shows_warnings():
     """Candidates reviewed by the pipeline (a warning per candidate): the first without an
     implausible warning is preselected, every warning is in its caption's data, and a prompt

@@ -160,7 +160,10 @@ def click_segment_and_look(
             Image.fromarray((plain * 255).astype(np.uint8)).save(artifacts / f"{prefix}_canvas_rgb.png")
             page.get_by_role("button", name="Segment").click()
             wait_for(lambda: logic.progress["total"] > 0 and not logic.busy, 600, "the segmentation to finish")
-            assert len(pipeline.model.object_names) == 1 and logic.progress["done"] == views, logic.progress
+            assert len(pipeline.model.object_names) == 1 and logic.progress["done"] == views, (
+                logic.progress,
+                panel.message,
+            )
             # where the object is and its mask is on (what each Display changes, whatever the
             # segmenter's quality), and far from both (what no Display may change)
             with viewer.train_lock:  # (the viewer's renders take it too)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,7 +133,10 @@ class PanelLogic:
     # ------------------------------------------------------------------ state
     @property
     def busy(self) -> bool:
-        return self.thread is not None and self.thread.is_alive() and not self.finished
+        # (``finished`` alone: it turns False before the run's progress is published and True
+        # only at its end, so no observer sees a fresh run's progress beside busy False, as one
+        # did in the moment between the progress and the thread's start)
+        return not self.finished
 
     def refuse_if_busy(self) -> bool:
         if self.busy:
@@ -293,11 +297,15 @@ class PanelLogic:
         return True
 
     def _start(self, k, begin, name, wait) -> None:
-        begin()
+        self.finished = False
+        try:
+            begin()
+        except BaseException:
+            self.finished = True
+            raise
         total = len(self.pipeline.plan)
         self.progress = {"done": 0, "total": total, "accepted": 0, "rejected": 0, "last": None, "object": name}
         self.stop_requested = False
-        self.finished = False
         self.thread = threading.Thread(target=self._run, daemon=True, name="sa3d-segment")
         self.thread.start()
         self.changed()
@@ -633,16 +641,33 @@ class SA3DPanel(ViewerElement):
             )
             self._set_click_mode(self.click_mode)
 
-    def _show_output(self, name: str) -> None:
+    def _show_output(self, name: str, wait_s: float = 0.0) -> None:
+        """Show ``name`` in the viewer's Output dropdown. The viewer lists a new output only after
+        a render that made it (the first object of a run, or the first after all were deleted):
+        with ``wait_s`` the choice waits for it in a thread of its own, up to that long."""
         if self.viewer is None:
             return
-        panel = self.viewer.control_panel
-        options = getattr(panel._output_render, "options", None)
-        if options is not None and name not in options:
-            self._notify(f"The output {name!r} is not available yet.")
-            return
-        panel._output_render.value = name
-        self.viewer._trigger_rerender()
+        viewer, panel = self.viewer, self.viewer.control_panel
+
+        def listed() -> bool:
+            options = getattr(panel._output_render, "options", None)
+            return options is None or name in options
+
+        def show() -> None:
+            deadline = time.monotonic() + wait_s
+            while not listed() and time.monotonic() < deadline:
+                viewer._trigger_rerender()
+                time.sleep(0.1)
+            if not listed():
+                self._notify(f"The output {name!r} is not available yet.")
+                return
+            panel._output_render.value = name
+            viewer._trigger_rerender()
+
+        if wait_s > 0 and not listed():
+            threading.Thread(target=show, daemon=True, name="sa3d-show-output").start()
+        else:
+            show()
 
     def _set_threshold(self, value: float) -> None:
         self.logic.pipeline.model.config.mask_threshold = float(value)
@@ -711,7 +736,7 @@ class SA3DPanel(ViewerElement):
         if self._was_busy and not logic.busy and logic.pipeline.model.object_names:
             # a run just ended: show its result as the Display dropdown says (the viewer's own
             # output dropdown still shows what it showed before, usually the plain rgb)
-            self._show_output(h["display"].value)
+            self._show_output(h["display"].value, wait_s=30.0)
         self._was_busy = logic.busy
         if self.viewer is not None:
             self.viewer._trigger_rerender()
