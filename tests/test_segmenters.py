@@ -93,6 +93,31 @@ def test_weightfree_never_takes_what_the_3d_mask_voted_out():
     assert WeightFreeSegmenter().prior_out == 0.5  # (the default, measured on the touching, clutter and demo scenes)
 
 
+def test_weightfree_keeps_the_parts_of_a_striped_object_that_the_3d_mask_covers():
+    """Later views: a pole in white and black bands before a floor of black and tan squares.
+    GrabCut gives the black bands to the floor's colours, which cuts the pole into pieces; the
+    self-prompts sit in the top piece. The pieces the rendered 3D mask covers (score > 0) are kept,
+    not only the ones holding a point (which left the pole's lower half out, view after view), and
+    nothing of the floor is."""
+    h, w = 64, 64
+    yy, xx = np.mgrid[:h, :w]
+    floor = ((xx // 8 + yy // 8) % 2).astype(bool)
+    img = np.where(floor[..., None], np.array([20, 20, 20]), np.array([180, 150, 115])).astype(np.uint8)
+    pole = (np.abs(xx - 32) <= 2) & (yy >= 8) & (yy < 56)
+    white = pole & ((yy // 6) % 2 == 0)
+    img[pole] = [20, 20, 20]
+    img[white] = [235, 235, 235]
+    rng = np.random.default_rng(0)
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    prior = np.where(pole, 1.0, np.where(np.abs(xx - 32) > 8, -0.1, 0.0)).astype(np.float32)
+    seg = WeightFreeSegmenter()
+    seg.set_image(img, np.full((h, w), 3.0, np.float32))
+    mask = seg.predict(np.array([[32.5, 14.5], [32.5, 26.5]]), prior=prior, multimask=False).best()[0]
+    lower = white & (yy >= 32)
+    assert mask[lower].mean() > 0.9, mask[lower].mean()
+    assert not (mask & ~pole).any()
+
+
 def test_weightfree_lets_a_3d_mask_grow_whatever_the_scale_of_its_score():
     """The sure-background bar is relative to the score's largest magnitude, either sign: a
     splat's rendered score can peak at 0.14 inside the object and reach -0.8 far out, and against
