@@ -97,8 +97,10 @@ class WeightFreeSegmenter(Segmenter):
             0.5 or 0.6 (0.355 when the bar was relative to the maximum alone). Since GrabCut is
             seeded (the figures before carried its random start), again at 0.5 / 0.6: touching
             0.919 / 0.951 / 0.733 against 0.767 / 0.734 / 0.659, the clutter scene's five objects
-            and the 128-px demo's four equal, the 64-px demo's crate 0.928 at both: 0.5 is the
-            default.
+            and the 128-px demo's four equal, the 64-px demo's crate 0.928 at both; on a later
+            training of that demo the crate 0.444 / 0.519 (0.586 without; its prompt view sees
+            only its top). 0.5 is the default on the sum; the bar cannot tell a part voted out by
+            an early view that saw only part of the object from a neighbour voted out by many.
     """
 
     name = "weightfree"
