@@ -143,6 +143,11 @@ class MaskObjects:
         object is being added (the viewer's render thread) has its mask before its name."""
         return [tuple(self.config.overlay_color), *palette(k)[1:]][:k]
 
+    def overlay_colors(self, k: int, like: torch.Tensor) -> torch.Tensor:
+        """``colors_of(k)`` as the (k, 3) tensor ``overlay`` takes, on ``like``'s device and dtype
+        (one black row when there is no object)."""
+        return torch.tensor(self.colors_of(k) or [(0.0, 0.0, 0.0)], device=like.device, dtype=like.dtype)
+
     def object_index(self, name: str) -> int:
         if name not in self.config.objects:
             raise SA3DError(f"No object named {name!r} in this run; its objects are {self.object_names}.")
@@ -320,9 +325,7 @@ class SA3DModel(MaskObjects, NerfactoModel):
 
             # all objects together (the only ones with a single object)
             k_all = scores.shape[-1]
-            colors = torch.tensor(
-                self.colors_of(k_all) or [(0.0, 0.0, 0.0)], device=scores.device, dtype=s["rgb"].dtype
-            )
+            colors = self.overlay_colors(k_all, s["rgb"])
             out["mask"], out["mask_score"], out["rgb_overlay"] = overlay(
                 s["rgb"], scores, cfg.mask_threshold, colors, cfg.overlay_alpha
             )

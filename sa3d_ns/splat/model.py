@@ -188,7 +188,7 @@ class SA3DSplatModel(MaskObjects, SplatfactoModel):
             scores = render[0].reshape(h * w, k_all)
         else:
             scores = rgb.new_zeros((h * w, 0))
-        colors = torch.tensor(self.colors_of(k_all) or [(0.0, 0.0, 0.0)], device=rgb.device, dtype=rgb.dtype)
+        colors = self.overlay_colors(k_all, rgb)
         mask, score, over = overlay(rgb.reshape(-1, 3), scores, cfg.mask_threshold, colors, cfg.overlay_alpha)
         out["mask"], out["mask_score"], out["rgb_overlay"] = (t.reshape(h, w, -1) for t in (mask, score, over))
         own, degree = self.own_colors()
