@@ -8,6 +8,7 @@ import torch
 from sa3d_ns.core.composite import (
     cut_out,
     fill_behind,
+    front_of_boxes,
     mask_scores,
     overlay,
     probes_behind,
@@ -79,6 +80,30 @@ def test_mask_scores_and_overlay_by_hand():
     # no object yet: nothing on, the render as it is
     mask, score, out = overlay(rgb, torch.zeros((3, 0)), 0.0, torch.zeros((1, 3)), 0.5)
     assert mask.sum() == 0 and score.sum() == 0 and torch.equal(out, rgb)
+
+
+def test_a_haze_in_front_of_the_box_does_not_hide_a_visible_object_but_an_occluder_does():
+    # 4 samples per ray, one object: samples 2 and 3 lie in its box; the object (value 1) at 2
+    inside = torch.tensor([[False, False, True, True]] * 3 + [[False] * 4])[..., None]
+    front = front_of_boxes(inside)
+    assert front[..., 0].tolist() == [[True, True, False, False]] * 3 + [[False] * 4]  # (never enters: none)
+    values = torch.tensor([[-1.0, -1.0, 1.0, -1.0]] * 4)[..., None]
+    weights = torch.tensor(
+        [
+            [0.35, 0.35, 0.25, 0.05],  # a haze (voted out) in front: 70 % of the weight, the object 25 %
+            [0.5, 0.49, 0.01, 0.0],  # an occluder in front: the box 1 % visible
+            [0.0, 0.0, 0.3, 0.7],  # the object's rim: the rest is the background behind it, in the box
+            [0.35, 0.35, 0.25, 0.05],  # a ray that never enters the box: its whole score
+        ]
+    )
+    whole = mask_scores(weights, values)
+    assert torch.allclose(whole[:, 0], torch.tensor([-0.5, -0.98, -0.4, -0.5]))
+    seen = mask_scores(weights, values, front, 0.2)
+    # the haze left out (the box is 30 % visible through it); the occluder's votes kept (1 % visible);
+    # what lies behind or around the object counts as before
+    assert torch.allclose(seen[:, 0], torch.tensor([0.2, -0.98, -0.4, -0.5]))
+    # a higher bar than the box's visibility: the whole score
+    assert torch.allclose(mask_scores(weights, values, front, 0.31)[:, 0], whole[:, 0])
 
 
 def test_resample_rays_are_those_the_removed_samples_weighed_on():

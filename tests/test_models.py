@@ -308,3 +308,28 @@ def test_a_render_mid_add_has_a_colour_for_every_mask():
     named = MaskObjects.object_colors.fget(model)  # pyright: ignore[reportOptionalCall]
     two = MaskObjects.colors_of(model, 2)  # pyright: ignore[reportArgumentType]
     assert named == [(1.0, 0.0, 0.0)] and len(two) == 2 and two[0] == named[0] and two[1] != two[0]
+
+
+def test_the_samples_in_front_of_each_objects_box():
+    """SA3DModel.front_samples: per object, the samples of a ray before it enters the object's box
+    (what mask_scores may leave out: a haze between the camera and the object); none for an object
+    still unbounded (being segmented), and None when the setting or the boxes are off."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from sa3d_ns.nerf.model import SA3DModel
+
+    inf = float("inf")
+    bounds = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], [[-inf] * 3, [inf] * 3]])
+    config = SimpleNamespace(front_visibility=0.1, crop_to_bounds=True)
+    model = SimpleNamespace(config=config, mask_fields=[None, None], object_bounds=bounds)
+    xs = torch.tensor([-1.5, -0.5, 0.5, 1.5])
+    positions = torch.stack([xs, torch.full_like(xs, 0.5), torch.full_like(xs, 0.5)], -1)[None]  # 1 ray, 4 samples
+    front = SA3DModel.front_samples(model, positions, 1)  # pyright: ignore[reportArgumentType]
+    assert front is not None and front.shape == (1, 4, 2)
+    assert front[0, :, 0].tolist() == [True, True, False, False] and not front[..., 1].any()
+    config.front_visibility = None
+    assert SA3DModel.front_samples(model, positions, 1) is None  # pyright: ignore[reportArgumentType]
+    config.front_visibility, config.crop_to_bounds = 0.1, False
+    assert SA3DModel.front_samples(model, positions, 1) is None  # pyright: ignore[reportArgumentType]

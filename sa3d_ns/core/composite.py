@@ -125,9 +125,32 @@ def probes_behind(
     return points[:, None, :] + (t_exit[:, None] * steps)[..., None] * d[:, None, :]
 
 
-def mask_scores(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """R x S volume weights and R x S x K mask values -> R x K: each object's rendered mask score."""
-    return (weights[..., None] * values).sum(1)
+def front_of_boxes(inside: torch.Tensor) -> torch.Tensor:
+    """inside R x S x K (whether each sample, in ray order, lies in each object's box) -> R x S x K:
+    the samples before the ray's first one in the box, what lies between the camera and the box;
+    none on a ray that never enters it."""
+    return (inside.int().cumsum(1) == 0) & inside.any(1, keepdim=True)
+
+
+def mask_scores(
+    weights: torch.Tensor, values: torch.Tensor, front: torch.Tensor | None = None, min_visibility: float = 0.0
+) -> torch.Tensor:
+    """R x S volume weights and R x S x K mask values -> R x K: each object's rendered mask score.
+
+    With ``front`` (R x S x K, ``front_of_boxes``): where the object's box is at least
+    ``min_visibility`` visible through what lies in front of it (the transmittance at the box, 1 -
+    the weight in front), the score leaves that out: a NeRF's floaters or haze between a camera and
+    the object carry the votes of the views that saw them against a background, and outweigh a
+    visible object behind them (the clutter scene's held-out frame 46: 71 % of the weight in a haze
+    in front of the box, the objects' masks empty). Less visible (an occluder) the whole score
+    counts, the occluder's votes with it."""
+    w = weights[..., None]
+    scores = (w * values).sum(1)
+    if front is None:
+        return scores
+    hidden = (w * front).sum(1)
+    behind = (w * values * ~front).sum(1)
+    return torch.where(1 - hidden >= min_visibility, behind, scores)
 
 
 def overlay(

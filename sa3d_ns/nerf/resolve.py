@@ -56,6 +56,7 @@ NUMERIC_SETTINGS = [
     ("model", "mask_log2_hashmap_size", "int", 8, 26, ""),
     ("model", "mask_threshold", "float", -1e6, 1e6, ""),
     ("model", "overlay_alpha", "float", 0, 1, ""),
+    ("model", "front_visibility", "float", 0, 1, "leave it out for the default; None turns it off"),
     ("model", "removal_margin", "float", 0, 1000, "0 turns it off"),
 ]
 
