@@ -323,13 +323,15 @@ def test_the_samples_in_front_of_each_objects_box():
     inf = float("inf")
     bounds = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], [[-inf] * 3, [inf] * 3]])
     config = SimpleNamespace(front_visibility=0.1, crop_to_bounds=True)
-    model = SimpleNamespace(config=config, mask_fields=[None, None], object_bounds=bounds)
+    model = SimpleNamespace(config=config, object_bounds=bounds)
     xs = torch.tensor([-1.5, -0.5, 0.5, 1.5])
     positions = torch.stack([xs, torch.full_like(xs, 0.5), torch.full_like(xs, 0.5)], -1)[None]  # 1 ray, 4 samples
-    front = SA3DModel.front_samples(model, positions, 1)  # pyright: ignore[reportArgumentType]
+    front = SA3DModel.front_samples(model, positions, 1, 2)  # pyright: ignore[reportArgumentType]
     assert front is not None and front.shape == (1, 4, 2)
     assert front[0, :, 0].tolist() == [True, True, False, False] and not front[..., 1].any()
+    first = SA3DModel.front_samples(model, positions, 1, 1)  # pyright: ignore[reportArgumentType]
+    assert first is not None and first.shape == (1, 4, 1)  # (the objects a render has values for)
     config.front_visibility = None
-    assert SA3DModel.front_samples(model, positions, 1) is None  # pyright: ignore[reportArgumentType]
+    assert SA3DModel.front_samples(model, positions, 1, 2) is None  # pyright: ignore[reportArgumentType]
     config.front_visibility, config.crop_to_bounds = 0.1, False
-    assert SA3DModel.front_samples(model, positions, 1) is None  # pyright: ignore[reportArgumentType]
+    assert SA3DModel.front_samples(model, positions, 1, 2) is None  # pyright: ignore[reportArgumentType]

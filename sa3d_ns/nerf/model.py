@@ -212,10 +212,11 @@ class SA3DModel(MaskObjects, NerfactoModel):
         return exclusive(values, self.config.mask_threshold)
 
     @torch.no_grad()
-    def front_samples(self, positions: torch.Tensor, rays: int) -> torch.Tensor | None:
-        """positions R x S x 3 -> R x S x K: the samples between the camera and each object's box
-        (``core.composite.front_of_boxes``); None when boxes do not crop or ``front_visibility`` is off."""
-        k = min(len(self.mask_fields), len(self.object_bounds))
+    def front_samples(self, positions: torch.Tensor, rays: int, k: int) -> torch.Tensor | None:
+        """positions R x S x 3 -> R x S x k: the samples between the camera and each of the first
+        ``k`` objects' boxes (``core.composite.front_of_boxes``; ``k``: the objects ``object_values``
+        gave values for, as a render can race an object being added); None when boxes do not crop
+        or ``front_visibility`` is off."""
         if self.config.front_visibility is None or not self.config.crop_to_bounds or k == 0:
             return None
         return front_of_boxes(in_boxes(positions.reshape(rays, -1, 3), self.object_bounds[:k]))
@@ -316,7 +317,7 @@ class SA3DModel(MaskObjects, NerfactoModel):
         with torch.no_grad():
             r, n = s["weights"].shape
             values = self.object_values(s["positions"].reshape(-1, 3)).reshape(r, n, -1)
-            front = self.front_samples(s["positions"], r)
+            front = self.front_samples(s["positions"], r, values.shape[-1])
             scores = mask_scores(s["weights"], values, front, cfg.front_visibility or 0.0)
             samples, density, sample_rgb = s["ray_samples"], s["density"], s["sample_rgb"]
             background = torch.tensor(cfg.object_background, device=scores.device, dtype=sample_rgb.dtype)
