@@ -63,6 +63,50 @@ def test_explicit_votes_equal_autograd_votes(mode):
     assert torch.allclose(fast.score(pos, weights), slow.score(pos, weights), atol=1e-6)
 
 
+@pytest.mark.parametrize("mode, prior", [("vote", 0.0), ("vote", 16.0), ("sgd", 0.0)])
+@pytest.mark.parametrize("explicit", [True, False])
+def test_a_withdrawn_vote_is_as_if_the_view_had_never_been_lifted(mode, prior, explicit):
+    """A later pass replaces a view's mask (``pass_votes`` "replace"): its earlier vote withdrawn,
+    the new one lifted, the table is that of a lifter that only ever saw the new one; entries that
+    only the withdrawn vote touched count as untouched again (the prior's count of entries)."""
+    torch.manual_seed(1)
+    pos, weights, (m1, m2) = random_views(300)
+    other_pos = torch.randn(200, 6, 3) * 0.6  # a view of its own rays (entries the others never touch)
+    other_w, other_m = torch.rand(200, 6) * 0.3, torch.rand(200) > 0.4
+    fields = [mask_field(), mask_field()]
+    lifters = [
+        MaskLifter(
+            f, f.table, mode=mode, lr=0.1, chunk_rays=128, vote_prior=prior, corners=f.corners if explicit else None
+        )
+        for f in fields
+    ]
+    replaced, fresh = lifters
+    replaced.add_view(pos, weights, m1, 5.0)  # the first view's mask, then another view
+    replaced.add_view(other_pos, other_w, other_m, 1.0)
+    replaced.add_view(pos, weights, m1, 5.0, withdraw=True)  # the later pass: the first view's mask replaced
+    replaced.add_view(pos, weights, m2, 1.0)
+    fresh.add_view(other_pos, other_w, other_m, 1.0)
+    fresh.add_view(pos, weights, m2, 1.0)
+    assert torch.allclose(fields[0].table, fields[1].table, atol=1e-5)
+    assert fields[0].table.abs().sum() > 0
+    if mode == "vote":
+        assert replaced._touch_sum == pytest.approx(fresh._touch_sum, rel=1e-5)
+        assert torch.equal(replaced.touch > 0, fresh.touch > 0)  # (the prior counts the touched entries)
+        # a lifter's only view withdrawn: every entry untouched, the table 0 (not rounding residues)
+        fresh.reset()
+        fresh.add_view(other_pos, other_w, other_m, 1.0)
+        fresh.add_view(other_pos, other_w, other_m, 1.0, withdraw=True)
+        assert not (fresh.touch > 0).any() and fields[1].table.abs().max() == 0
+
+
+def test_a_vote_cannot_be_withdrawn_from_released_sums():
+    field = mask_field()
+    lifter = MaskLifter(field, field.table, corners=field.corners)
+    pos, w, (m, _) = random_views(20)
+    with pytest.raises(RuntimeError, match="no votes to withdraw"):
+        lifter.add_view(pos, w, m, 1.0, withdraw=True)
+
+
 def test_score_memo_never_serves_another_view():
     field = mask_field()
     lifter = MaskLifter(field, field.table, corners=field.corners)

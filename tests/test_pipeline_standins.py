@@ -224,10 +224,14 @@ class MergingSegmenter(RedSegmenter):
 
     name = "merging"
 
+    def __init__(self, ring: int = 4):
+        self.ring = ring
+
     def predict(self, points=None, labels=None, box=None, prior=None, multimask=True):
         out = super().predict(points, labels, box, prior, multimask=False)
         if prior is None:
-            grown = cv2.dilate(out.masks[0].astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+            size = 2 * self.ring + 1
+            grown = cv2.dilate(out.masks[0].astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
             return Segmentation(masks=grown[None], scores=np.array([0.9]))
         return out
 
@@ -365,3 +369,63 @@ def test_a_wrong_first_mask_outvoted_by_later_views_is_replaced_and_a_wrong_rest
     assert len(restored) == 1 and restored[0]["restored"] == 0 and restored[0]["view"] == 3
     config.restart_after = 0
     assert ball_ious(undone) == ball_ious(segment_the_ball(config, labels=np.array([1])))
+
+
+def test_a_second_pass_replaces_each_views_vote_with_its_later_mask(tmp_path, monkeypatch):
+    """``num_passes 2`` with ``pass_votes replace``: in the second pass each view is segmented again
+    from the 3D mask all the views built (the prompt view too, self-prompted), and an accepted mask
+    takes the place of that view's earlier vote. The merged first mask (the ball and the dome
+    around it) then leaves no vote behind: the 3D mask is exactly the lift of every view's latest
+    mask, which it is not when the passes add up."""
+    from sa3d_ns.core.lifting import MaskLifter
+    from sa3d_ns.core.loop import SA3DLoop
+
+    monkeypatch.setitem(
+        factory.REGISTRY, "merging", factory.Entry(lambda ctx: MergingSegmenter(ring=1), factory.no_weights)
+    )
+    lifted = []
+    original = SA3DLoop.lift
+
+    def spy(self, obj, view, data, mask, neg, key):
+        lifted.append((view, mask.copy(), neg))
+        return original(self, obj, view, data, mask, neg, key)
+
+    monkeypatch.setattr(SA3DLoop, "lift", spy)
+    tables = {}
+    for rule in ("replace", "add"):
+        lifted.clear()
+        config = standin_config(tmp_path)
+        config.segmenter, config.num_passes, config.pass_votes = "merging", 2, rule
+        config.restart_after = 0  # (the first mask stays: no restart from the views that disagree with it)
+        pipeline = segment_the_ball(config, labels=np.array([1]))
+        records = pipeline.records
+        assert len(records) == 2 * N_VIEWS and records[0]["status"] == "prompt"
+        second = records[N_VIEWS:]
+        assert second[0]["view"] == 0 and second[0]["status"] == "accepted"  # (the prompt view, self-prompted)
+        voted = {r["view"] for r in records[:N_VIEWS] if r["status"] in ("prompt", "accepted")}
+        assert len(voted) >= 3  # (the ring's dome patch keeps some later views out in the first pass)
+        for r in second:
+            assert r.get("replaced", False) == (rule == "replace" and r["status"] == "accepted" and r["view"] in voted)
+        assert not any("replaced" in r for r in records[:N_VIEWS])
+        # what the 3D mask should hold: each view's latest mask (replace) or every mask (add)
+        votes = {v: (m, n) for v, m, n in lifted} if rule == "replace" else None
+        field = pipeline.model.mask_fields[0]
+        ref_field = pipeline.model.mask_fields[0].__class__(
+            field.aabb, field.spatial_distortion, num_levels=8, min_res=16, max_res=256, log2_hashmap_size=14
+        )
+        ref = MaskLifter(ref_field, ref_field.table, vote_prior=config.vote_prior, corners=ref_field.corners)
+        for v, m, n in [(v, m, n) for v, (m, n) in votes.items()] if votes else lifted:
+            data = pipeline.view_data(v)
+            ref.add_view(data["positions"], data["weights"], torch.from_numpy(m).reshape(-1), n)
+        assert torch.allclose(field.table, ref_field.table, atol=1e-5), rule
+        tables[rule] = field.table.detach().clone()
+        # the merged ring (dome pixels around the ball in the prompt view) in the 3D mask
+        data = pipeline.view_data(0)
+        score = pipeline.objects[0].lifter.score(data["positions"], data["weights"]).view(SIZE, SIZE).numpy()
+        ball = red_pixels(pipeline, 0)
+        ring = cv2.dilate(ball.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~ball
+        tables[rule + "_ring"] = float(score[ring].mean())
+    assert not torch.equal(tables["replace"], tables["add"])
+    # the ring: voted out by the other views either way, but with the passes added up the merged
+    # first mask still votes for it (its rendered score less negative)
+    assert tables["replace_ring"] < tables["add_ring"] - 0.01

@@ -328,17 +328,24 @@ class MaskLifter:
         mask: torch.Tensor,
         neg_weight: float,
         key: Hashable | None = None,
+        withdraw: bool = False,
     ) -> None:
-        """Lift one view: positions R x S x 3, weights R x S, 2D mask R (bool) for the same rays."""
+        """Lift one view: positions R x S x 3, weights R x S, 2D mask R (bool) for the same rays.
+
+        ``withdraw``: take back a vote this lifter was given before (the same view, mask and
+        ``neg_weight``): both rules are sums of per-view terms that do not depend on the table,
+        so the view's term is subtracted and the result is as if it had never been lifted (to
+        float rounding)."""
         if positions.shape[:2] != weights.shape or mask.shape[0] != weights.shape[0]:
             raise ValueError(
                 f"inconsistent shapes: positions {tuple(positions.shape)}, weights {tuple(weights.shape)}, mask {tuple(mask.shape)}"
             )
         mask = mask.reshape(-1).bool()
         lam = float(neg_weight)
+        sign = -1.0 if withdraw else 1.0
         explicit = self.corners is not None and self.param.dtype == torch.float32
         if self.mode == "sgd":
-            scale = self.lr / max(weights.shape[0], 1)  # L = -mean_p t(p) S(p), the step -lr dL/dtheta
+            scale = sign * self.lr / max(weights.shape[0], 1)  # L = -mean_p t(p) S(p), the step -lr dL/dtheta
             if explicit:
                 self._scatter(
                     positions, weights, key, mask, (self.param.data, -lam), (self.param.data, 1.0 + lam), scale
@@ -348,6 +355,8 @@ class MaskLifter:
                 self.param.add_(signed.to(self.param.dtype), alpha=scale)
             self._memo = None
             return
+        if withdraw and self.touch is None:
+            raise RuntimeError("this lifter holds no votes to withdraw (released or never given)")
         if self.touch is None:
             if self._touch_sum > 0:
                 raise RuntimeError("this lifter's sums were released: reset() it before lifting views again")
@@ -358,15 +367,23 @@ class MaskLifter:
             if self._touch_sum > 0:
                 self.shifted.add_(self.touch, alpha=lam - self.lam)
             self.lam = lam
+        before = self.touch.clone() if withdraw else None
         if self.corners is not None:
             self._touch_sum += self._scatter(
-                positions, weights, key, mask, (self.touch, 1.0), (self.shifted, 1.0 + lam), 1.0
+                positions, weights, key, mask, (self.touch, 1.0), (self.shifted, 1.0 + lam), sign
             )
         else:
             signed, touch = self._grads(positions, weights, vote_targets(mask, lam))
-            self.shifted.add_(signed).add_(touch, alpha=lam)
-            self.touch += touch
-            self._touch_sum += float(touch.sum())
+            self.shifted.add_(signed, alpha=sign).add_(touch, alpha=sign * lam)
+            self.touch.add_(touch, alpha=sign)
+            self._touch_sum += sign * float(touch.sum())
+        if before is not None:
+            # entries only this view touched are back at 0 but for rounding: exactly 0 again (a
+            # rounding residue would count as touched, and without a prior 1e-9 / 1e-9 is any value)
+            gone = self.touch <= 1e-5 * before
+            self.touch.masked_fill_(gone, 0.0)
+            self.shifted.masked_fill_(gone, 0.0)
+            self._touch_sum = max(self._touch_sum, 0.0)
         self._memo = None
         self._update_param()
 

@@ -106,6 +106,7 @@ class LoopSettings:
     neg_weight_first: float = 1.0
     view_order: str = "nearest"
     num_passes: int = 1
+    pass_votes: str = "replace"
     drop_stray_regions: bool = True
     anchor_check: bool = True
     first_mask_pick: str = "plausible"
@@ -348,15 +349,33 @@ class SA3DLoop:
                 obj.disagreed, obj.outvoted, obj.dissent = -1, None, []  # (its start is settled)
                 neg = cfg.neg_weight
         t1 = time.perf_counter()
-        self.lift(obj, data, mask, neg, key)
+        if self.lift(obj, view, data, mask, neg, key):
+            rec["replaced"] = True  # (its vote of an earlier pass withdrawn: ``pass_votes``)
         rec["lift_s"] = round(time.perf_counter() - t1, 4)
         return self.finish(rec, image, mask, points, labels, t_render, time.perf_counter() - t0)
 
-    def lift(self, obj: ObjectState, data: ViewData, mask: np.ndarray, neg: float, key: Hashable) -> None:
-        """Lift a view's 2D mask into the object's 3D mask (and keep its surface points for the box)."""
-        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(data["weights"].device)
+    def lift(self, obj: ObjectState, view: int, data: ViewData, mask: np.ndarray, neg: float, key: Hashable) -> bool:
+        """Lift a view's 2D mask into the object's 3D mask (and keep its surface points for the
+        box). A view lifted before (an earlier pass) has its earlier vote withdrawn first when
+        ``pass_votes`` is "replace": the later mask, made from the 3D mask all the views built,
+        takes its place. Returns whether a vote was replaced."""
+        device = data["weights"].device
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(device)
+        earlier = obj.votes.get(view) if self.settings.pass_votes == "replace" else None
+        if earlier is not None:
+            old, old_neg, _ = earlier
+            old_t = torch.from_numpy(np.ascontiguousarray(old)).reshape(-1).to(device)
+            obj.lifter.add_view(lifted(data), data["weights"], old_t, old_neg, key=key, withdraw=True)
         obj.lifter.add_view(lifted(data), data["weights"], mask_t, neg, key=key)
-        obj.surface_points.append(surface_samples(data["positions"], data["weights"], mask_t).cpu())
+        points = surface_samples(data["positions"], data["weights"], mask_t).cpu()
+        if earlier is not None:
+            obj.surface_points[earlier[2]] = points
+        else:
+            obj.surface_points.append(points)
+        if self.settings.pass_votes == "replace" and self.settings.num_passes > 1:  # (kept for a later pass)
+            index = earlier[2] if earlier is not None else len(obj.surface_points) - 1
+            obj.votes[view] = (np.array(mask, dtype=bool), float(neg), index)
+        return earlier is not None
 
     def outvoted(self, obj: ObjectState, k: int, rec: ViewRecord, mask: np.ndarray, missed: list[int]) -> None:
         """A later view rejected while the object's start is unsettled (no later view has agreed
@@ -385,7 +404,7 @@ class SA3DLoop:
             (view, chosen), agree = best
             self.relift(obj, k, (view, chosen), datas[view])
             for u, other in agree:  # (the views that agree with it count as accepted)
-                self.lift(obj, datas[u], other, self.settings.neg_weight, self.scene.footprint_key(k, u, datas[u]))
+                self.lift(obj, u, datas[u], other, self.settings.neg_weight, self.scene.footprint_key(k, u, datas[u]))
             obj.outvoted, obj.start, obj.disagreed, obj.dissent = first, (view, chosen), 0, []
             agreeing = {u for u, _ in agree}
             for r in [*self.records, rec]:
@@ -434,9 +453,11 @@ class SA3DLoop:
         """Empty the object's 3D mask and lift one view's mask (``data``: its view's, if at hand)
         into it, as a first view."""
         obj.lifter.reset()
-        obj.surface_points = []
+        obj.surface_points, obj.votes = [], {}
         data = self.scene.view_data(start[0]) if data is None else data
-        self.lift(obj, data, start[1], self.settings.neg_weight_first, self.scene.footprint_key(k, start[0], data))
+        self.lift(
+            obj, start[0], data, start[1], self.settings.neg_weight_first, self.scene.footprint_key(k, start[0], data)
+        )
 
     def corroborated(self, obj: ObjectState, k: int, datas: dict[int, ViewData]):
         """Of the views that disagreed with the first mask, the one whose mask, lifted alone, agrees
@@ -522,7 +543,7 @@ class SA3DLoop:
                 with torch.no_grad():
                     values = self.scene.mask_values(k, pts)
                 self.scene.set_bounds(k, object_box(pts, values, self.scene.mask_threshold()))
-            obj.surface_points = []
+            obj.surface_points, obj.votes = [], {}
             rec["object_end_s"] = round(time.perf_counter() - t_end, 4)  # (writes waited for, the box)
         rec.update(
             points=np.round(points, 1).tolist(),

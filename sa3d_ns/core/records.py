@@ -37,12 +37,15 @@ class ObjectState:
     disagreed: int = -1
     outvoted: tuple[int, Any] | None = None
     dissent: list[tuple[int, Any, bool]] = field(default_factory=list)  # (view, mask, holds the clicks) of those views
+    # The training views lifted into the 3D mask: view -> (its 2D mask, its negative weight, its
+    # surface points' index in ``surface_points``), so a later pass can replace a view's vote.
+    votes: dict[int, tuple[Any, float, int]] = field(default_factory=dict)
 
     def restart(self, prompt: Prompt, order: list[int], camera_started: bool = False) -> None:
         """Segment the object afresh: an empty mask, the new prompt and visit order."""
         self.lifter.reset()
         self.prompt, self.order, self.camera_started = prompt, list(order), camera_started
-        self.surface_points = []
+        self.surface_points, self.votes = [], {}
         self.set_anchors(no_anchors())
         self.start, self.disagreed, self.outvoted, self.dissent = None, -1, None, []
 
@@ -96,6 +99,7 @@ class ViewRecord(TypedDict, total=False):
     # later views
     dropped_px: int  # pixels of stray regions left out before lifting
     anchors_dropped: int  # clicks' surface points no longer checked from this view on (core.anchors)
+    replaced: bool  # a later pass's mask took the place of this view's earlier vote (``pass_votes``)
     restart_from: int  # the object started again from this view's mask, in place of that first view's
     restart_with: int  # this view's mask agreed with that restart view's and was lifted with it
     restored: int  # the restart was undone here: back to that first view's mask
