@@ -154,6 +154,18 @@ def test_view_order_dataset_and_nearest():
         view_order(centres, 0, "random")
 
 
+def test_later_passes_go_over_the_first_views_of_the_order_again():
+    from sa3d_ns.core.views import passes_order
+
+    order = [4, 5, 3, 6]
+    assert passes_order(order, 1) == order
+    assert passes_order(order, 2) == order * 2
+    assert passes_order(order, 2, 0.5) == [4, 5, 3, 6, 4, 5]
+    assert passes_order(order, 3, 0.25) == [4, 5, 3, 6, 4, 4]
+    assert passes_order(order, 2, 0.01) == [4, 5, 3, 6, 4]  # (at least one view)
+    assert passes_order([], 2) == []
+
+
 # ----------------------------------------------------------------------------- prompts
 def test_parse_prompt_defaults_and_scaling():
     p = parse_prompt({"view": 3, "points": [[10, 20], [5, 5]], "labels": [1, 0]})

@@ -42,7 +42,7 @@ from sa3d_ns.core.prompts import Prompt, check_inside, resolve_view
 from sa3d_ns.core.records import ObjectState, ViewData, ViewRecord
 from sa3d_ns.core.regions import keep_supported, review_first_masks
 from sa3d_ns.core.self_prompt import select_self_prompts
-from sa3d_ns.core.views import view_order
+from sa3d_ns.core.views import passes_order, view_order
 from sa3d_ns.run_folder import RunFolder, save_candidates, save_view_images
 from sa3d_ns.segmenters.base import Segmentation, Segmenter
 
@@ -107,6 +107,7 @@ class LoopSettings:
     view_order: str = "nearest"
     num_passes: int = 1
     pass_votes: str = "replace"
+    pass_views: float = 1.0
     drop_stray_regions: bool = True
     anchor_check: bool = True
     first_mask_pick: str = "plausible"
@@ -199,7 +200,7 @@ class SA3DLoop:
             start = resolve_view(prompt.view, names)
             check_inside(prompt, *self.scene.image_size(start))
             order = view_order(centres, start, self.settings.view_order, directions=directions)
-            self.objects[k].restart(prompt, order * max(self.settings.num_passes, 1))
+            self.objects[k].restart(prompt, passes_order(order, self.settings.num_passes, self.settings.pass_views))
             self.scene.set_bounds(k, None)
             self.active.append(k)
 
@@ -218,7 +219,9 @@ class SA3DLoop:
             directions=np.concatenate([directions, direction[None]]),
         )[1:]
         obj = self.objects[k]
-        obj.restart(prompt, order * max(self.settings.num_passes, 1), camera_started=True)
+        obj.restart(
+            prompt, passes_order(order, self.settings.num_passes, self.settings.pass_views), camera_started=True
+        )
         self.scene.set_bounds(k, None)
         positions, weights = data["positions"], data["weights"]
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(weights.device)

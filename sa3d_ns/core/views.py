@@ -54,3 +54,16 @@ def auto_downscale(width: int, height: int, max_size: int) -> float:
     if max_size <= 0:
         return 1.0
     return max(1.0, max(width, height) / max_size)
+
+
+def passes_order(order: list[int], num_passes: int, pass_views: float = 1.0) -> list[int]:
+    """The views of every pass in turn: the whole visit ``order``, then for each later pass its
+    first ``pass_views`` share (at least one view): the views segmented while the 3D mask was
+    least complete.
+
+    Example: order [4, 5, 3, 6], 2 passes, share 0.5 -> [4, 5, 3, 6, 4, 5].
+    """
+    if not order:
+        return []
+    again = list(order[: max(1, round(pass_views * len(order)))])
+    return list(order) + again * (max(num_passes, 1) - 1)

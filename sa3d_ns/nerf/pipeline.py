@@ -108,6 +108,8 @@ class SA3DPipelineConfig(VanillaPipelineConfig):
     """Order of views after the prompt view: dataset order, or nearest-first growth from the prompt view."""
     num_passes: int = 1
     """Passes over the training views (authors' main version: 1)."""
+    pass_views: float = 1.0
+    """The share of the visit order each pass after the first goes over again: its first views, those segmented while the 3D mask was least complete (1: every view)."""
     pass_votes: Literal["add", "replace"] = "replace"
     """With more than one pass, how a view's mask of a later pass counts: replace (its earlier pass's vote is withdrawn first, so the final 3D mask is every view's latest accepted mask, each made from the 3D mask the views before it built) or add (every pass's mask votes, as the authors' gradient steps over passes do)."""
     drop_stray_regions: bool = True

@@ -14,6 +14,7 @@ import yaml
 from sa3d_ns.core.errors import SA3DError
 from sa3d_ns.core.objects import check_unique
 from sa3d_ns.core.prompts import check_inside, load_prompts, resolve_view
+from sa3d_ns.core.views import passes_order
 from sa3d_ns.data import camera_sizes, check_frames, check_poses
 from sa3d_ns.nerf.checkpoints import latest_checkpoint
 from sa3d_ns.nerf.source_run import SourceRun, copy_nerfacto_settings, copy_splatfacto_settings, load_source_run
@@ -32,6 +33,7 @@ MASK_SETTINGS = ("mask_num_levels", "mask_min_res", "mask_max_res", "mask_log2_h
 # range is inclusive; None values (the settings whose default is computed) are left alone.
 NUMERIC_SETTINGS = [
     ("", "num_passes", "int", 1, 100, ""),
+    ("", "pass_views", "float", 0.01, 1, "1 = every view"),
     ("", "restart_after", "int", 0, 100000, "0 = never"),
     ("", "render_downscale", "float", 1, 1024, "leave it out for the default"),
     ("", "segment_max_size", "int", 0, 65536, "0 = the training resolution"),
@@ -223,7 +225,9 @@ def resolve_config(config) -> None:
         check_inside(prompt, int(outputs.cameras.width[view]), int(outputs.cameras.height[view]))
     kept = resolve_add_to(pipe, src) if pipe.add_to is not None else []
     pipe.model.objects = kept + new_object_names(kept, prompts, str(pipe.prompt))
-    config.max_num_iterations = len(names) * pipe.num_passes * len(prompts)
+    config.max_num_iterations = len(passes_order(list(range(len(names))), pipe.num_passes, pipe.pass_views)) * len(
+        prompts
+    )
 
     if pipe.segmenter in ("oracle", "oracle-noisy"):
         if pipe.segmenter == "oracle-noisy":
