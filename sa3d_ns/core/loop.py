@@ -364,7 +364,8 @@ class SA3DLoop:
         takes its place. Returns whether a vote was replaced."""
         device = data["weights"].device
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).reshape(-1).to(device)
-        earlier = obj.votes.get(view) if self.settings.pass_votes == "replace" else None
+        keep = self.settings.pass_votes == "replace" and self.settings.num_passes > 1  # (a later pass replaces)
+        earlier = obj.votes.get(view)  # (held only when kept)
         if earlier is not None:
             old, old_neg, _ = earlier
             old_t = torch.from_numpy(np.ascontiguousarray(old)).reshape(-1).to(device)
@@ -375,7 +376,7 @@ class SA3DLoop:
             obj.surface_points[earlier[2]] = points
         else:
             obj.surface_points.append(points)
-        if self.settings.pass_votes == "replace" and self.settings.num_passes > 1:  # (kept for a later pass)
+        if keep:
             index = earlier[2] if earlier is not None else len(obj.surface_points) - 1
             obj.votes[view] = (np.array(mask, dtype=bool), float(neg), index)
         return earlier is not None
