@@ -22,8 +22,16 @@ def test_ns_train_help_lists_sa3d_and_its_flags(tmp_path):
     r = run(["ns-train", "sa3d", "--help"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     for flag in ("--pipeline.nerfacto-config", "--pipeline.prompt", "--pipeline.segmenter", "--pipeline.sam-checkpoint",
-                 "--pipeline.num-prompts", "--pipeline.iou-threshold", "--pipeline.neg-weight", "--pipeline.view-order"):  # fmt: skip
+                 "--pipeline.num-prompts", "--pipeline.iou-threshold", "--pipeline.neg-weight", "--pipeline.view-order",
+                 "--pipeline.pass-votes", "--pipeline.pass-views"):  # fmt: skip
         assert flag in r.stdout, flag
+
+
+def test_a_bad_choice_of_a_flag_is_refused_naming_the_flag_and_its_choices(tmp_path):
+    r = run(["ns-train", "sa3d", "--pipeline.pass-votes", "both"], tmp_path)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "pass-votes" in out and "add" in out and "replace" in out, out[-2000:]
 
 
 def test_method_config_imports_nothing_heavy(tmp_path):
