@@ -277,8 +277,9 @@ def test_votes_match_their_definition_across_lambdas_and_cached_footprints(mode,
             assert not cache.items
         if name == "touches":
             assert {k[1] for k in cache.items} == {"touch"} and len(cache.items) == 3
-            # second pass: each view's score computes all 200 rays, its vote only the masked ones
-            assert built[-6:] == [n for _, _, m in views for n in (200, int(m.sum()))]
+            # each view's score computes all 200 rays (and sums its touch alongside: the footprint
+            # is not kept), its vote only the masked ones, in the first pass as in the second
+            assert built == [n for _, _, m in views for n in (200, int(m.sum()))] * 2
     for (pos, w, m), lam in zip(views, lams, strict=True):
         score = render_mask_score(ref, pos, w)
         g_signed = torch.autograd.grad((score * vote_targets(m, lam)).sum(), ref.table, retain_graph=True)[0]

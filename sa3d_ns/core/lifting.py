@@ -225,7 +225,7 @@ class MaskLifter:
         if self._memo is not None and self._memo[0] is positions:
             yield from self._memo[1]
             return
-        room = MEMO_BYTES if cache is None else max(MEMO_BYTES, cache.room("footprint"))
+        room = self._footprint_room(cache)
         chunks, size = [], 0
         for chunk in self._build(positions, weights):
             size += chunk_bytes([chunk])
@@ -239,6 +239,24 @@ class MaskLifter:
             self._memo = None
         else:  # the memo holds the tensor itself, so its identity cannot be taken by a new tensor
             self._memo = (positions, chunks) if chunks is not None and size <= MEMO_BYTES else None
+
+    @staticmethod
+    def _footprint_room(cache: FootprintCache | None) -> int:
+        """Bytes up to which a view's footprint is kept after it is computed (cache or memo)."""
+        return MEMO_BYTES if cache is None else max(MEMO_BYTES, cache.room("footprint"))
+
+    def _touch_alongside(self, key: Hashable | None, rays: int, first: Chunk) -> torch.Tensor | None:
+        """A zero table to sum the view's touch into while its score streams the footprint (from
+        its ``first`` chunk of ``rays``), or None: only for a view whose footprint is too large to
+        be kept until its vote and whose touch is not kept yet but fits. Its vote then computes
+        the corners of the masked rays alone instead of every ray's a second time."""
+        cache = self.footprints if key is not None else None
+        if cache is None or (key, "touch") in cache.items or not cache.fits(self.param.numel() * 4, "touch"):
+            return None
+        sl = first[0]
+        if chunk_bytes([first]) * rays / max(sl.stop - sl.start, 1) <= self._footprint_room(cache):
+            return None  # (kept: its vote reads it again, the touch summed there as before)
+        return torch.zeros(self.param.numel(), dtype=torch.float32, device=self.param.device)
 
     def _holds_footprint(self, positions: torch.Tensor, key: Hashable | None) -> bool:
         """Whether the view's footprint is kept (cache or memo), i.e. costs nothing to read."""
@@ -254,11 +272,20 @@ class MaskLifter:
             return render_mask_score(self.field, positions, weights)
         table = self.param.detach().reshape(-1, 1).float()
         out = torch.empty(weights.shape[0], dtype=torch.float32, device=weights.device)
+        held = self._holds_footprint(positions, key)
+        touch = None
         for sl, idx, w in self.footprint(positions, weights, key):
             levels, n, c = idx.shape
             # per (level, ray): a fused gather-multiply-sum over its entries; then over levels
             bags = hashgrid.bag_sum(idx.view(-1, c), w.view(-1, c), table)
             out[sl] = bags.view(levels, n).sum(0)
+            if sl.start == 0 and not held:
+                touch = self._touch_alongside(key, weights.shape[0], (sl, idx, w))
+            if touch is not None:
+                scatter_add(touch, idx, w)
+        if touch is not None:
+            assert self.footprints is not None  # (a touch is only summed for a cache)
+            self.footprints.put((key, "touch"), (touch, float(touch.sum())))
         return out
 
     def _grads(
