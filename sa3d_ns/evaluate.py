@@ -188,66 +188,86 @@ def evaluate_views(pipeline, truths: list[GroundTruth], k: int = 0) -> list[dict
     compare. Rows carry the image name, IoU, accuracy, the cut-out figures
     (:func:`sa3d_ns.core.metrics.cutout_figures`: specks, removal against the truth where the
     dataset has it) and (under ``_`` keys) the prediction, ground truth and renders."""
+    return evaluate_objects(pipeline, [(truths, k)])[0]
+
+
+def evaluate_objects(pipeline, jobs: list[tuple[list[GroundTruth], int]]) -> list[list[dict]]:
+    """:func:`evaluate_views` for several objects ((ground truths, object index) each): each view
+    is rendered once for all the objects that are scored in it (a render makes every object's
+    outputs, their cut-outs included, so a view rendered per object cost K times more)."""
     from rich.progress import track
 
+    views: dict[tuple, list[tuple[int, int, GroundTruth]]] = {}
+    for j, (truths, _) in enumerate(jobs):
+        for i, gt in enumerate(truths):
+            views.setdefault((gt.dataset, gt.index, gt.mask.shape), []).append((j, i, gt))
+    rows: list[list[dict]] = [[{} for _ in truths] for truths, _ in jobs]
+    pipeline.model.eval()
+    for wanted in track(list(views.values()), description=f"Rendering {len(views)} views", transient=True):
+        out = render_truth_view(pipeline, wanted[0][2])
+        for j, i, gt in wanted:
+            rows[j][i] = score_view(pipeline, out, gt, jobs[j][1])
+    return rows
+
+
+def render_truth_view(pipeline, gt: GroundTruth) -> dict:
+    """Every output of the run in ``gt``'s view, rendered at the ground truth's resolution."""
     from sa3d_ns.nerf.cameras import rescaled, training_camera
 
-    dm = pipeline.datamanager
-    rows = []
-    pipeline.model.eval()
-    for gt in track(truths, description=f"Rendering {len(truths)} views", transient=True):
-        if gt.dataset == "train":  # (at the pose the run learned for the image, which its masks line up with)
-            cam = training_camera(pipeline, gt.index)
-        else:
-            cam = dm.eval_dataset.cameras[gt.index : gt.index + 1].to(pipeline.device)
-        w, h = int(cam.width[0, 0]), int(cam.height[0, 0])
-        gh, gw = gt.mask.shape
-        if (gw, gh) != (w, h):
-            if abs(gw / gh - w / h) > 0.01 * (w / h):
-                raise SA3DError(
-                    f"Ground truth {gt.source} is {gw}x{gh} but view {gt.name} is {w}x{h} (another aspect ratio): "
-                    "are the masks from the same images?"
-                )
-            rescaled(cam, gw / w)
-        out = pipeline.model.get_outputs_for_camera(cam)
-        name = pipeline.model.output_name
-        pred = out[name("mask", k)][..., 0].cpu().numpy() > 0.5
-        rgb = out["rgb"].cpu().numpy()
-        removed = out[name("rgb_removed", k)].cpu().numpy()
-        alone = out[name("rgb_object", k)].cpu().numpy()
-        acc = out[name("accumulation_object", k)][..., 0].cpu().numpy()
-        if pred.shape != gt.mask.shape:  # rounding of the rescaled size: at most a pixel or two
-            import cv2
-
-            pred, rgb, removed, alone, acc = (
-                cv2.resize(a, (gw, gh), interpolation=cv2.INTER_NEAREST)
-                for a in (pred.astype(np.uint8), rgb, removed, alone, acc)
+    if gt.dataset == "train":  # (at the pose the run learned for the image, which its masks line up with)
+        cam = training_camera(pipeline, gt.index)
+    else:
+        cam = pipeline.datamanager.eval_dataset.cameras[gt.index : gt.index + 1].to(pipeline.device)
+    w, h = int(cam.width[0, 0]), int(cam.height[0, 0])
+    gh, gw = gt.mask.shape
+    if (gw, gh) != (w, h):
+        if abs(gw / gh - w / h) > 0.01 * (w / h):
+            raise SA3DError(
+                f"Ground truth {gt.source} is {gw}x{gh} but view {gt.name} is {w}x{h} (another aspect ratio): "
+                "are the masks from the same images?"
             )
-            pred = pred.astype(bool)
-        truth, image = read_rgb(gt.removed, (gw, gh)), read_rgb(gt.image, (gw, gh))
-        seen = None if gt.seen is None else read_binary_mask(gt.seen)
-        whole = None if gt.whole is None else read_binary_mask(gt.whole)
-        if whole is not None and whole.shape != gt.mask.shape:
-            whole = None
-        rows.append(
-            {
-                "image": gt.name,
-                "iou": iou(pred, gt.mask),
-                "accuracy": accuracy(pred, gt.mask),
-                **cutout_figures(gt.mask, acc, rgb, removed, image, truth, seen, whole=whole),
-                "_pred": pred,
-                "_gt": gt.mask,
-                "_rgb": rgb,
-                "_removed": removed,
-                "_alone": alone,
-                "_acc": acc,
-                "_truth": truth,
-                "_image": image,
-                "_seen": seen,
-                "_whole": whole,
-            }
+        rescaled(cam, gw / w)
+    return pipeline.model.get_outputs_for_camera(cam)
+
+
+def score_view(pipeline, out: dict, gt: GroundTruth, k: int) -> dict:
+    """The row of object ``k`` in one rendered view (``out``) against its ground truth ``gt``."""
+    gh, gw = gt.mask.shape
+    name = pipeline.model.output_name
+    pred = out[name("mask", k)][..., 0].cpu().numpy() > 0.5
+    rgb = out["rgb"].cpu().numpy()
+    removed = out[name("rgb_removed", k)].cpu().numpy()
+    alone = out[name("rgb_object", k)].cpu().numpy()
+    acc = out[name("accumulation_object", k)][..., 0].cpu().numpy()
+    if pred.shape != gt.mask.shape:  # rounding of the rescaled size: at most a pixel or two
+        import cv2
+
+        pred, rgb, removed, alone, acc = (
+            cv2.resize(a, (gw, gh), interpolation=cv2.INTER_NEAREST)
+            for a in (pred.astype(np.uint8), rgb, removed, alone, acc)
         )
-    return rows
+        pred = pred.astype(bool)
+    truth, image = read_rgb(gt.removed, (gw, gh)), read_rgb(gt.image, (gw, gh))
+    seen = None if gt.seen is None else read_binary_mask(gt.seen)
+    whole = None if gt.whole is None else read_binary_mask(gt.whole)
+    if whole is not None and whole.shape != gt.mask.shape:
+        whole = None
+    return {
+        "image": gt.name,
+        "iou": iou(pred, gt.mask),
+        "accuracy": accuracy(pred, gt.mask),
+        **cutout_figures(gt.mask, acc, rgb, removed, image, truth, seen, whole=whole),
+        "_pred": pred,
+        "_gt": gt.mask,
+        "_rgb": rgb,
+        "_removed": removed,
+        "_alone": alone,
+        "_acc": acc,
+        "_truth": truth,
+        "_image": image,
+        "_seen": seen,
+        "_whole": whole,
+    }
 
 
 def evaluate_run(
@@ -287,7 +307,7 @@ def evaluate_run(
     dm = pipeline.datamanager
     assert config.pipeline.datamanager.data is not None  # (an sa3d run's config names its data)
     data = Path(config.pipeline.datamanager.data)
-    results = []
+    ids, jobs = [], []
     for o in chosen:
         obj = None
         if gt == "instances":
@@ -299,7 +319,10 @@ def evaluate_run(
         else:
             assert gt_path is not None  # (checked above)
             truths = nvos_ground_truth(dm, gt_path, nvos_task)
-        rows = evaluate_views(pipeline, truths, cast("SA3DModel", pipeline.model).object_index(o["name"]))
+        ids.append(obj)
+        jobs.append((truths, cast("SA3DModel", pipeline.model).object_index(o["name"])))
+    results = []
+    for o, obj, rows in zip(chosen, ids, evaluate_objects(pipeline, jobs), strict=True):
         results.append(
             {
                 "object": o["name"],
