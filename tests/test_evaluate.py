@@ -10,9 +10,8 @@ from sa3d_ns.evaluate import GroundTruth, evaluate_objects, evaluate_views
 
 
 class CountingModel:
-    """A model whose renders are known: object k's mask in view i covers the first i + 2 + k
-    columns (a row scored from another view's or another object's outputs would have another
-    IoU), the colours are constants. It counts its renders."""
+    """A model whose renders are known: object k's mask in view i covers its first i + 2 + k
+    columns, the colours are constants. It counts its renders."""
 
     def __init__(self, objects: int) -> None:
         self.objects, self.renders = objects, 0
