@@ -251,11 +251,17 @@ class MaskLifter:
         be kept until its vote and whose touch is not kept yet but fits. Its vote then computes
         the corners of the masked rays alone instead of every ray's a second time."""
         cache = self.footprints if key is not None else None
-        if cache is None or (key, "touch") in cache.items or not cache.fits(self.param.numel() * 4, "touch"):
+        if cache is None or (key, "touch") in cache.items:
             return None
         sl = first[0]
         if chunk_bytes([first]) * rays / max(sl.stop - sl.start, 1) <= self._footprint_room(cache):
             return None  # (kept: its vote reads it again, the touch summed there as before)
+        return self._new_touch(cache)
+
+    def _new_touch(self, cache: FootprintCache | None) -> torch.Tensor | None:
+        """A zero table to sum a view's touch into, when ``cache`` has room to keep it; else None."""
+        if cache is None or not cache.fits(self.param.numel() * 4, "touch"):
+            return None
         return torch.zeros(self.param.numel(), dtype=torch.float32, device=self.param.device)
 
     def _holds_footprint(self, positions: torch.Tensor, key: Hashable | None) -> bool:
@@ -314,9 +320,7 @@ class MaskLifter:
         cache = self.footprints if key is not None else None
         cached = cast("tuple[torch.Tensor, float] | None", cache.get((key, "touch")) if cache is not None else None)
         touch = None if cached is None else cached[0]
-        build = None
-        if touch is None and cache is not None and cache.fits(self.param.numel() * 4, "touch"):
-            build = torch.zeros(self.param.numel(), dtype=torch.float32, device=self.param.device)
+        build = self._new_touch(cache) if touch is None else None
         total = 0.0
         if touch is not None and not self._holds_footprint(positions, key):
             # the touch is kept but not the footprint: only the masked rays' part is needed
