@@ -29,18 +29,24 @@ import torch
 T = TypeVar("T")
 
 
+def clocked(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Wall milliseconds of one fn() (the device's queued work finished before and after); its result."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1000 * (time.perf_counter() - t), result
+
+
 def timed(fn: Callable[[], T], device: torch.device, repeats: int) -> tuple[float, T]:
     """Median wall milliseconds of fn() over ``repeats`` runs after one warm-up; and its last result."""
     result = fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(1000 * (time.perf_counter() - t))
+        ms, result = clocked(fn, device)
+        times.append(ms)
     return statistics.median(times), result
 
 
@@ -168,13 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             ("score", lambda li=lifter: li.score(positions, weights, key=("v", 0))),
             ("vote", lambda li=lifter: li.add_view(positions, weights, mask, 1.0, key=("v", 0))),
         ):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[stage].append(1000 * (time.perf_counter() - t))
+            times[stage].append(clocked(fn, device)[0])
         lifter.release()
     for stage, ms_list in times.items():
         record(f"{stage} (mask field)", "the pipeline's: room for the touch", statistics.median(ms_list[1:]))
