@@ -511,11 +511,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scene-objects",
         default="demo",
-        choices=["demo", "touching", "clutter"],
+        choices=["demo", "touching", "clutter", "models"],
         help="the generated scene's object set",
     )
     parser.add_argument(
-        "--scene-texture", default="plain", choices=["plain", "rich"], help="the generated scene's support and sky"
+        "--scene-texture",
+        default="plain",
+        choices=["plain", "rich", "wood"],
+        help="the generated scene's support and sky",
     )
     parser.add_argument("--paths", nargs="+", default=["reference", "default"], choices=list(PATHS))
     parser.add_argument(

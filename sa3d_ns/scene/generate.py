@@ -18,19 +18,28 @@ import numpy as np
 from PIL import Image
 
 from sa3d_ns.core.geometry import write_ply
+from sa3d_ns.scene.meshes import Mesh, load_obj, placed, sample_texture
+from sa3d_ns.scene.meshes import intersect as intersect_mesh
 
 
 @dataclass
 class Obj:
     name: str
-    kind: str  # sphere | box | cylinder
-    centre: tuple[float, float, float]
-    size: tuple[float, float, float]  # sphere: (r, _, _); box: half extents; cylinder: (r, _, half height)
-    colors: tuple[tuple[float, float, float], tuple[float, float, float]]
-    pattern: str  # stripes | checker | rings | dots
+    kind: str  # sphere | box | cylinder | mesh
+    centre: tuple[float, float, float]  # (mesh: where its bounding box's centre goes)
+    size: tuple[
+        float, float, float
+    ]  # sphere: (r, _, _); box: half extents; cylinder: (r, _, half height); mesh: scale per axis
+    colors: tuple[tuple[float, float, float], tuple[float, float, float]]  # (mesh: the first where it has no texture)
+    pattern: str  # stripes | checker | rings | dots | halves (mesh: "" -- its own materials)
+    mesh: str = ""  # mesh: its OBJ file in pybullet_data/ (see sa3d_ns.scene.assets)
+    rotate: tuple[float, float, float] = (0.0, 0.0, 0.0)  # mesh: degrees about x, y, z (sa3d_ns.scene.meshes.rotation)
 
     def bounds(self) -> tuple[list[float], list[float]]:
         c = np.array(self.centre)
+        if self.kind == "mesh":
+            v = placed_mesh(self).vertices
+            return v.min(0).tolist(), v.max(0).tolist()
         if self.kind == "sphere":
             e = np.array([self.size[0]] * 3)
         elif self.kind == "box":
@@ -68,7 +77,35 @@ CLUTTER = [
     Obj("corner_box", "box", (1.05, -1.0, 0.16), (0.2, 0.2, 0.16), ((0.35, 0.5, 0.7), (0.25, 0.35, 0.5)), "checker"),
     Obj("dark_ball", "sphere", (0.3, -0.35, 0.22), (0.22, 0, 0), ((0.3, 0.24, 0.18), (0.4, 0.32, 0.24)), "dots"),
 ]
-OBJECT_SETS = {"demo": OBJECTS, "touching": TOUCHING, "clutter": CLUTTER}
+
+
+# Real textured models (pybullet's, see sa3d_ns.scene.assets) on a wooden support (texture "wood"):
+# a duck, a red mug with a red Lego brick against it, the Stanford bunny in ivory, a football at the
+# support's corner, a thin domino, and two identical Jenga blocks, one across the other.
+def _model(
+    name: str,
+    mesh: str,
+    centre: tuple[float, float, float],
+    scale: float | tuple[float, float, float],
+    colour: tuple[float, float, float] = (0.8, 0.8, 0.8),
+    rotate: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> Obj:
+    """A mesh object: ``mesh`` in pybullet_data/, ``colour`` where it has no texture."""
+    size = scale if isinstance(scale, tuple) else (float(scale), float(scale), float(scale))
+    return Obj(name, "mesh", centre, size, (colour, colour), "", mesh, rotate)
+
+
+MODELS = [
+    _model("duck", "duck.obj", (0.45, 0.35, 0.25), 0.325, rotate=(90, 0, 200)),
+    _model("red_mug", "objects/mug.obj", (-0.4, 0.45, 0.2), 4.0, (0.75, 0.12, 0.1)),
+    _model("red_brick", "lego/lego.obj", (-0.09, 0.39, 0.1), 0.87, (0.8, 0.1, 0.08), (90, 0, 0)),
+    _model("bunny", "bunny.obj", (0.75, -0.45, 0.225), 0.23, (0.86, 0.82, 0.72)),
+    _model("football", "soccerball.obj", (-1.0, 0.95, 0.15), 0.3, rotate=(0, 0, 30)),
+    _model("domino", "domino/domino.obj", (0.15, -0.1, 0.15), 6.0, rotate=(0, 0, 60)),
+    _model("jenga_low", "jenga/jenga.obj", (-0.45, -0.45, 0.06), (0.6, 0.2, 0.12)),
+    _model("jenga_top", "jenga/jenga.obj", (-0.45, -0.45, 0.18), (0.2, 0.6, 0.12), rotate=(0, 0, 90)),
+]
+OBJECT_SETS = {"demo": OBJECTS, "touching": TOUCHING, "clutter": CLUTTER, "models": MODELS}
 SUPPORT_HALF = 1.4
 WALL_RADIUS, WALL_HEIGHT = 6.0, 3.0  # the "rich" scene's backdrop
 
@@ -89,8 +126,37 @@ def _texture(obj: Obj, p: np.ndarray) -> np.ndarray:
     return a[None] * (1 - t[:, None]) + b[None] * t[:, None]
 
 
+_PLACED: dict[tuple, Mesh] = {}
+
+
+def placed_mesh(obj: Obj) -> Mesh:
+    """A mesh object's model, rotated, scaled and moved into the scene (read once per process)."""
+    key = (obj.mesh, obj.rotate, obj.size, obj.centre)
+    if key not in _PLACED:
+        from sa3d_ns.scene.assets import pybullet_data
+
+        _PLACED[key] = placed(load_obj(pybullet_data() / obj.mesh), obj.rotate, obj.size, obj.centre)
+    return _PLACED[key]
+
+
+def _intersect_coloured(obj: Obj, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`_intersect`, and for a mesh object the colours at the hits (None for the others, whose
+    colours :func:`_texture` gives from the hit points). ``o``: the rays' one origin, broadcast."""
+    if obj.kind != "mesh":
+        return (*_intersect(obj, o, d), None)
+    mesh = placed_mesh(obj)
+    t, n, colour = intersect_mesh(mesh, o[0], d)
+    if all(texture is None for texture in mesh.textures):
+        colour[:] = obj.colors[0]  # (a model without a texture: the object's colour)
+    return t, n, colour
+
+
 def _intersect(obj: Obj, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest positive hit distance (inf if none) and the normal there, for rays o + t d."""
+    """Nearest positive hit distance (inf if none) and the normal there, for rays o + t d (a mesh
+    object: rays from one origin)."""
+    if obj.kind == "mesh":
+        t, n, _ = intersect_mesh(placed_mesh(obj), o[0], d)
+        return t, n
     c = np.array(obj.centre)
     n = np.zeros_like(d)
     t = np.full(len(d), np.inf)
@@ -204,12 +270,15 @@ def render(
             best_t = np.where(on_wall, tw, best_t)
             normal[on_wall] = 0
             best_id[on_wall] = -2
+        mesh_colour = np.zeros_like(d)
         for i, obj in enumerate(objects, start=1):
-            t, n = _intersect(obj, o, d)
+            t, n, colour = _intersect_coloured(obj, o, d)
             closer = t < best_t
             best_t = np.where(closer, t, best_t)
             best_id = np.where(closer, i, best_id)
             normal[closer] = n[closer]
+            if colour is not None:
+                mesh_colour[closer] = colour[closer]
         hit = o + d * np.where(np.isfinite(best_t), best_t, 0)[:, None]
         col = np.zeros_like(d)
         sky = best_id == 0
@@ -220,13 +289,16 @@ def render(
             wall = best_id == -2
             u = np.arctan2(hit[wall, 1], hit[wall, 0]) * WALL_RADIUS
             col[wall] = 0.6 * mosaic(u, hit[wall, 2], 0.3) + 0.4 * mosaic(u + 7, hit[wall, 2], 0.08)
+        elif texture == "wood":  # a wooden table top: the table texture of pybullet_data, once over the support
+            uv = (hit[sup, :2] + SUPPORT_HALF) / (2 * SUPPORT_HALF)
+            col[sup] = sample_texture(_wood(), uv)
         else:
             chk = ((np.floor(hit[sup, 0] * 4) + np.floor(hit[sup, 1] * 4)) % 2)[:, None]
             col[sup] = np.array([0.72, 0.62, 0.48]) * (1 - chk) + np.array([0.45, 0.36, 0.26]) * chk
         for i, obj in enumerate(objects, start=1):
             sel = best_id == i
             if sel.any():
-                col[sel] = _texture(obj, hit[sel])
+                col[sel] = mesh_colour[sel] if obj.kind == "mesh" else _texture(obj, hit[sel])
         lit = ~sky & (best_id != -2)
         shade = 0.4 + 0.6 * np.clip((normal[lit] * light).sum(-1), 0, 1)
         col[lit] *= shade[:, None]
@@ -239,6 +311,20 @@ def render(
     img = (np.clip(acc / len(offsets), 0, 1) * 255).round().astype(np.uint8)
     assert ids_centre is not None  # (set by the last pass, through the pixel centres)
     return img, ids_centre.astype(np.uint8), depth
+
+
+_WOOD: list[np.ndarray] = []
+
+
+def _wood() -> np.ndarray:
+    if not _WOOD:
+        from sa3d_ns.scene.assets import pybullet_data
+
+        picture = (
+            Image.open(pybullet_data() / "table" / "table.png").convert("RGB").resize((256, 192), Image.Resampling.BOX)
+        )
+        _WOOD.append(np.asarray(picture, dtype=np.float64) / 255.0)
+    return _WOOD[0]
 
 
 def look_at(eye: np.ndarray, target: np.ndarray, up=np.array([0.0, 0.0, 1.0])) -> np.ndarray:
@@ -286,6 +372,10 @@ def make_scene(
     if objects not in OBJECT_SETS:
         raise ValueError(f"objects must be one of {sorted(OBJECT_SETS)}, not {objects!r}")
     scene_objects = OBJECT_SETS[objects]
+    if texture == "wood" or any(o.kind == "mesh" for o in scene_objects):
+        from sa3d_ns.scene.assets import pybullet_data
+
+        pybullet_data()  # (fetched once, here, before the workers need them)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "instances").mkdir(parents=True, exist_ok=True)
     (out / "depths").mkdir(parents=True, exist_ok=True)
