@@ -167,3 +167,18 @@ def test_the_models_scene_is_made_from_pybullets_models(tmp_path):
     duck = image[ids == 1].mean(0)
     assert duck[0] > 120 and duck[1] > 100 and duck[2] < 0.5 * duck[0]  # (yellow: its texture, not grey)
     assert math.isfinite(float(image.mean()))
+
+
+def test_the_models_scene_says_what_to_do_when_its_models_cannot_be_fetched(tmp_path):
+    """No models in $SA3D_ASSETS and no package index to fetch them from: sa3d-make-scene exits 2
+    with what failed and what to do, and writes no scene folder."""
+    env = {**os.environ, "SA3D_ASSETS": str(tmp_path / "assets"), "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
+    env.pop("PIP_FIND_LINKS", None)
+    out = tmp_path / "scene"
+    cmd = [sys.executable, "-m", "sa3d_ns.scene.cli", "--output", str(out), "--objects", "models"]
+    done = subprocess.run(
+        cmd + ["--num-views", "4", "--width", "16", "--height", "16"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "could not download pybullet" in done.stderr and "unpack pybullet_data/" in done.stderr
+    assert not out.exists() and not (tmp_path / "assets" / "pybullet_data").exists()
