@@ -96,14 +96,14 @@ def _model(
 
 
 MODELS = [
-    _model("duck", "duck.obj", (0.45, 0.35, 0.25), 0.325, rotate=(90, 0, 200)),
-    _model("red_mug", "objects/mug.obj", (-0.4, 0.45, 0.2), 4.0, (0.75, 0.12, 0.1)),
-    _model("red_brick", "lego/lego.obj", (-0.09, 0.39, 0.1), 0.87, (0.8, 0.1, 0.08), (90, 0, 0)),
-    _model("bunny", "bunny.obj", (0.75, -0.45, 0.225), 0.23, (0.86, 0.82, 0.72)),
-    _model("football", "soccerball.obj", (-1.0, 0.95, 0.15), 0.3, rotate=(0, 0, 30)),
-    _model("domino", "domino/domino.obj", (0.15, -0.1, 0.15), 6.0, rotate=(0, 0, 60)),
-    _model("jenga_low", "jenga/jenga.obj", (-0.45, -0.45, 0.06), (0.6, 0.2, 0.12)),
-    _model("jenga_top", "jenga/jenga.obj", (-0.45, -0.45, 0.18), (0.2, 0.6, 0.12), rotate=(0, 0, 90)),
+    _model("duck", "duck.obj", (0.65, 0.5, 0.375), 0.49, rotate=(90, 0, 200)),
+    _model("red_mug", "objects/mug.obj", (-0.45, 0.5, 0.3), 6.0, (0.75, 0.12, 0.1)),
+    _model("red_brick", "lego/lego.obj", (0.0, 0.38, 0.15), 1.3, (0.8, 0.1, 0.08), (90, 0, 0)),
+    _model("bunny", "bunny.obj", (0.8, -0.5, 0.347), 0.35, (0.86, 0.82, 0.72)),
+    _model("football", "soccerball.obj", (-1.0, 0.95, 0.225), 0.45, rotate=(0, 0, 30)),
+    _model("domino", "domino/domino.obj", (0.2, -0.1, 0.225), 9.0, rotate=(0, 0, 60)),
+    _model("jenga_low", "jenga/jenga.obj", (-0.5, -0.5, 0.09), (0.9, 0.3, 0.18)),
+    _model("jenga_top", "jenga/jenga.obj", (-0.5, -0.5, 0.27), (0.3, 0.9, 0.18), rotate=(0, 0, 90)),
 ]
 OBJECT_SETS = {"demo": OBJECTS, "touching": TOUCHING, "clutter": CLUTTER, "models": MODELS}
 SUPPORT_HALF = 1.4
