@@ -27,9 +27,8 @@ class Obj:
     name: str
     kind: str  # sphere | box | cylinder | mesh
     centre: tuple[float, float, float]  # (mesh: where its bounding box's centre goes)
-    size: tuple[
-        float, float, float
-    ]  # sphere: (r, _, _); box: half extents; cylinder: (r, _, half height); mesh: scale per axis
+    # sphere: (r, _, _); box: half extents; cylinder: (r, _, half height); mesh: its scale per axis
+    size: tuple[float, float, float]
     colors: tuple[tuple[float, float, float], tuple[float, float, float]]  # (mesh: the first where it has no texture)
     pattern: str  # stripes | checker | rings | dots | halves (mesh: "" -- its own materials)
     mesh: str = ""  # mesh: its OBJ file in pybullet_data/ (see sa3d_ns.scene.assets)
