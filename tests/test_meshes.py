@@ -74,7 +74,7 @@ def brute_force(mesh: Mesh, origin, d):
             q = np.cross(s, e1)
             v = (d @ q) / det
             t = (q @ e2) / det
-        hit = (np.abs(det) > 1e-14) & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 1e-6)
+            hit = (np.abs(det) > 1e-14) & (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 1e-6)
         t_best = np.where(hit & (t < t_best), t, t_best)
     return t_best
 
@@ -182,3 +182,17 @@ def test_the_models_scene_says_what_to_do_when_its_models_cannot_be_fetched(tmp_
     assert done.returncode == 2
     assert "could not download pybullet" in done.stderr and "unpack pybullet_data/" in done.stderr
     assert not out.exists() and not (tmp_path / "assets" / "pybullet_data").exists()
+
+
+def test_a_row_of_rays_is_cast_like_a_grid(tmp_path):
+    """Rays along one line (no area to bin them over) meet the cube where the brute force says."""
+    mesh = load_obj(write_cube(tmp_path))
+    origin = np.array([0.3, 0.2, -5.0])
+    xs = np.linspace(-0.4, 0.4, 300)
+    d = np.stack([xs, np.zeros_like(xs), np.ones_like(xs)], -1)
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    t, _, _ = intersect(mesh, origin, d)
+    reference = brute_force(mesh, origin, d)
+    assert 0 < np.isfinite(t).sum() < len(t)
+    assert np.array_equal(np.isfinite(t), np.isfinite(reference))
+    assert np.allclose(t[np.isfinite(t)], reference[np.isfinite(t)], rtol=0, atol=1e-12)

@@ -186,7 +186,8 @@ def intersect(mesh: Mesh, origin: np.ndarray, d: np.ndarray) -> tuple[np.ndarray
     ray_xy = rd[:, :2] / rd[:, 2:3]
     lo = ray_xy.min(0)
     span = ray_xy.max(0) - lo
-    cell = max(math.sqrt(max(span[0] * span[1], 1e-12) / n), 1e-9)
+    # about one ray a bin (rays along a line: bins as long as their spacing along it)
+    cell = max(math.sqrt(span[0] * span[1] / n), float(span.max()) / n, 1e-9)
     grid = np.maximum(np.ceil(span / cell).astype(np.int64), 1) + 1
     ray_bin = np.floor((ray_xy - lo) / cell).astype(np.int64)
     ray_key = ray_bin[:, 1] * grid[0] + ray_bin[:, 0]
