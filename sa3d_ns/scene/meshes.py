@@ -163,7 +163,8 @@ def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
 def intersect(mesh: Mesh, origin: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rays ``origin + t d`` (one origin; ``d``: N x 3 unit directions, all within 80 degrees of
     their mean) against the mesh: (nearest hit t, inf where none; N x 3 unit normals there, facing
-    the ray; N x 3 diffuse colours there). Faces are two-sided."""
+    the ray; N x 3 diffuse colours there). Faces are two-sided. Faces with a corner behind the plane
+    through ``origin`` across the rays' mean direction are not tested (an origin inside a model)."""
     n = len(d)
     t_best = np.full(n, np.inf)
     normal = np.zeros((n, 3))
@@ -193,7 +194,8 @@ def intersect(mesh: Mesh, origin: np.ndarray, d: np.ndarray) -> tuple[np.ndarray
     ray_key = ray_bin[:, 1] * grid[0] + ray_bin[:, 0]
     order = np.argsort(ray_key, kind="stable")
     starts = np.searchsorted(ray_key[order], np.arange(grid[0] * grid[1] + 1))
-    # each face's corners in that frame; faces (partly) behind the origin meet no ray of the set
+    # each face's corners in that frame; a face with a corner behind the origin's plane is left out
+    # (its projection is unbounded; the scenes' cameras are far outside every model)
     tri = mesh.vertices[mesh.faces] - origin  # F x 3 x 3
     local = tri @ frame
     front = (local[:, :, 2] > 1e-6).all(1)
