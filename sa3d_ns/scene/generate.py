@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from sa3d_ns.core.geometry import write_ply
-from sa3d_ns.scene.meshes import Mesh, load_obj, placed, sample_texture
+from sa3d_ns.scene.meshes import Mesh, load_obj, load_texture, placed, sample_texture
 from sa3d_ns.scene.meshes import intersect as intersect_mesh
 
 
@@ -319,10 +319,7 @@ def _wood() -> np.ndarray:
     if not _WOOD:
         from sa3d_ns.scene.assets import pybullet_data
 
-        picture = (
-            Image.open(pybullet_data() / "table" / "table.png").convert("RGB").resize((256, 192), Image.Resampling.BOX)
-        )
-        _WOOD.append(np.asarray(picture, dtype=np.float64) / 255.0)
+        _WOOD.append(load_texture(pybullet_data() / "table" / "table.png", 256))
     return _WOOD[0]
 
 

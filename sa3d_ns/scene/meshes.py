@@ -26,11 +26,22 @@ class Mesh:
     textures: list[np.ndarray | None]  # per material: its diffuse texture (H x W x 3 floats in [0, 1]) or None
 
 
+def load_texture(path: Path, max_size: int) -> np.ndarray:
+    """An image as an H x W x 3 texture of floats in [0, 1], shrunk to at most ``max_size`` pixels a
+    side with a box filter (what a camera far from it averages)."""
+    from PIL import Image
+
+    picture = Image.open(path).convert("RGB")
+    if max(picture.size) > max_size:
+        scale = max_size / max(picture.size)
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        picture = picture.resize(size, Image.Resampling.BOX)
+    return np.asarray(picture, dtype=np.float64) / 255.0
+
+
 def _read_mtl(path: Path, max_texture: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """Materials of an MTL file: name -> (diffuse colour, diffuse texture or None). A texture file
     that is missing leaves the material its colour."""
-    from PIL import Image
-
     found: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     name = None
     for line in path.read_text(errors="replace").splitlines():
@@ -45,12 +56,7 @@ def _read_mtl(path: Path, max_texture: int) -> dict[str, tuple[np.ndarray, np.nd
         elif name is not None and parts[0] == "map_Kd" and len(parts) >= 2:
             image = path.parent / parts[-1]
             if image.is_file():
-                picture = Image.open(image).convert("RGB")
-                if max(picture.size) > max_texture:  # (a box filter: what a camera far from it averages)
-                    scale = max_texture / max(picture.size)
-                    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-                    picture = picture.resize(size, Image.Resampling.BOX)
-                found[name] = (found[name][0], np.asarray(picture, dtype=np.float64) / 255.0)
+                found[name] = (found[name][0], load_texture(image, max_texture))
     return found
 
 
