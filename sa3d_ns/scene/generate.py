@@ -9,6 +9,7 @@ supersampling; each frame gets an integer instance-id PNG (0 = background/suppor
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -312,15 +313,12 @@ def render(
     return img, ids_centre.astype(np.uint8), depth
 
 
-_WOOD: list[np.ndarray] = []
-
-
+@functools.cache
 def _wood() -> np.ndarray:
-    if not _WOOD:
-        from sa3d_ns.scene.assets import pybullet_data
+    """The "wood" support's texture (pybullet's table top), read once per process."""
+    from sa3d_ns.scene.assets import pybullet_data
 
-        _WOOD.append(load_texture(pybullet_data() / "table" / "table.png", 256))
-    return _WOOD[0]
+    return load_texture(pybullet_data() / "table" / "table.png", 256)
 
 
 def look_at(eye: np.ndarray, target: np.ndarray, up=np.array([0.0, 0.0, 1.0])) -> np.ndarray:
